@@ -1,0 +1,42 @@
+# spantrack: top-level entry points.
+#   make demo          build everything, boot the VM, load the module, show what it does
+#   make test          host tests + in-VM tests on the release and debug kernels
+#   make module        spantrack.ko against the cached guest kernel (VARIANT=release|debug)
+#   make kernel        the guest kernel alone (cached outside the repository)
+#   make setup         install what the build needs (Debian packages, bindgen)
+# Kernel-side work happens in a QEMU VM: the host kernel cannot load modules.
+
+SHELL := /bin/bash
+VARIANT ?= release
+export VARIANT
+ROOT := $(CURDIR)
+SCRIPTS := $(ROOT)/scripts
+
+.PHONY: all setup kernel module host user demo test test-host test-vm clean
+
+all: module user
+
+setup:
+	@$(SCRIPTS)/setup.sh
+
+kernel: setup
+	@$(SCRIPTS)/build-kernel.sh >/dev/null
+
+module: kernel
+	@$(SCRIPTS)/build-module.sh
+
+user:
+	@cargo build --release --workspace --quiet
+
+demo: setup
+	@$(SCRIPTS)/demo.sh
+
+test: setup
+	@$(SCRIPTS)/test.sh
+
+test-host:
+	@cargo test --workspace --quiet
+
+clean:
+	@$(MAKE) -s -C $$(VARIANT=$(VARIANT) $(SCRIPTS)/build-kernel.sh) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc clean 2>/dev/null || true
+	@cargo clean

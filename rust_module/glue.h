@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Functions glue.c offers to the Rust side (declared again, as `extern "C"`, in
+ * facilities.rs). */
+#ifndef SPANTRACK_GLUE_H
+#define SPANTRACK_GLUE_H
+#include <linux/types.h>
+
+unsigned long st_lock_irqsave(void);
+void st_unlock_irqrestore(unsigned long flags);
+void st_reg_lock(void);
+void st_reg_unlock(void);
+void *st_vzalloc(size_t size);
+void st_vfree(void *p);
+unsigned int st_possible_cpus(void);
+void st_set_tracked_bitmap(unsigned long *bits, unsigned long nbits);
+void st_tracepoints_unregister(void);
+int st_tracepoints_register(void);
+void st_for_each_thread_of_current(void (*cb)(void *ctx, int tid, int tgid), void *ctx);
+size_t st_subbuf_size(void);
+size_t st_n_subbufs(void);
+void *st_chan_open(int tgid);
+void st_chan_close(void *p);
+int st_chan_write(void *p, const void *data, size_t length);
+int st_debugfs_create(void);
+void st_debugfs_remove(void);
+void st_wake_readers(void);
+void st_proc_remove(void);
+int st_proc_create(void);
+int st_sysfs_create(void);
+void st_sysfs_remove(void);
+void st_timer_start(void);
+void st_timer_stop(void);
+void st_schedule_reap(void);
+void st_flush_reap(void);
+
+#endif

@@ -1,0 +1,525 @@
+//! The module's global state and the entry points `glue.c` calls (`st_rs_*`).
+//!
+//! One [`Tracker`] (from `logic/tracker.rs`) holds every process, thread, open span and
+//! itemised system call, in memory reserved at load. It is guarded by one spinlock taken
+//! with interrupts off (`st_lock_irqsave`), so probes, the expiry timer (softirq) and the
+//! proc/sysfs handlers can all reach it; nothing under the lock allocates or sleeps. The
+//! "is this thread tracked?" test of every system call on the machine is a bit test done
+//! in C before any Rust is reached. Relay channels are created and closed in sleeping
+//! context only: registration holds a mutex, and channels of processes that exit (probe
+//! context) are parked and closed by a work item.
+
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
+use core::ptr::{null_mut, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use kernel::prelude::*;
+
+use crate::facilities::{self as fac, RelayChannel, TrackedBitmap, VSlice};
+use crate::record::{record_size, MAX_CALLS_LIMIT};
+use crate::tracker::{DefaultStorage, EndOutcome, Tracker, DEFAULT_PROCESSES, TRACKED_WORDS};
+use crate::tunables::{self, TextBuf};
+use crate::uapi;
+
+const EINVAL: i32 = 22;
+const ENOENT: i32 = 2;
+const ENOMEM: i32 = 12;
+const ENOTTY: i32 = 25;
+
+/// Everything the entry points share. Reached through [`GLOBAL`].
+struct Global {
+    /// Guarded by the C spinlock (`Locked`).
+    tracker: UnsafeCell<Tracker<'static>>,
+    /// Scratch space for one encoded record; guarded by the same lock.
+    record_buf: UnsafeCell<&'static mut [u8]>,
+    /// Relay channel of each process slot (`ProcIdx`); set and cleared under `st_reg_lock`
+    /// and the spinlock, read under the spinlock.
+    channels: [AtomicPtr<c_void>; DEFAULT_PROCESSES],
+    /// Channels of processes that went away in probe context, closed by the reap work.
+    closing: [AtomicPtr<c_void>; DEFAULT_PROCESSES],
+    threshold_ns: AtomicU64,
+    timeout_ns: AtomicU64,
+}
+
+// SAFETY: the UnsafeCells are only accessed under the spinlock (see `Locked`); the rest are
+// atomics.
+unsafe impl Sync for Global {}
+
+/// The installed state, or null when the module is not (yet/any more) initialised.
+static GLOBAL: AtomicPtr<Global> = AtomicPtr::new(null_mut());
+
+fn global() -> Option<&'static Global> {
+    let p = GLOBAL.load(Ordering::Acquire);
+    // SAFETY: GLOBAL points to a live Global from `Installed::new` until `Installed` drops,
+    // which happens only after every entry point has been unregistered and drained.
+    unsafe { p.as_ref() }
+}
+
+/// The tracker with the spinlock held (interrupts off on this CPU).
+struct Locked<'g> {
+    g: &'g Global,
+    flags: core::ffi::c_ulong,
+}
+
+impl Global {
+    fn lock(&self) -> Locked<'_> {
+        // SAFETY: plain spin_lock_irqsave on the module's lock.
+        let flags = unsafe { fac::st_lock_irqsave() };
+        Locked { g: self, flags }
+    }
+}
+
+impl Locked<'_> {
+    fn tracker(&mut self) -> &mut Tracker<'static> {
+        // SAFETY: we hold the lock, so no other reference to the tracker exists.
+        unsafe { &mut *self.g.tracker.get() }
+    }
+
+    /// The tracker and the record scratch buffer together.
+    fn tracker_and_buf(&mut self) -> (&mut Tracker<'static>, &mut [u8]) {
+        // SAFETY: both are guarded by the lock we hold; they are distinct objects.
+        unsafe { (&mut *self.g.tracker.get(), &mut **self.g.record_buf.get()) }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: releases the lock taken in `Global::lock` with its saved flags.
+        unsafe { fac::st_unlock_irqrestore(self.flags) };
+    }
+}
+
+/// Owner of the global state: allocates it at load and frees it at unload.
+pub(crate) struct Installed {
+    _global: KBox<Global>,
+    bitmap: *mut u64,
+    _storage: VSlice<DefaultStorage>,
+    _record_buf: VSlice<u8>,
+}
+
+impl Installed {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: DefaultStorage is integers and atomics only: all-zero is valid.
+        let mut storage = unsafe { VSlice::<DefaultStorage>::zeroed(1)? };
+        let rec_len = record_size(MAX_CALLS_LIMIT).max(fac_subbuf_size());
+        // SAFETY: bytes.
+        let mut record_buf = unsafe { VSlice::<u8>::zeroed(rec_len)? };
+        // SAFETY: the storage outlives the tracker: `global` (holding the tracker) is
+        // dropped before `_storage` (field order), and this is the only borrow.
+        let block: &'static mut DefaultStorage = unsafe { &mut storage.leak_mut()[0] };
+        // SAFETY: as above, for the record buffer.
+        let buf: &'static mut [u8] = unsafe { record_buf.leak_mut() };
+        let seed = {
+            let mut s = [0u8; 8];
+            // SAFETY: fills `s` with random bytes.
+            unsafe { kernel::bindings::get_random_bytes(s.as_mut_ptr() as *mut c_void, 8) };
+            u64::from_ne_bytes(s)
+        };
+        let bitmap = block.tracked.as_ptr() as *mut u64;
+        let tracker = Tracker::new(block.storage(), seed);
+        let global = KBox::new(
+            Global {
+                tracker: UnsafeCell::new(tracker),
+                record_buf: UnsafeCell::new(buf),
+                channels: [const { AtomicPtr::new(null_mut()) }; DEFAULT_PROCESSES],
+                closing: [const { AtomicPtr::new(null_mut()) }; DEFAULT_PROCESSES],
+                threshold_ns: AtomicU64::new(tunables::DEFAULT_THRESHOLD_NS),
+                timeout_ns: AtomicU64::new(tunables::DEFAULT_TIMEOUT_NS),
+            },
+            GFP_KERNEL,
+        )?;
+        GLOBAL.store(&*global as *const Global as *mut Global, Ordering::Release);
+        Ok(Self { _global: global, bitmap, _storage: storage, _record_buf: record_buf })
+    }
+
+    /// Hands the tracked-thread bitmap to the C probes.
+    pub(crate) fn publish_bitmap(&self) -> TrackedBitmap {
+        // SAFETY: the bitmap (TRACKED_WORDS words, one bit per possible tid) lives in
+        // `_storage`, which outlives the returned value (`SpanTrack` drops `_bitmap`
+        // before `_state`). AtomicU64 has the layout of u64, C's unsigned long here.
+        unsafe { TrackedBitmap::publish(self.bitmap, TRACKED_WORDS * 64) }
+    }
+
+    pub(crate) fn reserved_bytes(&self) -> usize {
+        self._storage.byte_len().saturating_add(self._record_buf.byte_len())
+    }
+}
+
+// SAFETY: `bitmap` points into `_storage`, owned by this value; the state behind it is
+// synchronised by the lock and atomics (see `Global`).
+unsafe impl Send for Installed {}
+// SAFETY: as above.
+unsafe impl Sync for Installed {}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        GLOBAL.store(null_mut(), Ordering::Release);
+    }
+}
+
+fn fac_subbuf_size() -> usize {
+    // SAFETY: plain query of a constant.
+    unsafe { fac::st_subbuf_size() }
+}
+
+/// Closes every relay channel still open when the module unloads.
+pub(crate) struct Channels;
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        let Some(g) = global() else { return };
+        for slot in Iterator::chain(g.channels.iter(), g.closing.iter()) {
+            if let Some(p) = NonNull::new(slot.swap(null_mut(), Ordering::AcqRel)) {
+                // SAFETY: every pointer in these slots came from `RelayChannel::into_raw`
+                // and the swap makes this its only owner.
+                drop(unsafe { RelayChannel::from_raw(p) });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Probes (called by glue.c only for tracked threads)
+// ---------------------------------------------------------------------------------------
+
+#[no_mangle]
+extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64) {
+    let Some(g) = global() else { return };
+    g.lock().tracker().sys_enter(tid as u32, nr as u32, mono);
+}
+
+#[no_mangle]
+extern "C" fn st_rs_sys_exit(tid: c_int, ret: c_long, mono: u64) {
+    let Some(g) = global() else { return };
+    g.lock().tracker().sys_exit(tid as u32, ret as i64, mono);
+}
+
+#[no_mangle]
+extern "C" fn st_rs_task_exit(tid: c_int, tgid: c_int) {
+    let Some(g) = global() else { return };
+    let mut l = g.lock();
+    let t = l.tracker();
+    if t.remove_thread(tid as u32) {
+        // The process's last tracked thread is gone: so is the process.
+        retire_process(g, t, tgid as u32);
+        drop(l);
+        // SAFETY: schedules the reap work (allowed in atomic context).
+        unsafe { fac::st_schedule_reap() };
+    }
+}
+
+#[no_mangle]
+extern "C" fn st_rs_new_thread(tid: c_int, tgid: c_int) {
+    let Some(g) = global() else { return };
+    let mut l = g.lock();
+    let t = l.tracker();
+    if t.process_of(tgid as u32).is_some() && !t.is_tracked(tid as u32) {
+        // A full thread table is counted by the tracker.
+        let _ = t.add_thread(tgid as u32, tid as u32);
+    }
+}
+
+/// Unregisters `tgid` (lock held) and parks its channel for the reap work.
+///
+/// There is always a free parking slot: `register` reaps before it opens a channel, so
+/// open plus parked channels never outnumber the process slots.
+fn retire_process(g: &Global, t: &mut Tracker<'static>, tgid: u32) {
+    let Some(idx) = t.process_of(tgid) else { return };
+    let _ = t.unregister_process(tgid);
+    let Some(p) = g.channels.get(idx.index()).map(|c| c.swap(null_mut(), Ordering::AcqRel)) else {
+        return;
+    };
+    if p.is_null() {
+        return;
+    }
+    for park in g.closing.iter() {
+        if park.compare_exchange(null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return;
+        }
+    }
+    // Unreachable by the argument above; should it happen, keep the channel reachable
+    // for unload rather than close it here, in atomic context.
+    if let Some(c) = g.channels.get(idx.index()) {
+        c.store(p, Ordering::Release);
+    }
+}
+
+#[no_mangle]
+extern "C" fn st_rs_reap() {
+    let Some(g) = global() else { return };
+    for slot in g.closing.iter() {
+        if let Some(p) = NonNull::new(slot.swap(null_mut(), Ordering::AcqRel)) {
+            // SAFETY: parked by `retire_process` from `into_raw`; the swap gives sole
+            // ownership. We are in a work item: closing may sleep.
+            drop(unsafe { RelayChannel::from_raw(p) });
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn st_rs_expire(mono: u64) {
+    let Some(g) = global() else { return };
+    let timeout = g.timeout_ns.load(Ordering::Relaxed);
+    g.lock().tracker().expire(mono, timeout);
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc/spantrack/{begin,end,control}
+// ---------------------------------------------------------------------------------------
+
+#[no_mangle]
+extern "C" fn st_rs_span_write(
+    is_end: c_int,
+    tid: c_int,
+    _tgid: c_int,
+    buf: *const u8,
+    len: usize,
+    mono: u64,
+    real: u64,
+) -> c_long {
+    let Some(g) = global() else { return -(ENOENT as c_long) };
+    // SAFETY: glue.c passes its kernel copy of the user's bytes, `len` long.
+    let line = unsafe { core::slice::from_raw_parts(buf, len) };
+    let tid = tid as u32;
+    if is_end == 0 {
+        return match g.lock().tracker().begin_line(tid, line, mono, real) {
+            Ok(()) => 0,
+            Err(e) => -(e as c_long),
+        };
+    }
+    let threshold = g.threshold_ns.load(Ordering::Relaxed);
+    let mut l = g.lock();
+    let (t, out) = l.tracker_and_buf();
+    match t.end_line(tid, line, mono, real, threshold, out) {
+        Ok(EndOutcome::Fast) => 0,
+        Ok(EndOutcome::Slow { len, tgid }) => {
+            let written = match t.process_of(tgid).and_then(|i| g.channels.get(i.index())) {
+                Some(ch) => {
+                    let p = ch.load(Ordering::Acquire);
+                    match NonNull::new(p) {
+                        // SAFETY: the channel stays open while it is in `channels` and we
+                        // hold the lock (closing takes it out under the lock first).
+                        Some(p) => {
+                            let ch = core::mem::ManuallyDrop::new(unsafe { RelayChannel::from_raw(p) });
+                            out.get(..len).map_or(false, |r| len > 0 && ch.write(r).is_ok())
+                        }
+                        None => false,
+                    }
+                }
+                None => false,
+            };
+            if written {
+                t.note_record_written(tgid);
+            } else {
+                t.note_record_dropped(tgid);
+            }
+            drop(l);
+            if written {
+                // SAFETY: process context, no lock held.
+                unsafe { fac::st_wake_readers() };
+            }
+            0
+        }
+        Err(e) => -(e as c_long),
+    }
+}
+
+struct RegisterCtx<'g> {
+    g: &'g Global,
+    failed: bool,
+}
+
+unsafe extern "C" fn add_thread_cb(ctx: *mut c_void, tid: c_int, tgid: c_int) {
+    // SAFETY: `ctx` is the RegisterCtx passed by `register`, alive during the walk.
+    let ctx = unsafe { &mut *(ctx as *mut RegisterCtx<'_>) };
+    let mut l = ctx.g.lock();
+    let t = l.tracker();
+    if !t.is_tracked(tid as u32) && t.add_thread(tgid as u32, tid as u32).is_err() {
+        ctx.failed = true;
+    }
+}
+
+/// IOCTL_REGISTER for the calling process. Runs under `st_reg_lock`.
+fn register(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
+    // Close parked channels first (see `retire_process`).
+    st_rs_reap();
+    let idx = g.lock().tracker().register_process(tgid)?;
+    let chan = match RelayChannel::open(tgid as i32) {
+        Ok(c) => c,
+        Err(_) => {
+            let _ = g.lock().tracker().unregister_process(tgid);
+            return Err(ENOMEM);
+        }
+    };
+    let slot = g.channels.get(idx.index()).ok_or(ENOMEM)?;
+    slot.store(chan.into_raw(), Ordering::Release);
+    let mut ctx = RegisterCtx { g, failed: false };
+    // SAFETY: the callback only takes the spinlock; ctx outlives the call.
+    unsafe {
+        fac::st_for_each_thread_of_current(add_thread_cb, &mut ctx as *mut _ as *mut c_void)
+    };
+    if ctx.failed {
+        unregister(g, tgid)?;
+        return Err(uapi::ERR_TABLE_FULL);
+    }
+    Ok(0)
+}
+
+/// IOCTL_UNREGISTER for the calling process. Runs under `st_reg_lock`.
+fn unregister(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
+    let chan = {
+        let mut l = g.lock();
+        let t = l.tracker();
+        let idx = t.process_of(tgid).ok_or(ENOENT)?;
+        t.unregister_process(tgid)?;
+        g.channels.get(idx.index()).map_or(null_mut(), |c| c.swap(null_mut(), Ordering::AcqRel))
+    };
+    if let Some(p) = NonNull::new(chan) {
+        // SAFETY: taken out of `channels` under the lock: no writer can use it any more.
+        drop(unsafe { RelayChannel::from_raw(p) });
+    }
+    Ok(0)
+}
+
+#[no_mangle]
+extern "C" fn st_rs_ioctl(cmd: c_uint, tid: c_int, tgid: c_int, out: *mut c_void, out_len: usize) -> c_long {
+    let Some(g) = global() else { return -(ENOENT as c_long) };
+    let (tid, tgid) = (tid as u32, tgid as u32);
+    let r = match cmd {
+        uapi::IOCTL_REGISTER => {
+            // SAFETY: mutex around registration; released below.
+            unsafe { fac::st_reg_lock() };
+            let r = register(g, tgid);
+            // SAFETY: taken above.
+            unsafe { fac::st_reg_unlock() };
+            r
+        }
+        uapi::IOCTL_UNREGISTER => {
+            // SAFETY: as above.
+            unsafe { fac::st_reg_lock() };
+            let r = unregister(g, tgid);
+            // SAFETY: taken above.
+            unsafe { fac::st_reg_unlock() };
+            r
+        }
+        uapi::IOCTL_UNREGISTER_THREAD => {
+            let mut l = g.lock();
+            let t = l.tracker();
+            if t.is_tracked(tid) {
+                // The process stays registered even if this was its last tracked thread:
+                // new threads are still tracked, and UNREGISTER ends it.
+                t.remove_thread(tid);
+                Ok(0)
+            } else {
+                Err(ENOENT)
+            }
+        }
+        uapi::IOCTL_INFO => {
+            let mut info = uapi::Info {
+                abi_version: uapi::ABI_VERSION,
+                // SAFETY: plain queries.
+                relay_files: unsafe { fac::st_possible_cpus() },
+                subbuf_size: fac_subbuf_size() as u32,
+                // SAFETY: plain query.
+                n_subbufs: unsafe { fac::st_n_subbufs() } as u32,
+                max_calls_limit: MAX_CALLS_LIMIT,
+                ..Default::default()
+            };
+            if let Some(p) = g.lock().tracker().process_info(tgid) {
+                info.registered = 1;
+                info.records_written = p.records_written;
+                info.records_dropped = p.records_dropped;
+            }
+            let n = core::mem::size_of::<uapi::Info>();
+            if out_len < n {
+                Err(ENOMEM)
+            } else {
+                // SAFETY: `out` has `out_len >= n` bytes (glue.c's buffer); Info is POD.
+                unsafe { core::ptr::copy_nonoverlapping(&info as *const _ as *const u8, out as *mut u8, n) };
+                Ok(n as c_long)
+            }
+        }
+        _ => Err(ENOTTY),
+    };
+    fac::to_c(r)
+}
+
+#[no_mangle]
+extern "C" fn st_rs_poll(tgid: c_int, seen: *mut u64) -> c_int {
+    let Some(g) = global() else { return 0 };
+    let written = match g.lock().tracker().process_info(tgid as u32) {
+        Some(p) => p.records_written,
+        None => return 0,
+    };
+    // SAFETY: `seen` is the file's private_data word, owned by this open file.
+    let seen = unsafe { &mut *seen };
+    if written != *seen {
+        *seen = written;
+        1
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /sys/kernel/spantrack
+// ---------------------------------------------------------------------------------------
+
+const ATTR_THRESHOLD: c_int = 0;
+const ATTR_TIMEOUT: c_int = 1;
+const ATTR_MAX_CALLS: c_int = 2;
+const ATTR_FILTER: c_int = 3;
+const ATTR_STATS: c_int = 4;
+const PAGE: usize = 4096;
+
+#[no_mangle]
+extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
+    let Some(g) = global() else { return -(ENOENT as c_long) };
+    // SAFETY: sysfs show buffers are one page.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, PAGE) };
+    let n = match attr {
+        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS => {
+            let v = match attr {
+                ATTR_THRESHOLD => g.threshold_ns.load(Ordering::Relaxed),
+                ATTR_TIMEOUT => g.timeout_ns.load(Ordering::Relaxed),
+                _ => g.lock().tracker().max_calls() as u64,
+            };
+            let mut t = TextBuf::new(out);
+            t.push_u64(v);
+            t.push_str("\n");
+            t.len()
+        }
+        ATTR_FILTER => {
+            let f = *g.lock().tracker().filter();
+            tunables::format_filter(&f, out)
+        }
+        ATTR_STATS => g.lock().tracker().format_stats(out),
+        _ => return -(EINVAL as c_long),
+    };
+    n as c_long
+}
+
+#[no_mangle]
+extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usize) -> c_long {
+    let Some(g) = global() else { return -(ENOENT as c_long) };
+    // SAFETY: sysfs passes `len` valid bytes.
+    let input = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
+    let r: core::result::Result<(), i32> = match attr {
+        ATTR_THRESHOLD => tunables::parse_u64(input, 0, tunables::MAX_THRESHOLD_NS)
+            .map(|v| g.threshold_ns.store(v, Ordering::Relaxed)),
+        ATTR_TIMEOUT => tunables::parse_u64(input, tunables::MIN_TIMEOUT_NS, tunables::MAX_TIMEOUT_NS)
+            .map(|v| g.timeout_ns.store(v, Ordering::Relaxed)),
+        ATTR_MAX_CALLS => tunables::parse_u64(input, 0, MAX_CALLS_LIMIT as u64)
+            .and_then(|v| g.lock().tracker().set_max_calls(v as u32)),
+        ATTR_FILTER => {
+            let mut f = *g.lock().tracker().filter();
+            tunables::parse_filter(input, &mut f).map(|()| g.lock().tracker().set_filter(f))
+        }
+        _ => Err(EINVAL),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => -(e as c_long),
+    }
+}
