@@ -81,7 +81,7 @@ impl kernel::Module for SpanTrack {
         let timer = ExpiryTimer::start();
         let tracepoints = Tracepoints::register()?;
         pr_info!(
-            "spantrack: loaded (ABI {}, {} CPUs, {} KiB reserved)\n",
+            "loaded (ABI {}, {} CPUs, {} KiB reserved)\n",
             uapi::ABI_VERSION,
             // SAFETY: plain query.
             unsafe { facilities::st_possible_cpus() },
@@ -106,6 +106,6 @@ impl Drop for SpanTrack {
         // Fields drop after this body; nothing here but the log line. `channels` closes
         // every relay channel still open when it drops (after the reap work is flushed).
         let _ = &self.channels;
-        pr_info!("spantrack: unloaded\n");
+        pr_info!("unloaded\n");
     }
 }

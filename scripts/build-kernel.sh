@@ -45,7 +45,7 @@ done < <(cat "$root/kconfig/base.config" "$root/kconfig/$VARIANT.config")
 
 t1=$(now)
 jobs=$(( $(nproc) + 1 ))
-make -s -j"$jobs" "${KMAKE_FLAGS[@]}" bzImage modules_prepare >&2 || die "kernel build failed"
+make -s -j"$jobs" "${KMAKE_FLAGS[@]}" bzImage modules >&2 || die "kernel build failed"
 stage "kernel ($VARIANT) built in $(elapsed "$t1")"
 
 touch "$kdir/.spantrack-built"

@@ -47,11 +47,11 @@ extra=()
 
 set +e
 timeout -k 5 "$timeout_s" qemu-system-x86_64 \
-  -machine q35 -cpu max -m "$mem" -smp "$smp" \
+  -machine q35 -cpu qemu64 -m "$mem" -smp "$smp" \
   -display none -monitor none -no-reboot \
   -kernel "$bz" \
-  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 spantrack_out=/run/spout" \
-  -fsdev local,id=hostroot,path=/,security_model=none,readonly=on \
+  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 mitigations=off spantrack_out=/run/spout" \
+  -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev local,id=spout,path="$out",security_model=none \
   -device virtio-9p-pci,fsdev=spout,mount_tag=spout \

@@ -176,3 +176,312 @@ pub const SYSCALL_ENTRY_SIZE: usize = core::mem::size_of::<SyscallEntry>();
 const _: () = assert!(RECORD_HEADER_SIZE == 128);
 const _: () = assert!(SYSCALL_ENTRY_SIZE == 32);
 const _: () = assert!(core::mem::size_of::<Info>() == 40);
+
+// ---------------------------------------------------------------------------------------
+// Record decoding (user space)
+// ---------------------------------------------------------------------------------------
+
+/// Why [`decode_record`] refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The buffer holds only the start of a record: read at least `needed` bytes in all and
+    /// decode again. Not an error for a stream reader.
+    Incomplete {
+        /// Bytes the record needs (known once the size fields are in).
+        needed: usize,
+    },
+    /// `magic` is not [`RECORD_MAGIC`] (not a record, or the stream lost sync).
+    BadMagic(u32),
+    /// `version` is not [`ABI_VERSION`].
+    BadVersion(u16),
+    /// `header_size` is not [`RECORD_HEADER_SIZE`].
+    BadHeaderSize(u16),
+    /// `total_size` disagrees with `header_size + n_entries * SYSCALL_ENTRY_SIZE`.
+    BadTotalSize {
+        /// The header's `total_size`.
+        total_size: u32,
+        /// The header's `n_entries`.
+        n_entries: u32,
+    },
+}
+
+/// `N` bytes at `off`; the callers check the length first, a short buffer reads as zeros.
+fn le_array<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    off.checked_add(N)
+        .and_then(|end| b.get(off..end))
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .unwrap_or([0; N])
+}
+fn le_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(le_array(b, off))
+}
+fn le_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(le_array(b, off))
+}
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(le_array(b, off))
+}
+
+impl RecordHeader {
+    /// Reads a header from the first [`RECORD_HEADER_SIZE`] bytes of `b` (no validation);
+    /// `None` if `b` is shorter.
+    pub fn from_bytes(b: &[u8]) -> Option<RecordHeader> {
+        use core::mem::offset_of;
+        if b.len() < RECORD_HEADER_SIZE {
+            return None;
+        }
+        Some(RecordHeader {
+            magic: le_u32(b, offset_of!(RecordHeader, magic)),
+            version: le_u16(b, offset_of!(RecordHeader, version)),
+            header_size: le_u16(b, offset_of!(RecordHeader, header_size)),
+            total_size: le_u32(b, offset_of!(RecordHeader, total_size)),
+            n_entries: le_u32(b, offset_of!(RecordHeader, n_entries)),
+            trace_id: le_array(b, offset_of!(RecordHeader, trace_id)),
+            span_id: le_array(b, offset_of!(RecordHeader, span_id)),
+            tid: le_u32(b, offset_of!(RecordHeader, tid)),
+            tgid: le_u32(b, offset_of!(RecordHeader, tgid)),
+            begin_mono_ns: le_u64(b, offset_of!(RecordHeader, begin_mono_ns)),
+            end_mono_ns: le_u64(b, offset_of!(RecordHeader, end_mono_ns)),
+            begin_real_ns: le_u64(b, offset_of!(RecordHeader, begin_real_ns)),
+            end_real_ns: le_u64(b, offset_of!(RecordHeader, end_real_ns)),
+            depth: le_u32(b, offset_of!(RecordHeader, depth)),
+            flags: le_u32(b, offset_of!(RecordHeader, flags)),
+            total_calls: le_u64(b, offset_of!(RecordHeader, total_calls)),
+            total_call_ns: le_u64(b, offset_of!(RecordHeader, total_call_ns)),
+            unitemised_calls: le_u64(b, offset_of!(RecordHeader, unitemised_calls)),
+            unitemised_ns: le_u64(b, offset_of!(RecordHeader, unitemised_ns)),
+            records_dropped_before: le_u64(b, offset_of!(RecordHeader, records_dropped_before)),
+        })
+    }
+}
+
+impl SyscallEntry {
+    /// Reads an entry from the first [`SYSCALL_ENTRY_SIZE`] bytes of `b`; `None` if shorter.
+    pub fn from_bytes(b: &[u8]) -> Option<SyscallEntry> {
+        use core::mem::offset_of;
+        if b.len() < SYSCALL_ENTRY_SIZE {
+            return None;
+        }
+        Some(SyscallEntry {
+            nr: le_u32(b, offset_of!(SyscallEntry, nr)),
+            flags: le_u32(b, offset_of!(SyscallEntry, flags)),
+            ret: le_u64(b, offset_of!(SyscallEntry, ret)) as i64,
+            start_mono_ns: le_u64(b, offset_of!(SyscallEntry, start_mono_ns)),
+            end_mono_ns: le_u64(b, offset_of!(SyscallEntry, end_mono_ns)),
+        })
+    }
+}
+
+/// The itemised calls of a decoded record, in the order they ended.
+#[derive(Clone, Debug)]
+pub struct EntriesIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> EntriesIter<'a> {
+    /// The raw bytes of the entries not yet returned.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl Iterator for EntriesIter<'_> {
+    type Item = SyscallEntry;
+
+    fn next(&mut self) -> Option<SyscallEntry> {
+        let e = SyscallEntry::from_bytes(self.rest)?;
+        self.rest = self.rest.get(SYSCALL_ENTRY_SIZE..).unwrap_or(&[]);
+        Some(e)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.rest.len() / SYSCALL_ENTRY_SIZE;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for EntriesIter<'_> {}
+
+/// Decodes the record at the start of `buf` (a relay stream): its header, its entries and
+/// the number of bytes it occupies (`total_size`; the next record starts there).
+///
+/// Validates magic, version, header size and `total_size == header_size + n_entries * 32`.
+/// A buffer that ends inside the record gives [`DecodeError::Incomplete`] (checked after
+/// what can be checked from the bytes at hand, so garbage is reported as soon as visible).
+pub fn decode_record(buf: &[u8]) -> Result<(RecordHeader, EntriesIter<'_>, usize), DecodeError> {
+    use core::mem::offset_of;
+    // The fixed fields that say how long the record is.
+    let sizes_end = offset_of!(RecordHeader, n_entries) + 4;
+    if buf.len() >= 4 {
+        let magic = le_u32(buf, offset_of!(RecordHeader, magic));
+        if magic != RECORD_MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+    }
+    if buf.len() < sizes_end {
+        return Err(DecodeError::Incomplete {
+            needed: RECORD_HEADER_SIZE,
+        });
+    }
+    let version = le_u16(buf, offset_of!(RecordHeader, version));
+    if u32::from(version) != ABI_VERSION {
+        return Err(DecodeError::BadVersion(version));
+    }
+    let header_size = le_u16(buf, offset_of!(RecordHeader, header_size));
+    if usize::from(header_size) != RECORD_HEADER_SIZE {
+        return Err(DecodeError::BadHeaderSize(header_size));
+    }
+    let total_size = le_u32(buf, offset_of!(RecordHeader, total_size));
+    let n_entries = le_u32(buf, offset_of!(RecordHeader, n_entries));
+    let expected = u64::from(n_entries)
+        .checked_mul(SYSCALL_ENTRY_SIZE as u64)
+        .and_then(|e| e.checked_add(RECORD_HEADER_SIZE as u64));
+    if expected != Some(u64::from(total_size)) {
+        return Err(DecodeError::BadTotalSize {
+            total_size,
+            n_entries,
+        });
+    }
+    let total = total_size as usize;
+    let incomplete = DecodeError::Incomplete { needed: total };
+    let record = buf.get(..total).ok_or(incomplete)?;
+    let header = RecordHeader::from_bytes(record).ok_or(incomplete)?;
+    let entries = EntriesIter {
+        rest: record.get(RECORD_HEADER_SIZE..).unwrap_or(&[]),
+    };
+    Ok((header, entries, total))
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::{align_of, offset_of};
+
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(RECORD_HEADER_SIZE, 128);
+        assert_eq!(SYSCALL_ENTRY_SIZE, 32);
+        assert_eq!(align_of::<RecordHeader>(), 8);
+        assert_eq!(offset_of!(RecordHeader, trace_id), 16);
+        assert_eq!(offset_of!(RecordHeader, span_id), 32);
+        assert_eq!(offset_of!(RecordHeader, tid), 40);
+        assert_eq!(offset_of!(RecordHeader, begin_mono_ns), 48);
+        assert_eq!(offset_of!(RecordHeader, depth), 80);
+        assert_eq!(offset_of!(RecordHeader, total_calls), 88);
+        assert_eq!(offset_of!(RecordHeader, records_dropped_before), 120);
+        assert_eq!(offset_of!(SyscallEntry, ret), 8);
+        assert_eq!(offset_of!(SyscallEntry, end_mono_ns), 24);
+        assert_eq!(RECORD_MAGIC.to_le_bytes(), *b"SPTR");
+    }
+
+    fn header_bytes(n_entries: u32) -> std::vec::Vec<u8> {
+        let mut b = std::vec![0u8; RECORD_HEADER_SIZE + n_entries as usize * SYSCALL_ENTRY_SIZE];
+        b[0..4].copy_from_slice(b"SPTR");
+        b[4..6].copy_from_slice(&(ABI_VERSION as u16).to_le_bytes());
+        b[6..8].copy_from_slice(&(RECORD_HEADER_SIZE as u16).to_le_bytes());
+        let total = b.len() as u32;
+        b[8..12].copy_from_slice(&total.to_le_bytes());
+        b[12..16].copy_from_slice(&n_entries.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn decode_validates() {
+        let mut b = header_bytes(2);
+        b[128..132].copy_from_slice(&7u32.to_le_bytes());
+        b[136..144].copy_from_slice(&(-11i64).to_le_bytes());
+        b[160..164].copy_from_slice(&9u32.to_le_bytes());
+        let (h, it, used) = decode_record(&b).unwrap();
+        assert_eq!(
+            (h.n_entries, h.total_size as usize, used),
+            (2, b.len(), b.len())
+        );
+        let e: std::vec::Vec<_> = it.collect();
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].nr, e[0].ret, e[1].nr), (7, -11, 9));
+        // Trailing bytes belong to the next record.
+        let mut longer = b.clone();
+        longer.extend_from_slice(b"SPTR");
+        assert_eq!(decode_record(&longer).unwrap().2, b.len());
+        for cut in 0..b.len() {
+            assert!(
+                matches!(
+                    decode_record(&b[..cut]),
+                    Err(DecodeError::Incomplete { .. })
+                ),
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            decode_record(&b[..100]).map(|_| ()),
+            Err(DecodeError::Incomplete { needed: 192 })
+        );
+        assert_eq!(
+            decode_record(&b[..10]).map(|_| ()),
+            Err(DecodeError::Incomplete { needed: 128 })
+        );
+        let mut bad = b.clone();
+        bad[0] = b'X';
+        assert!(matches!(decode_record(&bad), Err(DecodeError::BadMagic(_))));
+        assert!(matches!(
+            decode_record(&bad[..5]),
+            Err(DecodeError::BadMagic(_))
+        ));
+        let mut bad = b.clone();
+        bad[4] = 9;
+        assert_eq!(
+            decode_record(&bad).map(|_| ()),
+            Err(DecodeError::BadVersion(9))
+        );
+        let mut bad = b.clone();
+        bad[6] = 64;
+        assert_eq!(
+            decode_record(&bad).map(|_| ()),
+            Err(DecodeError::BadHeaderSize(64))
+        );
+        let mut bad = b.clone();
+        bad[12] = 3;
+        assert!(matches!(
+            decode_record(&bad),
+            Err(DecodeError::BadTotalSize { .. })
+        ));
+        let mut bad = b.clone();
+        bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_record(&bad),
+            Err(DecodeError::BadTotalSize { .. })
+        ));
+    }
+
+    #[test]
+    fn decode_never_panics_on_garbage() {
+        // A cheap deterministic fuzz (xorshift): random bytes, and valid prefixes with noise.
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let len = (rnd() % 300) as usize;
+            let mut b: std::vec::Vec<u8> = if i % 2 == 0 {
+                (0..len).map(|_| rnd() as u8).collect()
+            } else {
+                let mut h = header_bytes((rnd() % 6) as u32);
+                h.truncate(len.min(h.len()));
+                h
+            };
+            if !b.is_empty() && i % 3 == 0 {
+                let p = (rnd() as usize) % b.len();
+                b[p] = rnd() as u8;
+            }
+            if let Ok((h, it, used)) = decode_record(&b) {
+                assert_eq!(used, h.total_size as usize);
+                assert!(used <= b.len());
+                assert_eq!(it.len(), h.n_entries as usize);
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Span keys: the binary form of the `"<32 hex trace id> <16 hex span id>\n"` lines written
+//! to `/proc/spantrack/begin` and `/proc/spantrack/end`, their parser, formatter and hash.
+//!
+//! Compiled into `spantrack.ko` and into the host crate `spantrack-logic`: `core` only, no
+//! panics on any input.
+
+use crate::uapi;
+
+/// Length of a formatted span line, newline included (`SPAN_LINE_MAX`).
+pub const SPAN_LINE_LEN: usize = 32 + 1 + 16 + 1;
+
+const _: () = assert!(SPAN_LINE_LEN == uapi::SPAN_LINE_MAX);
+
+/// W3C trace context ids of one span, parsed once at begin/end: hashed and compared as bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpanKey {
+    /// W3C trace id (16 bytes, big-endian as written in hex).
+    pub trace_id: [u8; 16],
+    /// W3C span id (parent id in `traceparent` terms).
+    pub span_id: [u8; 8],
+}
+
+const M1: u64 = 0x9e37_79b9_7f4a_7c15;
+const M2: u64 = 0xbf58_476d_1ce4_e5b9;
+const M3: u64 = 0x94d0_49bb_1331_11eb;
+
+/// Final avalanche of splitmix64.
+#[inline]
+const fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(M2);
+    x = (x ^ (x >> 27)).wrapping_mul(M3);
+    x ^ (x >> 31)
+}
+
+impl SpanKey {
+    /// All-zero key (invalid per W3C; never stored as an open span).
+    pub const EMPTY: SpanKey = SpanKey {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+    };
+
+    /// Both ids are non-zero (W3C trace context: all-zero ids are invalid).
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != [0; 16] && self.span_id != [0; 8]
+    }
+
+    /// The three 64-bit words of the key (trace id high, trace id low, span id), read in
+    /// little-endian order (any fixed order would do: only the hash uses them).
+    #[inline]
+    fn words(&self) -> [u64; 3] {
+        let t = &self.trace_id;
+        let s = &self.span_id;
+        [
+            u64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]),
+            u64::from_le_bytes([t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15]]),
+            u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]),
+        ]
+    }
+
+    /// Hash of the key with a seed (the tracker uses a random per-load seed so that a
+    /// process cannot easily pick ids that all land in one probe chain).
+    #[inline]
+    pub fn hash_seeded(&self, seed: u64) -> u32 {
+        let [a, b, c] = self.words();
+        let mut h = seed ^ M1;
+        h = mix64(h ^ a);
+        h = mix64(h.wrapping_add(b));
+        h = mix64(h ^ c.rotate_left(17));
+        (h ^ (h >> 32)) as u32
+    }
+
+    /// Unseeded hash (seed 0).
+    #[inline]
+    pub fn hash(&self) -> u32 {
+        self.hash_seeded(0)
+    }
+}
+
+/// Value of one ASCII hex digit, either case.
+#[inline]
+const fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `2 * out.len()` hex digits from `src` into `out`; false on any non-hex byte or a
+/// length mismatch.
+fn decode_hex(src: &[u8], out: &mut [u8]) -> bool {
+    if src.len() != out.len().wrapping_mul(2) {
+        return false;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let at = |j: usize| src.get(j).copied().and_then(hex_val);
+        let (Some(hi), Some(lo)) = (at(i.wrapping_mul(2)), at(i.wrapping_mul(2).wrapping_add(1)))
+        else {
+            return false;
+        };
+        *o = (hi << 4) | lo;
+    }
+    true
+}
+
+/// Parses one begin/end line: exactly `"<32 hex> <16 hex>"` optionally followed by a single
+/// `'\n'`; hex digits in either case. Both ids must be non-zero.
+///
+/// Errors: [`uapi::ERR_MALFORMED`] for anything else.
+pub fn parse_span_line(buf: &[u8]) -> Result<SpanKey, i32> {
+    let line = match buf {
+        [rest @ .., b'\n'] => rest,
+        _ => buf,
+    };
+    if line.len() != SPAN_LINE_LEN - 1 {
+        return Err(uapi::ERR_MALFORMED);
+    }
+    let Some((trace_hex, [b' ', span_hex @ ..])) = line.split_at_checked(32) else {
+        return Err(uapi::ERR_MALFORMED);
+    };
+    let mut key = SpanKey::EMPTY;
+    if !decode_hex(trace_hex, &mut key.trace_id) || !decode_hex(span_hex, &mut key.span_id) {
+        return Err(uapi::ERR_MALFORMED);
+    }
+    if !key.is_valid() {
+        return Err(uapi::ERR_MALFORMED);
+    }
+    Ok(key)
+}
+
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
+fn encode_hex(src: &[u8], out: &mut [u8]) {
+    for (i, b) in src.iter().enumerate() {
+        let hi = HEX_LOWER[usize::from(*b >> 4)];
+        let lo = HEX_LOWER[usize::from(*b & 0xf)];
+        if let Some(o) = out.get_mut(i.wrapping_mul(2)) {
+            *o = hi;
+        }
+        if let Some(o) = out.get_mut(i.wrapping_mul(2).wrapping_add(1)) {
+            *o = lo;
+        }
+    }
+}
+
+/// Formats `key` as the line [`parse_span_line`] accepts: lower-case hex, one space, `'\n'`.
+/// Returns the written part of `out` (all of it).
+pub fn format_span_line<'b>(key: &SpanKey, out: &'b mut [u8; SPAN_LINE_LEN]) -> &'b [u8] {
+    if let Some((trace, [sp, span @ .., nl])) = out.split_at_mut_checked(32) {
+        encode_hex(&key.trace_id, trace);
+        *sp = b' ';
+        encode_hex(&key.span_id, span);
+        *nl = b'\n';
+    }
+    &out[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+    use std::vec::Vec;
+
+    const LINE: &[u8] = b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331\n";
+
+    fn key_of(t: u128, s: u64) -> SpanKey {
+        SpanKey {
+            trace_id: t.to_be_bytes(),
+            span_id: s.to_be_bytes(),
+        }
+    }
+
+    #[test]
+    fn parses_w3c_example() {
+        let k = parse_span_line(LINE).unwrap();
+        assert_eq!(
+            k,
+            key_of(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331)
+        );
+        // Without the newline, and in upper case.
+        assert_eq!(parse_span_line(&LINE[..49]), Ok(k));
+        let upper: Vec<u8> = LINE.to_ascii_uppercase();
+        assert_eq!(parse_span_line(&upper), Ok(k));
+        let mut mixed = LINE.to_vec();
+        mixed[1] = b'A';
+        mixed[33] = b'B';
+        assert_eq!(parse_span_line(&mixed), Ok(k));
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"\n",
+            b"\n\n",
+            &LINE[..48],
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331\n\n",
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331 \n",
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331\r\n",
+            b"0af7651916cd43dd8448eb211c80319c  7ad6b7169203331\n",
+            b"0af7651916cd43dd8448eb211c80319c\tb7ad6b7169203331\n",
+            b"0af7651916cd43dd8448eb211c80319cxb7ad6b7169203331\n",
+            b"0af7651916cd43dd8448eb211c80319cb7ad6b7169203331\n\n",
+            b"0af7651916cd43dd8448eb211c80319g b7ad6b7169203331\n",
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b716920333z\n",
+            b" 0af7651916cd43dd8448eb211c80319c b7ad6b716920333\n",
+            b"0af7651916cd43dd8448eb211c80319 cb7ad6b7169203331\n",
+            b"00000000000000000000000000000000 b7ad6b7169203331\n",
+            b"0af7651916cd43dd8448eb211c80319c 0000000000000000\n",
+            b"00000000000000000000000000000000 0000000000000000",
+            b"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            b"+af7651916cd43dd8448eb211c80319c b7ad6b7169203331",
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331\n\0",
+            b"0af7651916cd43dd8448eb211c80319c b7ad6b7169203331\0",
+        ];
+        for b in bad {
+            assert_eq!(
+                parse_span_line(b),
+                Err(uapi::ERR_MALFORMED),
+                "{:?}",
+                std::string::String::from_utf8_lossy(b)
+            );
+        }
+        let long = [b'a'; 200];
+        assert_eq!(parse_span_line(&long), Err(uapi::ERR_MALFORMED));
+    }
+
+    #[test]
+    fn non_ascii_bytes_rejected_everywhere() {
+        for pos in 0..LINE.len() {
+            for byte in [0u8, 0x80, 0xff, b'g', b'G', b'/', b':', b'@', b'`'] {
+                let mut l = LINE.to_vec();
+                if l[pos] == byte {
+                    continue;
+                }
+                l[pos] = byte;
+                assert_eq!(
+                    parse_span_line(&l),
+                    Err(uapi::ERR_MALFORMED),
+                    "pos {pos} byte {byte}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn formats_lower_case() {
+        let k = parse_span_line(&LINE.to_ascii_uppercase()).unwrap();
+        let mut out = [0u8; SPAN_LINE_LEN];
+        assert_eq!(format_span_line(&k, &mut out), LINE);
+    }
+
+    #[test]
+    fn hash_spreads_sequential_and_single_bit_keys() {
+        // Keys that differ in a single byte must spread over the low bits (the table masks).
+        let mut seen = HashSet::new();
+        for i in 0..24usize {
+            for v in 1..=255u8 {
+                let mut k = key_of(1, 1);
+                if i < 16 {
+                    k.trace_id[i] ^= v;
+                } else {
+                    k.span_id[i - 16] ^= v;
+                }
+                seen.insert(k.hash() & 0xfff);
+            }
+        }
+        // 6120 keys into 4096 buckets: a good hash fills ~77% of them.
+        assert!(seen.len() > 3000, "only {} buckets", seen.len());
+        // Seeds change the hash.
+        let k = key_of(5, 7);
+        assert_ne!(k.hash_seeded(1), k.hash_seeded(2));
+        assert_eq!(k.hash(), k.hash_seeded(0));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let r = parse_span_line(&bytes);
+            if let Ok(k) = r {
+                prop_assert!(k.is_valid());
+                let mut out = [0u8; SPAN_LINE_LEN];
+                let f = format_span_line(&k, &mut out);
+                // Whatever was accepted equals the canonical form up to case and newline.
+                let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                prop_assert_eq!(&f[..49], &trimmed.to_ascii_lowercase()[..]);
+            }
+        }
+
+        #[test]
+        fn near_valid_lines_never_panic(t in 1u128.., s in 1u64.., pos in 0usize..50, byte in any::<u8>(), cut in 0usize..51) {
+            let k = key_of(t, s);
+            let mut out = [0u8; SPAN_LINE_LEN];
+            let mut l = format_span_line(&k, &mut out).to_vec();
+            l[pos] = byte;
+            let _ = parse_span_line(&l);
+            let _ = parse_span_line(&l[..cut]);
+        }
+
+        #[test]
+        fn valid_lines_round_trip(t in 1u128.., s in 1u64.., upper in any::<bool>(), nl in any::<bool>()) {
+            let k = key_of(t, s);
+            let mut out = [0u8; SPAN_LINE_LEN];
+            let mut l = format_span_line(&k, &mut out).to_vec();
+            if upper { l.make_ascii_uppercase(); }
+            if !nl { l.pop(); }
+            prop_assert_eq!(parse_span_line(&l), Ok(k));
+        }
+    }
+}

@@ -1,0 +1,1277 @@
+//! The span tracker: registered processes and their threads, each thread's stack of open
+//! spans, the system calls attributed to the innermost open span, and the slow-span record
+//! produced at span end. It is the whole state machine of `spantrack.ko`; the kernel glue
+//! only feeds it events (ioctls, `/proc` writes, tracepoints, a timer) and ships records.
+//!
+//! Memory comes from the caller as slices ([`Storage`], or one [`DefaultStorage`] block),
+//! allocated once and zero-filled; nothing here allocates, locks or panics. The caller
+//! serialises every `&mut self` method with one irq-safe lock. The one lock-free query,
+//! "is this thread tracked?", goes through [`TrackedSet`], a bitmap of atomics indexed by
+//! tid that the tracker keeps in sync with its thread table.
+//!
+//! Errors are positive errno values (the kernel glue negates them).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::key::SpanKey;
+use crate::record::{self, MAX_CALLS_LIMIT};
+use crate::syscalls::SyscallFilter;
+use crate::table::{HashTable, IndexPool, TableKey, TableSlot};
+use crate::tunables::TextBuf;
+use crate::uapi::{
+    self, RecordHeader, SyscallEntry, MAX_DEPTH, RECORD_HEADER_SIZE, SYSCALL_ENTRY_SIZE,
+};
+
+/// `ENOENT`: the process is not registered.
+pub const ENOENT: i32 = 2;
+/// `ENOSPC`: a table is full (counted in [`Stats`]).
+pub const ENOSPC: i32 = 28;
+/// `ERANGE`: a tid beyond the tracked-thread bitmap, or a tunable out of range.
+pub const ERANGE: i32 = 34;
+/// `EALREADY`: the process is already registered.
+pub const EALREADY: i32 = 114;
+
+/// "No slot" in the `u32` links.
+pub const NIL: u32 = u32::MAX;
+/// System call entries per chunk of the entry pool.
+pub const CHUNK_ENTRIES: usize = 32;
+/// Default of the per-span limit of itemised calls.
+pub const DEFAULT_MAX_CALLS: u32 = 256;
+
+/// Registered processes (the capacities the kernel module uses, see [`DefaultStorage`]).
+pub const DEFAULT_PROCESSES: usize = 64;
+/// Tracked threads, all processes together.
+pub const DEFAULT_THREADS: usize = 4096;
+/// Open spans, all processes together.
+pub const DEFAULT_SPANS: usize = 4096;
+/// Chunks of `CHUNK_ENTRIES` itemised calls, shared by all open spans.
+pub const DEFAULT_CHUNKS: usize = 8192;
+/// `PID_MAX_LIMIT` on 64-bit: tids are below it.
+pub const PID_MAX_LIMIT: usize = 4 * 1024 * 1024;
+/// Words of the tracked-thread bitmap covering every possible tid.
+pub const TRACKED_WORDS: usize = PID_MAX_LIMIT / 64;
+
+const CALL_NONE: u32 = 0;
+const CALL_ACTIVE: u32 = 1;
+const CALL_EXCLUDED: u32 = 2;
+
+#[inline]
+fn bump(c: &mut u64) {
+    *c = c.wrapping_add(1);
+}
+
+#[inline]
+fn slot_mut<T>(s: &mut [T], i: u32) -> Option<&mut T> {
+    s.get_mut(i as usize)
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage
+// ---------------------------------------------------------------------------------------
+
+/// A registered process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessSlot {
+    /// Non-zero while registered.
+    in_use: u32,
+    tgid: u32,
+    n_threads: u32,
+    /// Head of the list of its threads (thread slot indices linked by `next`).
+    first_thread: u32,
+    records_written: u64,
+    records_dropped: u64,
+}
+
+impl ProcessSlot {
+    /// A free slot (what [`Tracker::new`] writes; all-zero storage is equally valid).
+    pub const EMPTY: Self = ProcessSlot {
+        in_use: 0,
+        tgid: 0,
+        n_threads: 0,
+        first_thread: NIL,
+        records_written: 0,
+        records_dropped: 0,
+    };
+}
+
+/// A tracked thread: its stack of open spans and the system call it is in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSlot {
+    tid: u32,
+    /// Index of its process slot.
+    proc: u32,
+    /// Neighbours in the process's thread list.
+    prev: u32,
+    next: u32,
+    /// Open spans: `stack[..depth]`, innermost last (span slot indices).
+    depth: u32,
+    /// `CALL_*`: the call in progress, if any, and whether it is excluded.
+    call_state: u32,
+    call_nr: u32,
+    _pad: u32,
+    call_start_ns: u64,
+    stack: [u32; MAX_DEPTH],
+}
+
+impl ThreadSlot {
+    /// A free slot (what [`Tracker::new`] writes; all-zero storage is equally valid).
+    pub const EMPTY: Self = ThreadSlot {
+        tid: 0,
+        proc: NIL,
+        prev: NIL,
+        next: NIL,
+        depth: 0,
+        call_state: CALL_NONE,
+        call_nr: 0,
+        _pad: 0,
+        call_start_ns: 0,
+        stack: [NIL; MAX_DEPTH],
+    };
+}
+
+/// An open span.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanSlot {
+    key: SpanKey,
+    /// Process slot and thread slot of the thread that began it.
+    proc: u32,
+    thread: u32,
+    tid: u32,
+    /// Depth at begin (0 = outermost).
+    depth: u32,
+    /// `uapi::REC_*` bits gathered so far.
+    flags: u32,
+    /// Non-zero while open.
+    open: u32,
+    /// Itemised calls, stored in `ceil(n_entries / CHUNK_ENTRIES)` chunks from `first_chunk`.
+    n_entries: u32,
+    first_chunk: u32,
+    last_chunk: u32,
+    _pad: u32,
+    begin_mono_ns: u64,
+    begin_real_ns: u64,
+    total_calls: u64,
+    total_call_ns: u64,
+    unitemised_calls: u64,
+    unitemised_ns: u64,
+}
+
+impl SpanSlot {
+    /// A free slot (what [`Tracker::new`] writes; all-zero storage is equally valid).
+    pub const EMPTY: Self = SpanSlot {
+        key: SpanKey::EMPTY,
+        proc: NIL,
+        thread: NIL,
+        tid: 0,
+        depth: 0,
+        flags: 0,
+        open: 0,
+        n_entries: 0,
+        first_chunk: NIL,
+        last_chunk: NIL,
+        _pad: 0,
+        begin_mono_ns: 0,
+        begin_real_ns: 0,
+        total_calls: 0,
+        total_call_ns: 0,
+        unitemised_calls: 0,
+        unitemised_ns: 0,
+    };
+}
+
+/// A chunk of itemised system calls of one span; chunks of a span are linked by `next`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryChunk {
+    next: u32,
+    _pad: u32,
+    entries: [SyscallEntry; CHUNK_ENTRIES],
+}
+
+const EMPTY_ENTRY: SyscallEntry = SyscallEntry {
+    nr: 0,
+    flags: 0,
+    ret: 0,
+    start_mono_ns: 0,
+    end_mono_ns: 0,
+};
+
+impl EntryChunk {
+    /// A free slot (what [`Tracker::new`] writes; all-zero storage is equally valid).
+    pub const EMPTY: Self = EntryChunk {
+        next: NIL,
+        _pad: 0,
+        entries: [EMPTY_ENTRY; CHUNK_ENTRIES],
+    };
+}
+
+/// Key of the open-span table: the span's ids and its process. Two processes may have a
+/// span with the same ids open at once (Zipkin B3 "shared span" propagation gives a client
+/// and a server span the same ids); a process can only see and end its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenSpanKey {
+    /// The span's ids.
+    pub key: SpanKey,
+    /// Process slot index.
+    pub proc: u32,
+}
+
+impl TableKey for OpenSpanKey {
+    const ZERO: Self = OpenSpanKey {
+        key: SpanKey::EMPTY,
+        proc: 0,
+    };
+    #[inline]
+    fn table_hash(&self, seed: u64) -> u32 {
+        self.key
+            .hash_seeded(seed ^ u64::from(self.proc).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+}
+
+/// The memory of a [`Tracker`], supplied by the caller. Every element type is valid as
+/// all-zero bytes; [`Tracker::new`] initialises all of it. Capacities are the slice lengths:
+/// - `threads` and `thread_free` (same length), `thread_index` about 2x that, a power of two
+///   (the tables accept up to 7/8 of their buckets);
+/// - `spans` and `span_free`, `span_index` likewise;
+/// - `chunks` and `chunk_free`;
+/// - `tracked`: bit `tid` of the bitmap, `TRACKED_WORDS` words for every possible tid.
+pub struct Storage<'a> {
+    /// Process slots.
+    pub processes: &'a mut [ProcessSlot],
+    /// Thread slots.
+    pub threads: &'a mut [ThreadSlot],
+    /// Free list of thread slots (same length as `threads`).
+    pub thread_free: &'a mut [u32],
+    /// Hash table tid -> thread slot (about 2x `threads`, a power of two).
+    pub thread_index: &'a mut [TableSlot<u32>],
+    /// Span slots.
+    pub spans: &'a mut [SpanSlot],
+    /// Free list of span slots (same length as `spans`).
+    pub span_free: &'a mut [u32],
+    /// Hash table (ids, process) -> span slot (about 2x `spans`, a power of two).
+    pub span_index: &'a mut [TableSlot<OpenSpanKey>],
+    /// Chunks of itemised calls.
+    pub chunks: &'a mut [EntryChunk],
+    /// Free list of chunks (same length as `chunks`).
+    pub chunk_free: &'a mut [u32],
+    /// Tracked-thread bitmap, bit `tid % 64` of word `tid / 64`.
+    pub tracked: &'a [AtomicU64],
+}
+
+/// All the storage of the kernel module's tracker in one block (about 11 MiB), for a
+/// single zero-filled `vmalloc`. Never put it on a stack.
+#[repr(C)]
+pub struct DefaultStorage {
+    /// See [`Storage::processes`].
+    pub processes: [ProcessSlot; DEFAULT_PROCESSES],
+    /// See [`Storage::threads`].
+    pub threads: [ThreadSlot; DEFAULT_THREADS],
+    /// See [`Storage::thread_free`].
+    pub thread_free: [u32; DEFAULT_THREADS],
+    /// See [`Storage::thread_index`].
+    pub thread_index: [TableSlot<u32>; 2 * DEFAULT_THREADS],
+    /// See [`Storage::spans`].
+    pub spans: [SpanSlot; DEFAULT_SPANS],
+    /// See [`Storage::span_free`].
+    pub span_free: [u32; DEFAULT_SPANS],
+    /// See [`Storage::span_index`].
+    pub span_index: [TableSlot<OpenSpanKey>; 2 * DEFAULT_SPANS],
+    /// See [`Storage::chunks`].
+    pub chunks: [EntryChunk; DEFAULT_CHUNKS],
+    /// See [`Storage::chunk_free`].
+    pub chunk_free: [u32; DEFAULT_CHUNKS],
+    /// See [`Storage::tracked`].
+    pub tracked: [AtomicU64; TRACKED_WORDS],
+}
+
+impl DefaultStorage {
+    /// Borrows the block as [`Storage`].
+    pub fn storage(&mut self) -> Storage<'_> {
+        Storage {
+            processes: &mut self.processes,
+            threads: &mut self.threads,
+            thread_free: &mut self.thread_free,
+            thread_index: &mut self.thread_index,
+            spans: &mut self.spans,
+            span_free: &mut self.span_free,
+            span_index: &mut self.span_index,
+            chunks: &mut self.chunks,
+            chunk_free: &mut self.chunk_free,
+            tracked: &self.tracked,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tracked-thread bitmap
+// ---------------------------------------------------------------------------------------
+
+/// Set of tracked tids, readable without any lock: one relaxed load and a bit test.
+/// Only the [`Tracker`] (under its lock) changes it; a reader racing with a change sees the
+/// old or the new bit, and a tracked answer is confirmed by the tracker's own tables.
+#[derive(Clone, Copy)]
+pub struct TrackedSet<'a> {
+    words: &'a [AtomicU64],
+}
+
+impl<'a> TrackedSet<'a> {
+    /// A view of the bitmap `words` (bit `tid % 64` of word `tid / 64`).
+    pub fn new(words: &'a [AtomicU64]) -> Self {
+        TrackedSet { words }
+    }
+
+    /// Is `tid` tracked? False for tids beyond the bitmap.
+    #[inline(always)]
+    pub fn contains(&self, tid: u32) -> bool {
+        match self.words.get((tid / 64) as usize) {
+            Some(w) => (w.load(Ordering::Relaxed) >> (tid % 64)) & 1 != 0,
+            None => false,
+        }
+    }
+
+    /// Tids `0..limit()` can be tracked.
+    pub fn limit(&self) -> u64 {
+        (self.words.len() as u64).saturating_mul(64)
+    }
+
+    fn set(&self, tid: u32, on: bool) {
+        if let Some(w) = self.words.get((tid / 64) as usize) {
+            let bit = 1u64 << (tid % 64);
+            if on {
+                w.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                w.fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn clear_all(&self) {
+        for w in self.words {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------------------
+
+macro_rules! stats_struct {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// Counters and gauges of the tracker, shown by the sysfs `stats` file as
+        /// `name value` lines in this order.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Field names, in order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// Calls `f(name, value)` for every field, in order.
+            pub fn for_each(&self, mut f: impl FnMut(&'static str, u64)) {
+                $( f(stringify!($name), self.$name); )*
+            }
+        }
+    };
+}
+
+stats_struct! {
+    /// Registered processes now.
+    processes,
+    /// Process table capacity.
+    process_capacity,
+    /// Tracked threads now.
+    threads,
+    /// Thread table capacity.
+    thread_capacity,
+    /// Open spans now.
+    open_spans,
+    /// Span table capacity.
+    span_capacity,
+    /// Most spans open at once.
+    spans_high_water,
+    /// Entry chunks in use now.
+    chunks_in_use,
+    /// Chunk pool capacity (chunks of `CHUNK_ENTRIES` calls).
+    chunk_capacity,
+    /// Most chunks in use at once.
+    chunks_high_water,
+    /// Per-span limit of itemised calls (tunable `max_calls`).
+    max_calls,
+    /// Processes registered so far.
+    processes_registered,
+    /// Registrations refused: process table full.
+    processes_refused,
+    /// Threads added so far.
+    threads_added,
+    /// Threads not tracked: thread table full (or tid beyond the bitmap).
+    threads_refused,
+    /// Spans begun.
+    spans_begun,
+    /// Spans ended (fast and slow).
+    spans_ended,
+    /// Spans ended at or above the threshold (a record was encoded).
+    spans_slow,
+    /// Spans dropped because they stayed open longer than the timeout.
+    spans_expired,
+    /// Spans dropped because their thread or process went away.
+    spans_abandoned,
+    /// Begin lines refused: malformed.
+    begins_malformed,
+    /// Begins refused: writer not tracked.
+    begins_untracked,
+    /// Begins refused: the span is already open.
+    begins_duplicate,
+    /// Begins refused: the thread has `MAX_DEPTH` open spans.
+    begins_too_deep,
+    /// Begins refused: span table full.
+    begins_table_full,
+    /// End lines refused: malformed.
+    ends_malformed,
+    /// Ends refused: writer not tracked.
+    ends_untracked,
+    /// Ends refused: no such span open in the writer's process.
+    ends_unknown,
+    /// System calls attributed to spans (itemised or not).
+    calls_attributed,
+    /// Calls counted but not itemised: per-span limit reached.
+    calls_unitemised_limit,
+    /// Calls counted but not itemised: entry pool empty.
+    calls_unitemised_pool,
+    /// Calls inside a span skipped by the syscall filter.
+    calls_filtered,
+    /// Call exits of tracked threads without a matching enter.
+    calls_without_enter,
+    /// Records whose itemised calls were cut to fit the output buffer.
+    records_truncated,
+    /// Records written to relay (noted by the kernel).
+    records_written,
+    /// Records dropped because the relay buffer was full (noted by the kernel).
+    records_dropped,
+}
+
+// ---------------------------------------------------------------------------------------
+// The tracker
+// ---------------------------------------------------------------------------------------
+
+/// Index of a process slot (stable while the process stays registered; the kernel may
+/// index per-process data such as relay channels with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcIdx(pub u32);
+
+impl ProcIdx {
+    /// The slot index as `usize`.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Per-process view for the `IOCTL_INFO` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its process slot.
+    pub idx: ProcIdx,
+    /// Its tgid.
+    pub tgid: u32,
+    /// Threads tracked now.
+    pub threads: u32,
+    /// Records written to its relay channel (as noted by the kernel).
+    pub records_written: u64,
+    /// Records dropped because its relay buffer was full.
+    pub records_dropped: u64,
+}
+
+/// Result of a successful [`Tracker::end`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// Shorter than the threshold: nothing to write.
+    Fast,
+    /// At or above the threshold: `out[..len]` holds the record, to be written to the relay
+    /// channel of process `tgid`. `len` is 0 only if `out` could not hold a header.
+    Slow {
+        /// Bytes of the record at the start of `out`.
+        len: usize,
+        /// Process whose relay channel gets the record.
+        tgid: u32,
+    },
+}
+
+/// The state machine. See the module documentation.
+///
+/// # Invariants
+/// - A thread slot is in use iff it is out of `thread_pool`, iff `thread_index` maps its tid
+///   to it, iff its tid's bit is set in `tracked`; it is on the thread list of its process.
+/// - A span slot is open iff it is out of `span_pool`, iff `span_index` maps its
+///   `(key, proc)` to it, iff it appears exactly once in the stack of its thread.
+/// - The chunks out of `chunk_pool` are exactly the chunk lists of the open spans, a span
+///   with `n` itemised calls holding `ceil(n / CHUNK_ENTRIES)` of them.
+pub struct Tracker<'a> {
+    processes: &'a mut [ProcessSlot],
+    threads: &'a mut [ThreadSlot],
+    thread_pool: IndexPool<'a>,
+    thread_index: HashTable<'a, u32>,
+    spans: &'a mut [SpanSlot],
+    span_pool: IndexPool<'a>,
+    span_index: HashTable<'a, OpenSpanKey>,
+    chunks: &'a mut [EntryChunk],
+    chunk_pool: IndexPool<'a>,
+    tracked: TrackedSet<'a>,
+    filter: SyscallFilter,
+    max_calls: u32,
+    stats: Stats,
+}
+
+impl<'a> Tracker<'a> {
+    /// Builds an empty tracker over `storage`, initialising all of it (O(size), at load).
+    /// `seed` randomises the hash tables (pass a random number).
+    pub fn new(storage: Storage<'a>, seed: u64) -> Self {
+        let Storage {
+            processes,
+            threads,
+            thread_free,
+            thread_index,
+            spans,
+            span_free,
+            span_index,
+            chunks,
+            chunk_free,
+            tracked,
+        } = storage;
+        for p in processes.iter_mut() {
+            *p = ProcessSlot::EMPTY;
+        }
+        for t in threads.iter_mut() {
+            *t = ThreadSlot::EMPTY;
+        }
+        for s in spans.iter_mut() {
+            *s = SpanSlot::EMPTY;
+        }
+        for c in chunks.iter_mut() {
+            c.next = NIL;
+            c._pad = 0;
+            for e in c.entries.iter_mut() {
+                *e = EMPTY_ENTRY;
+            }
+        }
+        let n_threads = threads.len();
+        let n_spans = spans.len();
+        let n_chunks = chunks.len();
+        let tracked = TrackedSet::new(tracked);
+        tracked.clear_all();
+        Tracker {
+            processes,
+            threads,
+            thread_pool: IndexPool::new(thread_free, n_threads),
+            thread_index: HashTable::new(thread_index, seed),
+            spans,
+            span_pool: IndexPool::new(span_free, n_spans),
+            span_index: HashTable::new(span_index, seed.rotate_left(32) ^ 0x5bd1_e995),
+            chunks,
+            chunk_pool: IndexPool::new(chunk_free, n_chunks),
+            tracked,
+            filter: SyscallFilter::ALLOW_ALL,
+            max_calls: DEFAULT_MAX_CALLS,
+            stats: Stats::default(),
+        }
+    }
+
+    // ---- lock-free query -------------------------------------------------------------
+
+    /// The tracked-thread bitmap, to keep outside the lock and query from every system
+    /// call of the machine ([`TrackedSet::contains`]).
+    pub fn tracked_set(&self) -> TrackedSet<'a> {
+        self.tracked
+    }
+
+    /// Is `tid` tracked? One relaxed atomic load; false for tids beyond the bitmap.
+    #[inline(always)]
+    pub fn is_tracked(&self, tid: u32) -> bool {
+        self.tracked.contains(tid)
+    }
+
+    // ---- tunables ----------------------------------------------------------------------
+
+    /// The syscall filter in force.
+    pub fn filter(&self) -> &SyscallFilter {
+        &self.filter
+    }
+
+    /// Replaces the syscall filter (applies to calls that end from now on).
+    pub fn set_filter(&mut self, filter: SyscallFilter) {
+        self.filter = filter;
+    }
+
+    /// Per-span limit of itemised calls.
+    pub fn max_calls(&self) -> u32 {
+        self.max_calls
+    }
+
+    /// Largest accepted `max_calls`: what a record of at most `record::RECORD_MAX_SIZE`
+    /// (256 KiB) can carry.
+    pub fn max_calls_limit(&self) -> u32 {
+        MAX_CALLS_LIMIT
+    }
+
+    /// Sets the per-span limit of itemised calls (applies to spans already open too).
+    /// Errors: `ERANGE` above [`Tracker::max_calls_limit`].
+    pub fn set_max_calls(&mut self, n: u32) -> Result<(), i32> {
+        if n > MAX_CALLS_LIMIT {
+            return Err(ERANGE);
+        }
+        self.max_calls = n;
+        Ok(())
+    }
+
+    // ---- processes and threads ---------------------------------------------------------
+
+    fn find_process(&self, tgid: u32) -> Option<u32> {
+        self.processes
+            .iter()
+            .position(|p| p.in_use != 0 && p.tgid == tgid)
+            .map(|i| i as u32)
+    }
+
+    /// Slot of registered process `tgid`. O(process capacity).
+    pub fn process_of(&self, tgid: u32) -> Option<ProcIdx> {
+        self.find_process(tgid).map(ProcIdx)
+    }
+
+    /// Counters of registered process `tgid`.
+    pub fn process_info(&self, tgid: u32) -> Option<ProcessInfo> {
+        let i = self.find_process(tgid)?;
+        let p = self.processes.get(i as usize)?;
+        Some(ProcessInfo {
+            idx: ProcIdx(i),
+            tgid,
+            threads: p.n_threads,
+            records_written: p.records_written,
+            records_dropped: p.records_dropped,
+        })
+    }
+
+    /// Process (tgid) of tracked thread `tid`.
+    pub fn thread_tgid(&self, tid: u32) -> Option<u32> {
+        let ti = self.thread_index.get(&tid)?;
+        let t = self.threads.get(ti as usize)?;
+        self.processes.get(t.proc as usize).map(|p| p.tgid)
+    }
+
+    /// Registers process `tgid` (without threads: add them with [`Tracker::add_thread`]).
+    /// Errors: `EALREADY` if registered, `ENOSPC` if the process table is full (counted).
+    pub fn register_process(&mut self, tgid: u32) -> Result<ProcIdx, i32> {
+        if self.find_process(tgid).is_some() {
+            return Err(EALREADY);
+        }
+        let Some((i, p)) = self
+            .processes
+            .iter_mut()
+            .enumerate()
+            .find(|(_, p)| p.in_use == 0)
+        else {
+            bump(&mut self.stats.processes_refused);
+            return Err(ENOSPC);
+        };
+        *p = ProcessSlot {
+            in_use: 1,
+            tgid,
+            ..ProcessSlot::EMPTY
+        };
+        bump(&mut self.stats.processes_registered);
+        Ok(ProcIdx(i as u32))
+    }
+
+    /// Unregisters process `tgid`: removes its threads, dropping their open spans (counted
+    /// as abandoned). Errors: `ENOENT` if not registered.
+    pub fn unregister_process(&mut self, tgid: u32) -> Result<(), i32> {
+        let pi = self.find_process(tgid).ok_or(ENOENT)?;
+        // Bounded by the thread capacity: each round frees one thread of the list.
+        for _ in 0..self.threads.len() {
+            let Some(first) = self.processes.get(pi as usize).map(|p| p.first_thread) else {
+                break;
+            };
+            if first == NIL || !self.drop_thread(first) {
+                break;
+            }
+        }
+        if let Some(p) = slot_mut(self.processes, pi) {
+            *p = ProcessSlot::EMPTY;
+        }
+        Ok(())
+    }
+
+    /// Tracks thread `tid` of registered process `tgid`. Adding a thread that is already
+    /// tracked for `tgid` does nothing; one tracked for another process (a stale entry whose
+    /// exit was missed) is removed first.
+    /// Errors: `ENOENT` process not registered; `ENOSPC` thread table full and `ERANGE` tid
+    /// beyond the bitmap (both counted in `threads_refused`).
+    pub fn add_thread(&mut self, tgid: u32, tid: u32) -> Result<(), i32> {
+        let pi = self.find_process(tgid).ok_or(ENOENT)?;
+        if let Some(ti) = self.thread_index.get(&tid) {
+            if self.threads.get(ti as usize).map(|t| t.proc) == Some(pi) {
+                return Ok(());
+            }
+            self.remove_thread(tid);
+        }
+        if u64::from(tid) >= self.tracked.limit() {
+            bump(&mut self.stats.threads_refused);
+            return Err(ERANGE);
+        }
+        let Some(ti) = self.thread_pool.pop() else {
+            bump(&mut self.stats.threads_refused);
+            return Err(ENOSPC);
+        };
+        if self.thread_index.insert(tid, ti).is_err() {
+            self.thread_pool.push(ti);
+            bump(&mut self.stats.threads_refused);
+            return Err(ENOSPC);
+        }
+        let Some(p) = slot_mut(self.processes, pi) else {
+            return Err(ENOENT);
+        };
+        let old_first = p.first_thread;
+        p.first_thread = ti;
+        p.n_threads = p.n_threads.wrapping_add(1);
+        if let Some(next) = slot_mut(self.threads, old_first) {
+            next.prev = ti;
+        }
+        if let Some(t) = slot_mut(self.threads, ti) {
+            *t = ThreadSlot {
+                tid,
+                proc: pi,
+                prev: NIL,
+                next: old_first,
+                ..ThreadSlot::EMPTY
+            };
+        }
+        self.tracked.set(tid, true);
+        bump(&mut self.stats.threads_added);
+        Ok(())
+    }
+
+    /// Stops tracking thread `tid` (exit or `IOCTL_UNREGISTER_THREAD`), dropping its open
+    /// spans (counted as abandoned). Returns true if its process has no tracked thread
+    /// left. A tid that is not tracked costs one bitmap test and returns false.
+    pub fn remove_thread(&mut self, tid: u32) -> bool {
+        if !self.tracked.contains(tid) {
+            return false;
+        }
+        let Some(ti) = self.thread_index.get(&tid) else {
+            return false;
+        };
+        let Some(pi) = self.threads.get(ti as usize).map(|t| t.proc) else {
+            return false;
+        };
+        self.drop_thread(ti);
+        self.processes
+            .get(pi as usize)
+            .is_some_and(|p| p.n_threads == 0)
+    }
+
+    /// Frees thread slot `ti` and everything it holds. False if `ti` is not a valid slot.
+    fn drop_thread(&mut self, ti: u32) -> bool {
+        let Some(t) = self.threads.get(ti as usize).copied() else {
+            return false;
+        };
+        let depth = (t.depth as usize).min(MAX_DEPTH);
+        for &si in t.stack.get(..depth).unwrap_or(&[]).iter().rev() {
+            if self.free_span(si) {
+                bump(&mut self.stats.spans_abandoned);
+            }
+        }
+        self.thread_index.remove(&t.tid);
+        self.tracked.set(t.tid, false);
+        // Unlink from the process's thread list.
+        match slot_mut(self.threads, t.prev) {
+            Some(prev) => prev.next = t.next,
+            None => {
+                if let Some(p) = slot_mut(self.processes, t.proc) {
+                    p.first_thread = t.next;
+                }
+            }
+        }
+        if let Some(next) = slot_mut(self.threads, t.next) {
+            next.prev = t.prev;
+        }
+        if let Some(p) = slot_mut(self.processes, t.proc) {
+            p.n_threads = p.n_threads.saturating_sub(1);
+        }
+        if let Some(slot) = slot_mut(self.threads, ti) {
+            *slot = ThreadSlot::EMPTY;
+        }
+        self.thread_pool.push(ti);
+        true
+    }
+
+    /// Removes open span `si` from the span table and frees its chunks and slot (not from
+    /// its thread's stack: the caller does that). False if it was not open.
+    fn free_span(&mut self, si: u32) -> bool {
+        let Some(s) = slot_mut(self.spans, si) else {
+            return false;
+        };
+        if s.open == 0 {
+            return false;
+        }
+        let (key, proc, first, n) = (s.key, s.proc, s.first_chunk, s.n_entries);
+        *s = SpanSlot::EMPTY;
+        self.span_index.remove(&OpenSpanKey { key, proc });
+        let mut c = first;
+        for _ in 0..n.div_ceil(CHUNK_ENTRIES as u32) {
+            let next = self.chunks.get(c as usize).map_or(NIL, |ch| ch.next);
+            self.chunk_pool.push(c);
+            c = next;
+        }
+        self.span_pool.push(si);
+        true
+    }
+
+    /// Removes span `si` from the stack of thread `ti` (anywhere in it).
+    fn unstack(&mut self, ti: u32, si: u32) {
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return;
+        };
+        let depth = (t.depth as usize).min(MAX_DEPTH);
+        let Some(stack) = t.stack.get_mut(..depth) else {
+            return;
+        };
+        let Some(pos) = stack.iter().position(|&x| x == si) else {
+            return;
+        };
+        // Shift the spans above it down by one.
+        for j in pos..depth {
+            let above = stack.get(j.wrapping_add(1)).copied().unwrap_or(NIL);
+            if let Some(x) = stack.get_mut(j) {
+                *x = above;
+            }
+        }
+        t.depth = t.depth.saturating_sub(1);
+    }
+
+    /// Marks the call `tid` is in (the write to a `/proc` file) as not to be recorded.
+    fn exclude_current_call(&mut self, ti: u32) {
+        if let Some(t) = slot_mut(self.threads, ti) {
+            t.call_state = CALL_EXCLUDED;
+        }
+    }
+
+    // ---- spans -------------------------------------------------------------------------
+
+    /// Begins span `key` on thread `tid` (the writer of the begin line), pushing it on the
+    /// thread's stack. The writer's system call in progress is not recorded.
+    /// Errors (each counted): `ERR_UNTRACKED`, `ERR_DUPLICATE` (open in this process),
+    /// `ERR_TOO_DEEP`, `ERR_TABLE_FULL`.
+    pub fn begin(
+        &mut self,
+        tid: u32,
+        key: SpanKey,
+        now_mono: u64,
+        now_real: u64,
+    ) -> Result<(), i32> {
+        let Some((ti, t)) = self
+            .thread_index
+            .get(&tid)
+            .and_then(|ti| self.threads.get(ti as usize).map(|t| (ti, *t)))
+        else {
+            bump(&mut self.stats.begins_untracked);
+            return Err(uapi::ERR_UNTRACKED);
+        };
+        self.exclude_current_call(ti);
+        let okey = OpenSpanKey { key, proc: t.proc };
+        if self.span_index.contains(&okey) {
+            bump(&mut self.stats.begins_duplicate);
+            return Err(uapi::ERR_DUPLICATE);
+        }
+        let depth = t.depth;
+        if depth as usize >= MAX_DEPTH {
+            bump(&mut self.stats.begins_too_deep);
+            return Err(uapi::ERR_TOO_DEEP);
+        }
+        let Some(si) = self.span_pool.pop() else {
+            bump(&mut self.stats.begins_table_full);
+            return Err(uapi::ERR_TABLE_FULL);
+        };
+        if self.span_index.insert(okey, si).is_err() {
+            self.span_pool.push(si);
+            bump(&mut self.stats.begins_table_full);
+            return Err(uapi::ERR_TABLE_FULL);
+        }
+        if let Some(s) = slot_mut(self.spans, si) {
+            *s = SpanSlot {
+                key,
+                proc: t.proc,
+                thread: ti,
+                tid,
+                depth,
+                open: 1,
+                begin_mono_ns: now_mono,
+                begin_real_ns: now_real,
+                ..SpanSlot::EMPTY
+            };
+        }
+        if let Some(t) = slot_mut(self.threads, ti) {
+            if let Some(top) = t.stack.get_mut(depth as usize) {
+                *top = si;
+            }
+            t.depth = depth.wrapping_add(1);
+        }
+        bump(&mut self.stats.spans_begun);
+        Ok(())
+    }
+
+    /// [`Tracker::begin`] of a raw begin line; a malformed line gives `ERR_MALFORMED`
+    /// (counted in `begins_malformed`), the writer's call is excluded in every case.
+    pub fn begin_line(
+        &mut self,
+        tid: u32,
+        line: &[u8],
+        now_mono: u64,
+        now_real: u64,
+    ) -> Result<(), i32> {
+        match crate::key::parse_span_line(line) {
+            Ok(key) => self.begin(tid, key, now_mono, now_real),
+            Err(e) => {
+                if let Some(ti) = self.thread_index.get(&tid) {
+                    self.exclude_current_call(ti);
+                }
+                bump(&mut self.stats.begins_malformed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends span `key`, written by thread `writer_tid` (any thread of the span's process;
+    /// the span need not be the innermost one of its thread). The writer's system call in
+    /// progress is not recorded. If the span lasted at least `threshold_ns`, its record is
+    /// encoded into `out` (which should hold `record::record_size(max_calls)` bytes; calls
+    /// that do not fit are counted as unitemised and flagged `REC_CALLS_TRUNCATED`).
+    /// Errors (each counted): `ERR_UNTRACKED`; `ERR_UNKNOWN_SPAN` if the span is not open in
+    /// the writer's process.
+    pub fn end(
+        &mut self,
+        writer_tid: u32,
+        key: SpanKey,
+        now_mono: u64,
+        now_real: u64,
+        threshold_ns: u64,
+        out: &mut [u8],
+    ) -> Result<EndOutcome, i32> {
+        let Some((wi, proc)) = self
+            .thread_index
+            .get(&writer_tid)
+            .and_then(|ti| self.threads.get(ti as usize).map(|t| (ti, t.proc)))
+        else {
+            bump(&mut self.stats.ends_untracked);
+            return Err(uapi::ERR_UNTRACKED);
+        };
+        self.exclude_current_call(wi);
+        let Some(si) = self.span_index.get(&OpenSpanKey { key, proc }) else {
+            bump(&mut self.stats.ends_unknown);
+            return Err(uapi::ERR_UNKNOWN_SPAN);
+        };
+        let Some(mut s) = self.spans.get(si as usize).copied() else {
+            bump(&mut self.stats.ends_unknown);
+            return Err(uapi::ERR_UNKNOWN_SPAN);
+        };
+        self.unstack(s.thread, si);
+        if s.tid != writer_tid {
+            s.flags |= uapi::REC_ENDED_ELSEWHERE;
+        }
+        let outcome = if now_mono.saturating_sub(s.begin_mono_ns) >= threshold_ns {
+            bump(&mut self.stats.spans_slow);
+            let (tgid, dropped) = self
+                .processes
+                .get(s.proc as usize)
+                .map_or((0, 0), |p| (p.tgid, p.records_dropped));
+            let len = self.encode(&mut s, tgid, dropped, now_mono, now_real, out);
+            EndOutcome::Slow { len, tgid }
+        } else {
+            EndOutcome::Fast
+        };
+        self.free_span(si);
+        bump(&mut self.stats.spans_ended);
+        Ok(outcome)
+    }
+
+    /// [`Tracker::end`] of a raw end line; a malformed line gives `ERR_MALFORMED` (counted in
+    /// `ends_malformed`), the writer's call is excluded in every case.
+    pub fn end_line(
+        &mut self,
+        writer_tid: u32,
+        line: &[u8],
+        now_mono: u64,
+        now_real: u64,
+        threshold_ns: u64,
+        out: &mut [u8],
+    ) -> Result<EndOutcome, i32> {
+        match crate::key::parse_span_line(line) {
+            Ok(key) => self.end(writer_tid, key, now_mono, now_real, threshold_ns, out),
+            Err(e) => {
+                if let Some(ti) = self.thread_index.get(&writer_tid) {
+                    self.exclude_current_call(ti);
+                }
+                bump(&mut self.stats.ends_malformed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encodes the record of span `s` (ending now) into `out`; returns its length.
+    fn encode(
+        &mut self,
+        s: &mut SpanSlot,
+        tgid: u32,
+        dropped: u64,
+        end_mono: u64,
+        end_real: u64,
+        out: &mut [u8],
+    ) -> usize {
+        let Some(room) = out.len().checked_sub(RECORD_HEADER_SIZE) else {
+            bump(&mut self.stats.records_truncated);
+            return 0;
+        };
+        let fit = (room / SYSCALL_ENTRY_SIZE).min(s.n_entries as usize) as u32;
+        if fit < s.n_entries {
+            bump(&mut self.stats.records_truncated);
+            s.flags |= uapi::REC_CALLS_TRUNCATED;
+        }
+        // Copy the entries that fit; count the others as unitemised.
+        let mut chunk = s.first_chunk;
+        let mut off = RECORD_HEADER_SIZE;
+        for i in 0..s.n_entries {
+            let slot = (i as usize) % CHUNK_ENTRIES;
+            let Some(c) = self.chunks.get(chunk as usize) else {
+                break;
+            };
+            let Some(e) = c.entries.get(slot) else {
+                break;
+            };
+            if i < fit {
+                if let Some(dst) = out.get_mut(off..) {
+                    record::encode_entry(e, dst);
+                }
+                off = off.wrapping_add(SYSCALL_ENTRY_SIZE);
+            } else {
+                s.unitemised_calls = s.unitemised_calls.wrapping_add(1);
+                s.unitemised_ns = s
+                    .unitemised_ns
+                    .saturating_add(e.end_mono_ns.saturating_sub(e.start_mono_ns));
+            }
+            if slot == CHUNK_ENTRIES - 1 {
+                chunk = c.next;
+            }
+        }
+        let h = RecordHeader {
+            magic: uapi::RECORD_MAGIC,
+            version: uapi::ABI_VERSION as u16,
+            header_size: RECORD_HEADER_SIZE as u16,
+            total_size: record::record_size(fit) as u32,
+            n_entries: fit,
+            trace_id: s.key.trace_id,
+            span_id: s.key.span_id,
+            tid: s.tid,
+            tgid,
+            begin_mono_ns: s.begin_mono_ns,
+            end_mono_ns: end_mono,
+            begin_real_ns: s.begin_real_ns,
+            end_real_ns: end_real,
+            depth: s.depth,
+            flags: s.flags,
+            total_calls: s.total_calls,
+            total_call_ns: s.total_call_ns,
+            unitemised_calls: s.unitemised_calls,
+            unitemised_ns: s.unitemised_ns,
+            records_dropped_before: dropped,
+        };
+        record::encode_header(&h, out);
+        record::record_size(fit)
+    }
+
+    /// Drops the spans open for more than `timeout_ns` (counted in `spans_expired`); returns
+    /// how many. O(span capacity): for a periodic timer.
+    pub fn expire(&mut self, now_mono: u64, timeout_ns: u64) -> u32 {
+        let mut n: u32 = 0;
+        for si in 0..self.spans.len() {
+            let si = si as u32;
+            let Some(s) = self.spans.get(si as usize) else {
+                break;
+            };
+            if s.open == 0 || now_mono.saturating_sub(s.begin_mono_ns) <= timeout_ns {
+                continue;
+            }
+            let thread = s.thread;
+            self.unstack(thread, si);
+            if self.free_span(si) {
+                bump(&mut self.stats.spans_expired);
+                n = n.wrapping_add(1);
+            }
+        }
+        n
+    }
+
+    // ---- system calls (hot path) ------------------------------------------------------
+
+    /// Thread `tid` enters system call `nr` (the raw number, `u32::MAX` for `-1`).
+    #[inline]
+    pub fn sys_enter(&mut self, tid: u32, nr: u32, now_mono: u64) {
+        let Some(ti) = self.thread_index.get(&tid) else {
+            return;
+        };
+        if let Some(t) = slot_mut(self.threads, ti) {
+            t.call_state = CALL_ACTIVE;
+            t.call_nr = nr;
+            t.call_start_ns = now_mono;
+        }
+    }
+
+    /// Thread `tid` leaves its system call with `ret`: the call goes to the innermost open
+    /// span of the thread, unless excluded, filtered out, or without a matching enter.
+    #[inline]
+    pub fn sys_exit(&mut self, tid: u32, ret: i64, now_mono: u64) {
+        let Some(ti) = self.thread_index.get(&tid) else {
+            return;
+        };
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return;
+        };
+        let state = core::mem::replace(&mut t.call_state, CALL_NONE);
+        if state != CALL_ACTIVE {
+            if state == CALL_NONE {
+                bump(&mut self.stats.calls_without_enter);
+            }
+            return;
+        }
+        let Some(top) = t.depth.checked_sub(1) else {
+            return;
+        };
+        let Some(&si) = t.stack.get(top as usize) else {
+            return;
+        };
+        let (nr, start) = (t.call_nr, t.call_start_ns);
+        if !self.filter.allows(nr) {
+            bump(&mut self.stats.calls_filtered);
+            return;
+        }
+        let Some(s) = slot_mut(self.spans, si) else {
+            return;
+        };
+        let dur = now_mono.saturating_sub(start);
+        s.total_calls = s.total_calls.wrapping_add(1);
+        s.total_call_ns = s.total_call_ns.saturating_add(dur);
+        bump(&mut self.stats.calls_attributed);
+        if s.n_entries >= self.max_calls {
+            s.unitemised_calls = s.unitemised_calls.wrapping_add(1);
+            s.unitemised_ns = s.unitemised_ns.saturating_add(dur);
+            s.flags |= uapi::REC_CALLS_TRUNCATED;
+            bump(&mut self.stats.calls_unitemised_limit);
+            return;
+        }
+        let slot = (s.n_entries as usize) % CHUNK_ENTRIES;
+        let chunk = if slot == 0 {
+            let Some(c) = self.chunk_pool.pop() else {
+                s.unitemised_calls = s.unitemised_calls.wrapping_add(1);
+                s.unitemised_ns = s.unitemised_ns.saturating_add(dur);
+                s.flags |= uapi::REC_POOL_EXHAUSTED;
+                bump(&mut self.stats.calls_unitemised_pool);
+                return;
+            };
+            if s.n_entries == 0 {
+                s.first_chunk = c;
+            } else if let Some(last) = slot_mut(self.chunks, s.last_chunk) {
+                last.next = c;
+            }
+            s.last_chunk = c;
+            c
+        } else {
+            s.last_chunk
+        };
+        let Some(ch) = slot_mut(self.chunks, chunk) else {
+            return;
+        };
+        if slot == 0 {
+            ch.next = NIL;
+        }
+        if let Some(e) = ch.entries.get_mut(slot) {
+            *e = SyscallEntry {
+                nr,
+                flags: 0,
+                ret,
+                start_mono_ns: start,
+                end_mono_ns: now_mono,
+            };
+            s.n_entries = s.n_entries.wrapping_add(1);
+        }
+    }
+
+    // ---- records and counters ---------------------------------------------------------
+
+    /// A record of process `tgid` was written to relay.
+    pub fn note_record_written(&mut self, tgid: u32) {
+        bump(&mut self.stats.records_written);
+        if let Some(p) = self
+            .find_process(tgid)
+            .and_then(|i| slot_mut(self.processes, i))
+        {
+            bump(&mut p.records_written);
+        }
+    }
+
+    /// A record of process `tgid` was dropped (relay buffer full). The process's count goes
+    /// into `records_dropped_before` of its later records (cumulative since registration).
+    pub fn note_record_dropped(&mut self, tgid: u32) {
+        bump(&mut self.stats.records_dropped);
+        if let Some(p) = self
+            .find_process(tgid)
+            .and_then(|i| slot_mut(self.processes, i))
+        {
+            bump(&mut p.records_dropped);
+        }
+    }
+
+    /// Snapshot of the counters and gauges.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        // (Not `Iterator::count`: its generic sum is compiled with overflow checks here.)
+        s.processes =
+            self.processes.iter().fold(
+                0u64,
+                |n, p| if p.in_use != 0 { n.wrapping_add(1) } else { n },
+            );
+        s.process_capacity = self.processes.len() as u64;
+        s.threads = u64::from(self.thread_pool.in_use());
+        s.thread_capacity = u64::from(self.thread_pool.capacity());
+        s.open_spans = u64::from(self.span_pool.in_use());
+        s.span_capacity = u64::from(self.span_pool.capacity());
+        s.spans_high_water = u64::from(self.span_pool.high_water());
+        s.chunks_in_use = u64::from(self.chunk_pool.in_use());
+        s.chunk_capacity = u64::from(self.chunk_pool.capacity());
+        s.chunks_high_water = u64::from(self.chunk_pool.high_water());
+        s.max_calls = u64::from(self.max_calls);
+        s
+    }
+
+    /// Writes the stats as `name value\n` lines (about 1 KB; 4096 bytes always suffice).
+    /// Returns the length written (whole lines only).
+    pub fn format_stats(&self, out: &mut [u8]) -> usize {
+        let mut w = TextBuf::new(out);
+        self.stats().for_each(|name, v| {
+            let _ = w.push_str(name) && w.push_str(" ") && w.push_u64(v) && w.push_str("\n");
+        });
+        // A line cut by the end of the buffer is not shown.
+        let text = w.as_bytes();
+        match text.iter().rposition(|&c| c == b'\n') {
+            Some(last) if w.overflowed() => last.wrapping_add(1),
+            Some(_) => text.len(),
+            None => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;

@@ -1,0 +1,1599 @@
+//! Tests of the tracker (a child module of `tracker`, compiled only under `cfg(test)`):
+//! unit tests of each behaviour, and a property test that runs random operation sequences
+//! against the tracker and a reference model written with std collections.
+
+use super::*;
+use crate::key::{format_span_line, parse_span_line};
+use crate::record::record_size;
+use crate::uapi::{
+    decode_record, ERR_DUPLICATE, ERR_TABLE_FULL, ERR_TOO_DEEP, ERR_UNKNOWN_SPAN, ERR_UNTRACKED,
+};
+use proptest::prelude::*;
+use std::boxed::Box;
+use std::collections::{HashMap, HashSet};
+use std::vec;
+use std::vec::Vec;
+
+// ---------------------------------------------------------------------------------------
+// Storage for tests
+// ---------------------------------------------------------------------------------------
+
+struct Mem {
+    processes: Vec<ProcessSlot>,
+    threads: Vec<ThreadSlot>,
+    thread_free: Vec<u32>,
+    thread_index: Vec<TableSlot<u32>>,
+    spans: Vec<SpanSlot>,
+    span_free: Vec<u32>,
+    span_index: Vec<TableSlot<OpenSpanKey>>,
+    chunks: Vec<EntryChunk>,
+    chunk_free: Vec<u32>,
+    tracked: Vec<AtomicU64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Caps {
+    procs: usize,
+    threads: usize,
+    spans: usize,
+    chunks: usize,
+    /// Tids below this can be tracked (a multiple of 64).
+    tid_limit: usize,
+}
+
+const CAPS: Caps = Caps {
+    procs: 4,
+    threads: 16,
+    spans: 32,
+    chunks: 16,
+    tid_limit: 4096,
+};
+
+impl Mem {
+    fn new(c: Caps) -> Self {
+        // Garbage-but-valid contents: `Tracker::new` must initialise everything.
+        let junk_thread = ThreadSlot {
+            tid: 7,
+            proc: 3,
+            depth: 99,
+            call_state: CALL_ACTIVE,
+            ..ThreadSlot::EMPTY
+        };
+        let junk_span = SpanSlot {
+            open: 1,
+            n_entries: 5,
+            ..SpanSlot::EMPTY
+        };
+        Mem {
+            processes: vec![
+                ProcessSlot {
+                    in_use: 1,
+                    tgid: 5,
+                    ..ProcessSlot::EMPTY
+                };
+                c.procs
+            ],
+            threads: vec![junk_thread; c.threads],
+            thread_free: vec![7; c.threads],
+            thread_index: vec![
+                TableSlot {
+                    key: 3,
+                    hash: 1,
+                    value_plus_one: 9
+                };
+                (2 * c.threads).next_power_of_two()
+            ],
+            spans: vec![junk_span; c.spans],
+            span_free: vec![1; c.spans],
+            span_index: vec![TableSlot::EMPTY; (2 * c.spans).next_power_of_two()],
+            chunks: vec![
+                EntryChunk {
+                    next: 3,
+                    ..EntryChunk::EMPTY
+                };
+                c.chunks
+            ],
+            chunk_free: vec![0; c.chunks],
+            tracked: (0..c.tid_limit / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+        }
+    }
+
+    fn tracker(&mut self) -> Tracker<'_> {
+        Tracker::new(
+            Storage {
+                processes: &mut self.processes,
+                threads: &mut self.threads,
+                thread_free: &mut self.thread_free,
+                thread_index: &mut self.thread_index,
+                spans: &mut self.spans,
+                span_free: &mut self.span_free,
+                span_index: &mut self.span_index,
+                chunks: &mut self.chunks,
+                chunk_free: &mut self.chunk_free,
+                tracked: &self.tracked,
+            },
+            0x1234_5678,
+        )
+    }
+}
+
+fn key(i: u64) -> SpanKey {
+    // Spans 3k, 3k+1, 3k+2 share a trace id.
+    SpanKey {
+        trace_id: (u128::from(i / 3 + 1) << 64 | 0xabcd).to_be_bytes(),
+        span_id: (i + 1).to_be_bytes(),
+    }
+}
+
+const BIG: usize = record_size(MAX_CALLS_LIMIT);
+
+/// Decodes a record produced by `end`.
+fn decode(out: &[u8], outcome: EndOutcome) -> (RecordHeader, Vec<SyscallEntry>) {
+    let EndOutcome::Slow { len, .. } = outcome else {
+        panic!("expected a slow span, got {outcome:?}");
+    };
+    let (h, it, used) = decode_record(&out[..len]).expect("valid record");
+    assert_eq!(used, len);
+    (h, it.collect())
+}
+
+/// Checks every structural invariant of the tracker.
+fn check_invariants(tr: &Tracker<'_>) {
+    // Threads: index <-> slots <-> bitmap <-> pool.
+    let mut index: HashMap<u32, u32> = HashMap::new();
+    tr.thread_index.for_each(|tid, ti| {
+        assert!(index.insert(*tid, ti).is_none());
+    });
+    assert_eq!(index.len() as u32, tr.thread_pool.in_use());
+    let mut bits = 0;
+    for (w, word) in tr.tracked.words.iter().enumerate() {
+        let v = word.load(Ordering::Relaxed);
+        bits += v.count_ones();
+        for b in 0..64 {
+            if v >> b & 1 != 0 {
+                assert!(
+                    index.contains_key(&((w * 64 + b) as u32)),
+                    "stray bit {}",
+                    w * 64 + b
+                );
+            }
+        }
+    }
+    assert_eq!(bits as usize, index.len());
+    let used_threads: HashSet<u32> = index.values().copied().collect();
+    assert_eq!(used_threads.len(), index.len());
+    for (&tid, &ti) in &index {
+        let t = &tr.threads[ti as usize];
+        assert_eq!(t.tid, tid);
+        assert!(tr.is_tracked(tid));
+        assert!(tr.processes[t.proc as usize].in_use != 0);
+        assert!(t.depth as usize <= MAX_DEPTH);
+    }
+    // Processes: thread lists.
+    let mut listed = 0;
+    for (pi, p) in tr.processes.iter().enumerate() {
+        if p.in_use == 0 {
+            assert_eq!(*p, ProcessSlot::EMPTY);
+            continue;
+        }
+        let mut n = 0;
+        let mut prev = NIL;
+        let mut cur = p.first_thread;
+        while cur != NIL {
+            assert!(used_threads.contains(&cur));
+            let t = &tr.threads[cur as usize];
+            assert_eq!(t.proc as usize, pi);
+            assert_eq!(t.prev, prev);
+            prev = cur;
+            cur = t.next;
+            n += 1;
+            assert!(n <= tr.threads.len());
+        }
+        assert_eq!(n as u32, p.n_threads);
+        listed += n;
+        assert_eq!(
+            tr.processes
+                .iter()
+                .filter(|q| q.in_use != 0 && q.tgid == p.tgid)
+                .count(),
+            1
+        );
+    }
+    assert_eq!(listed, index.len());
+    // Spans: index <-> slots <-> stacks <-> pool.
+    let mut span_index: HashMap<OpenSpanKey, u32> = HashMap::new();
+    tr.span_index.for_each(|k, si| {
+        assert!(span_index.insert(*k, si).is_none());
+    });
+    assert_eq!(span_index.len() as u32, tr.span_pool.in_use());
+    let open: Vec<u32> = (0..tr.spans.len() as u32)
+        .filter(|&i| tr.spans[i as usize].open != 0)
+        .collect();
+    assert_eq!(open.len(), span_index.len());
+    let mut chunks_used = HashSet::new();
+    for (k, &si) in &span_index {
+        let s = &tr.spans[si as usize];
+        assert!(s.open != 0);
+        assert_eq!((s.key, s.proc), (k.key, k.proc));
+        assert!(used_threads.contains(&s.thread));
+        let t = &tr.threads[s.thread as usize];
+        assert_eq!((t.tid, t.proc), (s.tid, s.proc));
+        let stack = &t.stack[..t.depth as usize];
+        assert_eq!(stack.iter().filter(|&&x| x == si).count(), 1);
+        let pos = stack.iter().position(|&x| x == si).unwrap();
+        assert!(pos as u32 <= s.depth);
+        assert_eq!(s.total_calls, u64::from(s.n_entries) + s.unitemised_calls);
+        let mut c = s.first_chunk;
+        for _ in 0..s.n_entries.div_ceil(CHUNK_ENTRIES as u32) {
+            assert!((c as usize) < tr.chunks.len());
+            assert!(chunks_used.insert(c), "chunk {c} shared");
+            let next = tr.chunks[c as usize].next;
+            c = next;
+        }
+        if s.n_entries > 0 {
+            assert_eq!(c, NIL, "the last chunk ends the list");
+        }
+    }
+    for &ti in &used_threads {
+        let t = &tr.threads[ti as usize];
+        for &si in &t.stack[..t.depth as usize] {
+            assert_eq!(tr.spans[si as usize].thread, ti);
+            assert!(span_index.values().any(|&x| x == si));
+        }
+    }
+    assert_eq!(chunks_used.len() as u32, tr.chunk_pool.in_use());
+    let st = tr.stats();
+    assert!(st.spans_high_water >= st.open_spans);
+    assert!(st.chunks_high_water >= st.chunks_in_use);
+}
+
+fn assert_empty(tr: &Tracker<'_>) {
+    check_invariants(tr);
+    let st = tr.stats();
+    assert_eq!(
+        (st.processes, st.threads, st.open_spans, st.chunks_in_use),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(tr.thread_pool.free_count(), tr.thread_pool.capacity());
+    assert_eq!(tr.span_pool.free_count(), tr.span_pool.capacity());
+    assert_eq!(tr.chunk_pool.free_count(), tr.chunk_pool.capacity());
+    assert!(tr.thread_index.is_empty() && tr.span_index.is_empty());
+    assert!(tr
+        .tracked
+        .words
+        .iter()
+        .all(|w| w.load(Ordering::Relaxed) == 0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Unit tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn new_initialises_garbage_storage() {
+    let mut mem = Mem::new(CAPS);
+    let tr = mem.tracker();
+    assert_empty(&tr);
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.process_capacity,
+            st.thread_capacity,
+            st.span_capacity,
+            st.chunk_capacity,
+            st.max_calls
+        ),
+        (4, 16, 32, 16, 256)
+    );
+}
+
+#[test]
+fn processes_register_and_unregister() {
+    let mut mem = Mem::new(Caps { procs: 2, ..CAPS });
+    let mut tr = mem.tracker();
+    assert_eq!(tr.register_process(10), Ok(ProcIdx(0)));
+    assert_eq!(tr.register_process(10), Err(EALREADY));
+    assert_eq!(tr.register_process(11), Ok(ProcIdx(1)));
+    assert_eq!(tr.register_process(12), Err(ENOSPC));
+    assert_eq!(tr.stats().processes_refused, 1);
+    assert_eq!(tr.process_of(11), Some(ProcIdx(1)));
+    assert_eq!(tr.process_of(12), None);
+    assert_eq!(tr.unregister_process(10), Ok(()));
+    assert_eq!(tr.unregister_process(10), Err(ENOENT));
+    assert_eq!(tr.register_process(12), Ok(ProcIdx(0)), "slot reused");
+    assert_eq!(tr.stats().processes, 2);
+    assert_eq!(tr.stats().processes_registered, 3);
+    check_invariants(&tr);
+}
+
+#[test]
+fn threads_add_and_remove() {
+    let mut mem = Mem::new(Caps {
+        threads: 3,
+        tid_limit: 128,
+        ..CAPS
+    });
+    let mut tr = mem.tracker();
+    assert_eq!(tr.add_thread(10, 100), Err(ENOENT));
+    tr.register_process(10).unwrap();
+    tr.register_process(20).unwrap();
+    assert!(!tr.is_tracked(100));
+    assert_eq!(tr.add_thread(10, 100), Ok(()));
+    assert_eq!(tr.add_thread(10, 100), Ok(()), "idempotent");
+    assert!(tr.is_tracked(100) && !tr.is_tracked(101) && !tr.is_tracked(99));
+    assert_eq!(tr.add_thread(10, 128), Err(ERANGE), "beyond the bitmap");
+    assert_eq!(tr.add_thread(10, 101), Ok(()));
+    assert_eq!(
+        tr.add_thread(20, 0),
+        Ok(()),
+        "tid 0 is an ordinary tid here"
+    );
+    assert_eq!(tr.add_thread(20, 102), Err(ENOSPC));
+    assert_eq!(tr.stats().threads_refused, 2);
+    assert_eq!(tr.thread_tgid(101), Some(10));
+    assert_eq!(tr.thread_tgid(0), Some(20));
+    check_invariants(&tr);
+    // A tid seen again under another process moves there (its old entry was stale).
+    assert_eq!(tr.add_thread(20, 101), Ok(()));
+    assert_eq!(tr.thread_tgid(101), Some(20));
+    assert_eq!(tr.process_info(10).unwrap().threads, 1);
+    assert_eq!(tr.process_info(20).unwrap().threads, 2);
+    check_invariants(&tr);
+    assert!(!tr.remove_thread(55), "untracked tid: no-op");
+    assert!(!tr.remove_thread(u32::MAX));
+    assert!(!tr.remove_thread(0), "process 20 still has 101");
+    assert!(tr.remove_thread(101), "process 20 now empty");
+    assert!(!tr.is_tracked(101));
+    assert!(tr.remove_thread(100), "process 10 now empty");
+    assert_eq!(tr.stats().threads, 0);
+    assert_eq!(tr.process_info(20).unwrap().threads, 0, "still registered");
+    tr.unregister_process(10).unwrap();
+    tr.unregister_process(20).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn tracked_set_works_without_the_tracker() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let set = tr.tracked_set();
+    assert_eq!(set.limit(), 4096);
+    tr.register_process(1).unwrap();
+    std::thread::scope(|sc| {
+        // A reader on another thread polls the bitmap while the tracker changes it.
+        let reader = sc.spawn(move || {
+            let mut seen = false;
+            for _ in 0..1_000_000 {
+                seen |= set.contains(4000);
+                assert!(!set.contains(4001) && !set.contains(1 << 30));
+                if seen {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            seen
+        });
+        tr.add_thread(1, 4000).unwrap();
+        assert!(reader.join().unwrap());
+    });
+    tr.remove_thread(4000);
+    assert!(!set.contains(4000));
+}
+
+#[test]
+fn begin_end_records_the_calls_in_between() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let k = key(1);
+    let mut out = vec![0u8; BIG];
+    // A call before the span: not recorded.
+    tr.sys_enter(100, 0, 10);
+    tr.sys_exit(100, 5, 20);
+    // begin is written inside write(): that write is excluded.
+    tr.sys_enter(100, 1, 100);
+    assert_eq!(tr.begin(100, k, 110, 1_000_110), Ok(()));
+    tr.sys_exit(100, 50, 120);
+    for i in 0..3u64 {
+        tr.sys_enter(100, 39, 200 + i * 10);
+        tr.sys_exit(100, -(i as i64), 205 + i * 10);
+    }
+    // Calls of another thread are not this span's.
+    tr.add_thread(10, 101).unwrap();
+    tr.sys_enter(101, 0, 230);
+    tr.sys_exit(101, 0, 240);
+    tr.sys_enter(100, 1, 300);
+    let r = tr.end(100, k, 310, 1_000_310, 100, &mut out).unwrap();
+    tr.sys_exit(100, 50, 320);
+    assert_eq!(
+        r,
+        EndOutcome::Slow {
+            len: 128 + 3 * 32,
+            tgid: 10
+        }
+    );
+    let (h, e) = decode(&out, r);
+    assert_eq!(
+        (h.trace_id, h.span_id, h.tid, h.tgid),
+        (k.trace_id, k.span_id, 100, 10)
+    );
+    assert_eq!(
+        (
+            h.begin_mono_ns,
+            h.end_mono_ns,
+            h.begin_real_ns,
+            h.end_real_ns
+        ),
+        (110, 310, 1_000_110, 1_000_310)
+    );
+    assert_eq!(
+        (h.depth, h.flags, h.total_calls, h.total_call_ns),
+        (0, 0, 3, 15)
+    );
+    assert_eq!(
+        (
+            h.unitemised_calls,
+            h.unitemised_ns,
+            h.records_dropped_before
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        e,
+        (0..3u64)
+            .map(|i| SyscallEntry {
+                nr: 39,
+                flags: 0,
+                ret: -(i as i64),
+                start_mono_ns: 200 + i * 10,
+                end_mono_ns: 205 + i * 10
+            })
+            .collect::<Vec<_>>()
+    );
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.spans_begun,
+            st.spans_ended,
+            st.spans_slow,
+            st.calls_attributed
+        ),
+        (1, 1, 1, 3)
+    );
+    // A fast span produces nothing; the threshold is inclusive.
+    tr.begin(100, k, 1000, 0).unwrap();
+    assert_eq!(tr.end(100, k, 1099, 0, 100, &mut out), Ok(EndOutcome::Fast));
+    tr.begin(100, k, 1000, 0).unwrap();
+    assert!(matches!(
+        tr.end(100, k, 1100, 0, 100, &mut out),
+        Ok(EndOutcome::Slow { .. })
+    ));
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn errors_are_counted() {
+    let mut mem = Mem::new(Caps { spans: 2, ..CAPS });
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    assert_eq!(tr.begin(100, key(0), 0, 0), Err(ERR_UNTRACKED));
+    assert_eq!(tr.end(100, key(0), 0, 0, 0, &mut out), Err(ERR_UNTRACKED));
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.begin(100, key(0), 0, 0).unwrap();
+    assert_eq!(tr.begin(100, key(0), 0, 0), Err(ERR_DUPLICATE));
+    tr.begin(100, key(1), 0, 0).unwrap();
+    assert_eq!(tr.begin(100, key(2), 0, 0), Err(ERR_TABLE_FULL));
+    assert_eq!(
+        tr.end(100, key(2), 0, 0, 0, &mut out),
+        Err(ERR_UNKNOWN_SPAN)
+    );
+    assert_eq!(
+        tr.begin_line(100, b"nonsense\n", 0, 0),
+        Err(uapi::ERR_MALFORMED)
+    );
+    assert_eq!(
+        tr.end_line(100, b"", 0, 0, 0, &mut out),
+        Err(uapi::ERR_MALFORMED)
+    );
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.begins_untracked,
+            st.begins_duplicate,
+            st.begins_table_full,
+            st.begins_too_deep,
+            st.begins_malformed
+        ),
+        (1, 1, 1, 0, 1)
+    );
+    assert_eq!(
+        (st.ends_untracked, st.ends_unknown, st.ends_malformed),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        (st.spans_begun, st.open_spans, st.spans_high_water),
+        (2, 2, 2)
+    );
+}
+
+#[test]
+fn lines_are_parsed() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let mut line = [0u8; 50];
+    let l = format_span_line(&key(4), &mut line).to_vec();
+    tr.begin_line(100, &l, 0, 0).unwrap();
+    let mut out = vec![0u8; BIG];
+    let r = tr
+        .end_line(100, &l.to_ascii_uppercase(), 5, 0, 0, &mut out)
+        .unwrap();
+    let (h, _) = decode(&out, r);
+    assert_eq!(
+        parse_span_line(&l),
+        Ok(SpanKey {
+            trace_id: h.trace_id,
+            span_id: h.span_id
+        })
+    );
+}
+
+#[test]
+fn depth_is_limited() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    for i in 0..MAX_DEPTH as u64 {
+        tr.begin(100, key(i), i, 0).unwrap();
+    }
+    assert_eq!(tr.begin(100, key(99), 0, 0), Err(ERR_TOO_DEEP));
+    assert_eq!(tr.stats().begins_too_deep, 1);
+    // Another thread still can.
+    tr.add_thread(10, 101).unwrap();
+    tr.begin(101, key(99), 0, 0).unwrap();
+    check_invariants(&tr);
+    // Depth recorded is the depth at begin.
+    let mut out = vec![0u8; BIG];
+    let r = tr.end(100, key(15), 100, 0, 0, &mut out).unwrap();
+    assert_eq!(decode(&out, r).0.depth, 15);
+    tr.begin(100, key(50), 0, 0).unwrap();
+    assert_eq!(tr.begin(100, key(51), 0, 0), Err(ERR_TOO_DEEP));
+    assert!(!tr.remove_thread(100));
+    assert_eq!(tr.stats().spans_abandoned, 16);
+    check_invariants(&tr);
+}
+
+#[test]
+fn end_from_another_thread_and_out_of_order() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.register_process(20).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    tr.add_thread(20, 200).unwrap();
+    // 100: a (depth 0) > b (depth 1) > c (depth 2)
+    for (i, k) in [key(0), key(1), key(2)].into_iter().enumerate() {
+        tr.begin(100, k, i as u64, 0).unwrap();
+    }
+    // The same ids in another process are a different span.
+    tr.begin(200, key(1), 0, 0).unwrap();
+    assert_eq!(
+        tr.end(200, key(0), 10, 0, 0, &mut out),
+        Err(ERR_UNKNOWN_SPAN),
+        "other process"
+    );
+    // End b (the middle) from thread 101.
+    let r = tr.end(101, key(1), 10, 0, 0, &mut out).unwrap();
+    let (h, _) = decode(&out, r);
+    assert_eq!(
+        (h.tid, h.depth, h.flags),
+        (100, 1, uapi::REC_ENDED_ELSEWHERE)
+    );
+    check_invariants(&tr);
+    // c is innermost still: calls go to it.
+    tr.sys_enter(100, 3, 20);
+    tr.sys_exit(100, 0, 21);
+    let r = tr.end(100, key(2), 30, 0, 0, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!((h.depth, h.flags, e.len()), (2, 0, 1));
+    // Now a.
+    tr.sys_enter(100, 4, 40);
+    tr.sys_exit(100, 0, 41);
+    let r = tr.end(100, key(0), 50, 0, 0, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!((h.depth, e.len(), e[0].nr), (0, 1, 4));
+    // Process 20's span is intact.
+    let r = tr.end(200, key(1), 50, 0, 0, &mut out).unwrap();
+    assert_eq!(decode(&out, r).0.tgid, 20);
+    tr.unregister_process(10).unwrap();
+    tr.unregister_process(20).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn calls_without_enter_filtered_or_outside_spans_are_skipped() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.begin(100, key(0), 0, 0).unwrap();
+    // The exit of the write() that carried the begin line: excluded, not counted.
+    tr.sys_exit(100, 0, 4);
+    assert_eq!(tr.stats().calls_without_enter, 0);
+    // An exit without enter (e.g. the thread was added mid-call).
+    tr.sys_exit(100, 0, 5);
+    assert_eq!(tr.stats().calls_without_enter, 1);
+    let mut f = SyscallFilter::ALLOW_ALL;
+    f.set(202, false);
+    tr.set_filter(f);
+    tr.sys_enter(100, 202, 10);
+    tr.sys_exit(100, 0, 11);
+    tr.sys_enter(100, 0, 12);
+    tr.sys_exit(100, 0, 13);
+    // A double exit counts once.
+    tr.sys_exit(100, 0, 14);
+    // Untracked threads cost nothing and change nothing.
+    tr.sys_enter(999, 0, 15);
+    tr.sys_exit(999, 0, 16);
+    let r = tr.end(100, key(0), 20, 0, 0, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!((h.total_calls, e.len(), e[0].nr), (1, 1, 0));
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.calls_filtered,
+            st.calls_without_enter,
+            st.calls_attributed
+        ),
+        (1, 2, 1)
+    );
+    // No span open: nothing attributed, nothing counted.
+    tr.sys_enter(100, 0, 30);
+    tr.sys_exit(100, 0, 31);
+    assert_eq!(tr.stats().calls_attributed, 1);
+}
+
+#[test]
+fn calls_fill_chunks_then_hit_limits() {
+    let mut mem = Mem::new(Caps { chunks: 3, ..CAPS });
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    tr.set_max_calls(70).unwrap();
+    assert_eq!(tr.set_max_calls(MAX_CALLS_LIMIT + 1), Err(ERANGE));
+    tr.begin(100, key(0), 0, 0).unwrap();
+    tr.begin(101, key(1), 0, 0).unwrap();
+    let call = |tr: &mut Tracker<'_>, tid: u32, i: u64| {
+        tr.sys_enter(tid, i as u32 % 400, 1000 + 10 * i);
+        tr.sys_exit(tid, i as i64, 1000 + 10 * i + 3);
+    };
+    // 64 calls fill exactly two chunks; the 65th needs a third.
+    for i in 0..65 {
+        call(&mut tr, 100, i);
+    }
+    assert_eq!(tr.stats().chunks_in_use, 3);
+    check_invariants(&tr);
+    // Pool empty: thread 101's first call is not itemised.
+    call(&mut tr, 101, 0);
+    // Thread 100 goes on to its limit of 70, then is truncated.
+    for i in 65..80 {
+        call(&mut tr, 100, i);
+    }
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.calls_unitemised_pool,
+            st.calls_unitemised_limit,
+            st.calls_attributed
+        ),
+        (1, 10, 81)
+    );
+    let r = tr.end(100, key(0), 5000, 0, 0, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!((h.total_calls, h.total_call_ns, h.n_entries), (80, 240, 70));
+    assert_eq!(
+        (h.unitemised_calls, h.unitemised_ns, h.flags),
+        (10, 30, uapi::REC_CALLS_TRUNCATED)
+    );
+    assert!(e
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.ret == i as i64 && e.start_mono_ns == 1000 + 10 * i as u64));
+    // The chunks are back: 101 can itemise again.
+    call(&mut tr, 101, 1);
+    let r = tr.end(101, key(1), 5000, 0, 0, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!(
+        (h.total_calls, h.n_entries, h.unitemised_calls, h.flags),
+        (2, 1, 1, uapi::REC_POOL_EXHAUSTED)
+    );
+    assert_eq!(e[0].ret, 1);
+    assert_eq!(tr.stats().chunks_high_water, 3);
+    // max_calls 0: nothing itemised at all.
+    tr.set_max_calls(0).unwrap();
+    tr.begin(100, key(0), 0, 0).unwrap();
+    call(&mut tr, 100, 0);
+    let r = tr.end(100, key(0), 5000, 0, 0, &mut out).unwrap();
+    assert_eq!(decode(&out, r).0.n_entries, 0);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn small_output_buffers_truncate() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    for (len, fit) in [(128 + 2 * 32 + 31, 2usize), (128, 0), (128 + 40 * 32, 40)] {
+        tr.begin(100, key(0), 0, 0).unwrap();
+        for i in 0..40u64 {
+            tr.sys_enter(100, 0, i * 10);
+            tr.sys_exit(100, 0, i * 10 + 1 + i);
+        }
+        let mut out = vec![0u8; len];
+        let r = tr.end(100, key(0), 1000, 0, 0, &mut out).unwrap();
+        let (h, e) = decode(&out, r);
+        assert_eq!(e.len(), fit);
+        assert_eq!(h.total_calls, 40);
+        assert_eq!(h.unitemised_calls, 40 - fit as u64);
+        assert_eq!(
+            h.unitemised_ns,
+            (fit as u64..40).map(|i| 1 + i).sum::<u64>()
+        );
+        let truncated = if fit < 40 {
+            uapi::REC_CALLS_TRUNCATED
+        } else {
+            0
+        };
+        assert_eq!(h.flags, truncated);
+    }
+    tr.begin(100, key(0), 0, 0).unwrap();
+    let mut out = vec![0u8; 100];
+    assert_eq!(
+        tr.end(100, key(0), 10, 0, 0, &mut out),
+        Ok(EndOutcome::Slow { len: 0, tgid: 10 })
+    );
+    assert_eq!(tr.stats().records_truncated, 3);
+    assert_empty(&{
+        tr.unregister_process(10).unwrap();
+        tr
+    });
+}
+
+#[test]
+fn expire_drops_old_spans() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.begin(100, key(0), 0, 0).unwrap();
+    tr.begin(100, key(1), 50, 0).unwrap();
+    tr.begin(100, key(2), 100, 0).unwrap();
+    tr.sys_enter(100, 0, 101);
+    tr.sys_exit(100, 0, 102);
+    assert_eq!(tr.expire(100, 100), 0, "exactly the timeout: kept");
+    assert_eq!(tr.expire(101, 100), 1);
+    assert_eq!(tr.expire(200, 100), 1);
+    check_invariants(&tr);
+    assert_eq!(tr.stats().open_spans, 1);
+    assert_eq!(tr.expire(1000, 100), 1);
+    assert_eq!(tr.stats().spans_expired, 3);
+    assert_eq!(tr.stats().chunks_in_use, 0);
+    let mut out = vec![0u8; BIG];
+    assert_eq!(
+        tr.end(100, key(2), 0, 0, 0, &mut out),
+        Err(ERR_UNKNOWN_SPAN)
+    );
+    // Time going backwards never expires anything.
+    tr.begin(100, key(0), 500, 0).unwrap();
+    assert_eq!(tr.expire(0, 0), 0);
+}
+
+#[test]
+fn dropped_records_are_reported_in_later_records() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.note_record_dropped(10);
+    tr.note_record_dropped(10);
+    tr.note_record_written(10);
+    tr.note_record_dropped(77);
+    tr.begin(100, key(0), 0, 0).unwrap();
+    let r = tr.end(100, key(0), 10, 0, 0, &mut out).unwrap();
+    assert_eq!(decode(&out, r).0.records_dropped_before, 2);
+    let info = tr.process_info(10).unwrap();
+    assert_eq!(
+        (info.records_written, info.records_dropped, info.idx),
+        (1, 2, ProcIdx(0))
+    );
+    let st = tr.stats();
+    assert_eq!((st.records_written, st.records_dropped), (1, 3));
+}
+
+#[test]
+fn unregister_drops_everything() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.register_process(20).unwrap();
+    for tid in 100..110 {
+        tr.add_thread(10 * (1 + tid % 2), tid).unwrap();
+        for k in 0..2 {
+            tr.begin(tid, key(u64::from(tid) * 2 + k), 0, 0).unwrap();
+            tr.sys_enter(tid, 0, 0);
+            tr.sys_exit(tid, 0, 0);
+        }
+    }
+    check_invariants(&tr);
+    assert_eq!(tr.unregister_process(10), Ok(()));
+    check_invariants(&tr);
+    assert_eq!(tr.stats().spans_abandoned, 10);
+    assert!((100..110).all(|t| tr.is_tracked(t) == (t % 2 == 1)));
+    tr.unregister_process(20).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn stats_text() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tr.format_stats(&mut buf);
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(n < 2048, "{n}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), Stats::NAMES.len());
+    assert!(text.contains("\nthreads 1\n") && text.contains("\nthread_capacity 16\n"));
+    assert!(text.starts_with("processes 1\n") && text.ends_with("records_dropped 0\n"));
+    let names: HashSet<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names.len(), lines.len());
+    // A short buffer gets whole lines only.
+    let mut small = [0u8; 30];
+    let n = tr.format_stats(&mut small);
+    assert_eq!(
+        &small[..n],
+        b"processes 1\nprocess_capacity 4\n"[..n].as_ref()
+    );
+    assert!(small[..n].ends_with(b"\n"));
+    assert_eq!(tr.format_stats(&mut [0u8; 5]), 0);
+}
+
+#[test]
+fn default_storage_sizes() {
+    use core::mem::size_of;
+    assert_eq!(size_of::<ProcessSlot>(), 32);
+    assert_eq!(size_of::<ThreadSlot>(), 104);
+    assert_eq!(size_of::<SpanSlot>(), 112);
+    assert_eq!(size_of::<EntryChunk>(), 1032);
+    assert_eq!(size_of::<TableSlot<u32>>(), 12);
+    assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
+    let total = size_of::<DefaultStorage>();
+    std::println!("DefaultStorage: {total} bytes");
+    assert!(total < 12 << 20);
+    // All-zero bytes are a valid DefaultStorage, and the tracker runs on it.
+    // SAFETY: every field is an integer, an array of integers or an `AtomicU64`, for which
+    // all-zero bytes are valid.
+    let mut block: Box<DefaultStorage> =
+        unsafe { Box::<DefaultStorage>::new_zeroed().assume_init() };
+    let mut tr = Tracker::new(block.storage(), 7);
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.process_capacity,
+            st.thread_capacity,
+            st.span_capacity,
+            st.chunk_capacity
+        ),
+        (64, 4096, 4096, 8192)
+    );
+    assert_eq!(tr.tracked_set().limit(), PID_MAX_LIMIT as u64);
+    tr.register_process(1).unwrap();
+    tr.add_thread(1, PID_MAX_LIMIT as u32 - 1).unwrap();
+    assert_eq!(tr.add_thread(1, PID_MAX_LIMIT as u32), Err(ERANGE));
+    // Fill the thread and span tables completely: the hash tables have room.
+    for tid in 0..4095 {
+        tr.add_thread(1, tid).unwrap();
+    }
+    assert_eq!(tr.add_thread(1, 5000), Err(ENOSPC));
+    for i in 0..4096u64 {
+        tr.begin((i / 16) as u32, key(i), 0, 0).unwrap();
+    }
+    assert_eq!(tr.begin(300, key(5000), 0, 0), Err(ERR_TABLE_FULL));
+    tr.unregister_process(1).unwrap();
+    assert_eq!(tr.stats().spans_abandoned, 4096);
+    assert_empty(&tr);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference model
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MCall {
+    None,
+    Active(u32, u64),
+    Excluded,
+}
+
+#[derive(Clone, Debug)]
+struct MThread {
+    tgid: u32,
+    /// Open spans, innermost last.
+    stack: Vec<SpanKey>,
+    call: MCall,
+}
+
+#[derive(Clone, Debug)]
+struct MSpan {
+    tid: u32,
+    depth: u32,
+    begin_mono: u64,
+    begin_real: u64,
+    entries: Vec<SyscallEntry>,
+    total_calls: u64,
+    total_ns: u64,
+    unit_calls: u64,
+    unit_ns: u64,
+    flags: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MProc {
+    written: u64,
+    dropped: u64,
+}
+
+struct Model {
+    caps: Caps,
+    proc_slots: Vec<Option<u32>>,
+    procs: HashMap<u32, MProc>,
+    threads: HashMap<u32, MThread>,
+    spans: HashMap<(u32, SpanKey), MSpan>,
+    filter: SyscallFilter,
+    max_calls: u32,
+    st: Stats,
+}
+
+impl Model {
+    fn new(caps: Caps) -> Self {
+        Model {
+            caps,
+            proc_slots: vec![None; caps.procs],
+            procs: HashMap::new(),
+            threads: HashMap::new(),
+            spans: HashMap::new(),
+            filter: SyscallFilter::ALLOW_ALL,
+            max_calls: DEFAULT_MAX_CALLS,
+            st: Stats::default(),
+        }
+    }
+
+    fn chunks_in_use(&self) -> usize {
+        self.spans
+            .values()
+            .map(|s| s.entries.len().div_ceil(CHUNK_ENTRIES))
+            .sum()
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = self.st;
+        s.processes = self.procs.len() as u64;
+        s.process_capacity = self.caps.procs as u64;
+        s.threads = self.threads.len() as u64;
+        s.thread_capacity = self.caps.threads as u64;
+        s.open_spans = self.spans.len() as u64;
+        s.span_capacity = self.caps.spans as u64;
+        s.chunks_in_use = self.chunks_in_use() as u64;
+        s.chunk_capacity = self.caps.chunks as u64;
+        s.max_calls = u64::from(self.max_calls);
+        s
+    }
+
+    fn register(&mut self, tgid: u32) -> Result<ProcIdx, i32> {
+        if self.procs.contains_key(&tgid) {
+            return Err(EALREADY);
+        }
+        let Some(i) = self.proc_slots.iter().position(Option::is_none) else {
+            self.st.processes_refused += 1;
+            return Err(ENOSPC);
+        };
+        self.proc_slots[i] = Some(tgid);
+        self.procs.insert(tgid, MProc::default());
+        self.st.processes_registered += 1;
+        Ok(ProcIdx(i as u32))
+    }
+
+    fn drop_thread(&mut self, tid: u32) {
+        let t = self.threads.remove(&tid).unwrap();
+        for k in t.stack {
+            self.spans.remove(&(t.tgid, k)).unwrap();
+            self.st.spans_abandoned += 1;
+        }
+    }
+
+    fn unregister(&mut self, tgid: u32) -> Result<(), i32> {
+        if self.procs.remove(&tgid).is_none() {
+            return Err(ENOENT);
+        }
+        let tids: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.tgid == tgid)
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in tids {
+            self.drop_thread(tid);
+        }
+        *self
+            .proc_slots
+            .iter_mut()
+            .find(|s| **s == Some(tgid))
+            .unwrap() = None;
+        Ok(())
+    }
+
+    fn add_thread(&mut self, tgid: u32, tid: u32) -> Result<(), i32> {
+        if !self.procs.contains_key(&tgid) {
+            return Err(ENOENT);
+        }
+        if let Some(t) = self.threads.get(&tid) {
+            if t.tgid == tgid {
+                return Ok(());
+            }
+            self.remove_thread(tid);
+        }
+        if tid as usize >= self.caps.tid_limit {
+            self.st.threads_refused += 1;
+            return Err(ERANGE);
+        }
+        if self.threads.len() >= self.caps.threads {
+            self.st.threads_refused += 1;
+            return Err(ENOSPC);
+        }
+        self.threads.insert(
+            tid,
+            MThread {
+                tgid,
+                stack: Vec::new(),
+                call: MCall::None,
+            },
+        );
+        self.st.threads_added += 1;
+        Ok(())
+    }
+
+    fn remove_thread(&mut self, tid: u32) -> bool {
+        let Some(t) = self.threads.get(&tid) else {
+            return false;
+        };
+        let tgid = t.tgid;
+        self.drop_thread(tid);
+        !self.threads.values().any(|t| t.tgid == tgid)
+    }
+
+    fn begin(&mut self, tid: u32, key: SpanKey, mono: u64, real: u64) -> Result<(), i32> {
+        let Some(t) = self.threads.get_mut(&tid) else {
+            self.st.begins_untracked += 1;
+            return Err(ERR_UNTRACKED);
+        };
+        t.call = MCall::Excluded;
+        let tgid = t.tgid;
+        if self.spans.contains_key(&(tgid, key)) {
+            self.st.begins_duplicate += 1;
+            return Err(ERR_DUPLICATE);
+        }
+        if t.stack.len() >= MAX_DEPTH {
+            self.st.begins_too_deep += 1;
+            return Err(ERR_TOO_DEEP);
+        }
+        if self.spans.len() >= self.caps.spans {
+            self.st.begins_table_full += 1;
+            return Err(ERR_TABLE_FULL);
+        }
+        let depth = t.stack.len() as u32;
+        t.stack.push(key);
+        self.spans.insert(
+            (tgid, key),
+            MSpan {
+                tid,
+                depth,
+                begin_mono: mono,
+                begin_real: real,
+                entries: Vec::new(),
+                total_calls: 0,
+                total_ns: 0,
+                unit_calls: 0,
+                unit_ns: 0,
+                flags: 0,
+            },
+        );
+        self.st.spans_begun += 1;
+        self.st.spans_high_water = self.st.spans_high_water.max(self.spans.len() as u64);
+        Ok(())
+    }
+
+    /// Expected result of `end`: the outcome and, for a slow span with a header, the
+    /// decoded record.
+    #[allow(clippy::type_complexity)]
+    fn end(
+        &mut self,
+        wtid: u32,
+        key: SpanKey,
+        mono: u64,
+        real: u64,
+        threshold: u64,
+        out_len: usize,
+    ) -> Result<(EndOutcome, Option<(RecordHeader, Vec<SyscallEntry>)>), i32> {
+        let Some(w) = self.threads.get_mut(&wtid) else {
+            self.st.ends_untracked += 1;
+            return Err(ERR_UNTRACKED);
+        };
+        w.call = MCall::Excluded;
+        let tgid = w.tgid;
+        let Some(mut s) = self.spans.remove(&(tgid, key)) else {
+            self.st.ends_unknown += 1;
+            return Err(ERR_UNKNOWN_SPAN);
+        };
+        let owner = self.threads.get_mut(&s.tid).unwrap();
+        let pos = owner.stack.iter().position(|k| *k == key).unwrap();
+        owner.stack.remove(pos);
+        self.st.spans_ended += 1;
+        if mono.saturating_sub(s.begin_mono) < threshold {
+            return Ok((EndOutcome::Fast, None));
+        }
+        self.st.spans_slow += 1;
+        if wtid != s.tid {
+            s.flags |= uapi::REC_ENDED_ELSEWHERE;
+        }
+        if out_len < RECORD_HEADER_SIZE {
+            self.st.records_truncated += 1;
+            return Ok((EndOutcome::Slow { len: 0, tgid }, None));
+        }
+        let fit = ((out_len - RECORD_HEADER_SIZE) / SYSCALL_ENTRY_SIZE).min(s.entries.len());
+        if fit < s.entries.len() {
+            self.st.records_truncated += 1;
+            s.flags |= uapi::REC_CALLS_TRUNCATED;
+            for e in &s.entries[fit..] {
+                s.unit_calls += 1;
+                s.unit_ns += e.end_mono_ns - e.start_mono_ns;
+            }
+            s.entries.truncate(fit);
+        }
+        let h = RecordHeader {
+            magic: uapi::RECORD_MAGIC,
+            version: uapi::ABI_VERSION as u16,
+            header_size: RECORD_HEADER_SIZE as u16,
+            total_size: record_size(fit as u32) as u32,
+            n_entries: fit as u32,
+            trace_id: key.trace_id,
+            span_id: key.span_id,
+            tid: s.tid,
+            tgid,
+            begin_mono_ns: s.begin_mono,
+            end_mono_ns: mono,
+            begin_real_ns: s.begin_real,
+            end_real_ns: real,
+            depth: s.depth,
+            flags: s.flags,
+            total_calls: s.total_calls,
+            total_call_ns: s.total_ns,
+            unitemised_calls: s.unit_calls,
+            unitemised_ns: s.unit_ns,
+            records_dropped_before: self.procs[&tgid].dropped,
+        };
+        Ok((
+            EndOutcome::Slow {
+                len: record_size(fit as u32),
+                tgid,
+            },
+            Some((h, s.entries)),
+        ))
+    }
+
+    fn sys_enter(&mut self, tid: u32, nr: u32, now: u64) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.call = MCall::Active(nr, now);
+        }
+    }
+
+    fn sys_exit(&mut self, tid: u32, ret: i64, now: u64) {
+        let chunks_in_use = self.chunks_in_use();
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let (nr, start) = match core::mem::replace(&mut t.call, MCall::None) {
+            MCall::None => {
+                self.st.calls_without_enter += 1;
+                return;
+            }
+            MCall::Excluded => return,
+            MCall::Active(nr, start) => (nr, start),
+        };
+        let Some(&top) = t.stack.last() else {
+            return;
+        };
+        if !self.filter.allows(nr) {
+            self.st.calls_filtered += 1;
+            return;
+        }
+        let s = self.spans.get_mut(&(t.tgid, top)).unwrap();
+        let dur = now - start;
+        s.total_calls += 1;
+        s.total_ns += dur;
+        self.st.calls_attributed += 1;
+        if s.entries.len() >= self.max_calls as usize {
+            s.unit_calls += 1;
+            s.unit_ns += dur;
+            s.flags |= uapi::REC_CALLS_TRUNCATED;
+            self.st.calls_unitemised_limit += 1;
+        } else if s.entries.len().is_multiple_of(CHUNK_ENTRIES) && chunks_in_use >= self.caps.chunks
+        {
+            s.unit_calls += 1;
+            s.unit_ns += dur;
+            s.flags |= uapi::REC_POOL_EXHAUSTED;
+            self.st.calls_unitemised_pool += 1;
+        } else {
+            s.entries.push(SyscallEntry {
+                nr,
+                flags: 0,
+                ret,
+                start_mono_ns: start,
+                end_mono_ns: now,
+            });
+            let used = self.chunks_in_use() as u64;
+            self.st.chunks_high_water = self.st.chunks_high_water.max(used);
+        }
+    }
+
+    fn expire(&mut self, now: u64, timeout: u64) -> u32 {
+        let old: Vec<(u32, SpanKey)> = self
+            .spans
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.begin_mono) > timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &old {
+            let s = self.spans.remove(k).unwrap();
+            let t = self.threads.get_mut(&s.tid).unwrap();
+            t.stack.retain(|x| *x != k.1);
+            self.st.spans_expired += 1;
+        }
+        old.len() as u32
+    }
+
+    fn note(&mut self, tgid: u32, written: bool) {
+        let p = self.procs.get_mut(&tgid);
+        if written {
+            self.st.records_written += 1;
+            if let Some(p) = p {
+                p.written += 1;
+            }
+        } else {
+            self.st.records_dropped += 1;
+            if let Some(p) = p {
+                p.dropped += 1;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Property test: tracker == model
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Register(u8),
+    Unregister(u8),
+    AddThread(u8, u8),
+    RemoveThread(u8),
+    Begin {
+        t: u8,
+        k: u8,
+        in_call: bool,
+    },
+    End {
+        t: u8,
+        k: u8,
+        in_call: bool,
+        threshold: u8,
+        out: u8,
+    },
+    Calls {
+        t: u8,
+        nr: u8,
+        n: u8,
+        dur: u16,
+    },
+    Enter(u8, u8),
+    Exit(u8),
+    Advance(u16),
+    Expire(u8),
+    SetMaxCalls(u8),
+    SetFilter(u8),
+    Note(u8, bool),
+}
+
+const TGIDS: [u32; 3] = [1000, 1001, 1002];
+/// The last tid is beyond the test bitmap.
+const TIDS: [u32; 8] = [1, 2, 3, 64, 65, 1000, 4095, 4096];
+const NRS: [u32; 6] = [0, 1, 39, 202, 600, u32::MAX];
+
+/// Mostly the threads the prologue of `run` adds.
+fn tid() -> impl Strategy<Value = u8> {
+    prop_oneof![4 => 0..4u8, 1 => 0..8u8]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..3u8).prop_map(Op::Register),
+        1 => (0..3u8).prop_map(Op::Unregister),
+        2 => (0..3u8, 0..8u8).prop_map(|(p, t)| Op::AddThread(p, t)),
+        1 => (0..8u8).prop_map(Op::RemoveThread),
+        8 => (tid(), 0..8u8, any::<bool>()).prop_map(|(t, k, in_call)| Op::Begin { t, k, in_call }),
+        8 => (tid(), 0..8u8, any::<bool>(), 0..3u8, 0..4u8)
+            .prop_map(|(t, k, in_call, threshold, out)| Op::End { t, k, in_call, threshold, out }),
+        8 => (tid(), 0..6u8, 1..40u8, 0..100u16).prop_map(|(t, nr, n, dur)| Op::Calls { t, nr, n, dur }),
+        1 => (0..8u8, 0..6u8).prop_map(|(t, nr)| Op::Enter(t, nr)),
+        1 => (0..8u8).prop_map(Op::Exit),
+        2 => (0..2000u16).prop_map(Op::Advance),
+        1 => (0..3u8).prop_map(Op::Expire),
+        1 => (0..80u8).prop_map(Op::SetMaxCalls),
+        1 => (0..6u8).prop_map(Op::SetFilter),
+        1 => (0..3u8, any::<bool>()).prop_map(|(p, w)| Op::Note(p, w)),
+    ]
+}
+
+fn caps() -> impl Strategy<Value = Caps> {
+    (
+        1..4usize,
+        2..7usize,
+        prop_oneof![Just(3usize), Just(20)],
+        1..5usize,
+    )
+        .prop_map(|(procs, threads, spans, chunks)| Caps {
+            procs,
+            threads,
+            spans,
+            chunks,
+            tid_limit: 4096,
+        })
+}
+
+fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
+    // Every case starts with two processes of two threads each (capacity permitting).
+    let prologue = [
+        Op::Register(0),
+        Op::Register(1),
+        Op::AddThread(0, 0),
+        Op::AddThread(0, 1),
+        Op::AddThread(1, 2),
+        Op::AddThread(1, 3),
+    ];
+    ops.splice(0..0, prologue);
+    let mut mem = Mem::new(caps);
+    let mut tr = mem.tracker();
+    let mut m = Model::new(caps);
+    let mut now: u64 = 1_000_000;
+    let real_offset: u64 = 1_700_000_000_000_000_000;
+    let mut out = vec![0u8; BIG];
+    let mut seq: i64 = 0;
+    for op in ops {
+        match op {
+            Op::Register(p) => {
+                let tgid = TGIDS[p as usize];
+                prop_assert_eq!(tr.register_process(tgid), m.register(tgid));
+            }
+            Op::Unregister(p) => {
+                let tgid = TGIDS[p as usize];
+                prop_assert_eq!(tr.unregister_process(tgid), m.unregister(tgid));
+            }
+            Op::AddThread(p, t) => {
+                let (tgid, tid) = (TGIDS[p as usize], TIDS[t as usize]);
+                prop_assert_eq!(tr.add_thread(tgid, tid), m.add_thread(tgid, tid));
+            }
+            Op::RemoveThread(t) => {
+                let tid = TIDS[t as usize];
+                prop_assert_eq!(tr.remove_thread(tid), m.remove_thread(tid));
+            }
+            Op::Begin { t, k, in_call } => {
+                let tid = TIDS[t as usize];
+                if in_call {
+                    tr.sys_enter(tid, 1, now);
+                    m.sys_enter(tid, 1, now);
+                }
+                now += 1;
+                let k = key(u64::from(k));
+                prop_assert_eq!(
+                    tr.begin(tid, k, now, now + real_offset),
+                    m.begin(tid, k, now, now + real_offset)
+                );
+                now += 1;
+                if in_call {
+                    tr.sys_exit(tid, 50, now);
+                    m.sys_exit(tid, 50, now);
+                }
+            }
+            Op::End {
+                t,
+                k,
+                in_call,
+                threshold,
+                out: out_sel,
+            } => {
+                let tid = TIDS[t as usize];
+                if in_call {
+                    tr.sys_enter(tid, 1, now);
+                    m.sys_enter(tid, 1, now);
+                }
+                now += 1;
+                let k = key(u64::from(k));
+                let threshold = [0, 500, u64::MAX][threshold as usize];
+                let out_len = [BIG, 128 + 5 * 32, 128 + 40 * 32 + 7, 64][out_sel as usize];
+                out.fill(0xee);
+                let got = tr.end(
+                    tid,
+                    k,
+                    now,
+                    now + real_offset,
+                    threshold,
+                    &mut out[..out_len],
+                );
+                let want = m.end(tid, k, now, now + real_offset, threshold, out_len);
+                match (got, want) {
+                    (Ok(g), Ok((w, rec))) => {
+                        prop_assert_eq!(g, w);
+                        if let EndOutcome::Slow { len, .. } = g {
+                            prop_assert!(
+                                out[len..].iter().all(|&b| b == 0xee),
+                                "wrote past the record"
+                            );
+                        }
+                        if let Some((wh, we)) = rec {
+                            let (h, e) = decode(&out, g);
+                            prop_assert_eq!(h, wh);
+                            prop_assert_eq!(e, we);
+                        }
+                    }
+                    (g, w) => prop_assert_eq!(g, w.map(|x| x.0)),
+                }
+                now += 1;
+                if in_call {
+                    tr.sys_exit(tid, 50, now);
+                    m.sys_exit(tid, 50, now);
+                }
+            }
+            Op::Calls { t, nr, n, dur } => {
+                let tid = TIDS[t as usize];
+                for i in 0..u64::from(n) {
+                    seq += 1;
+                    tr.sys_enter(tid, NRS[nr as usize], now);
+                    m.sys_enter(tid, NRS[nr as usize], now);
+                    now += u64::from(dur) + i;
+                    tr.sys_exit(tid, seq, now);
+                    m.sys_exit(tid, seq, now);
+                    now += 1;
+                }
+            }
+            Op::Enter(t, nr) => {
+                let tid = TIDS[t as usize];
+                tr.sys_enter(tid, NRS[nr as usize], now);
+                m.sys_enter(tid, NRS[nr as usize], now);
+                now += 1;
+            }
+            Op::Exit(t) => {
+                let tid = TIDS[t as usize];
+                seq += 1;
+                tr.sys_exit(tid, seq, now);
+                m.sys_exit(tid, seq, now);
+                now += 1;
+            }
+            Op::Advance(dt) => now += u64::from(dt),
+            Op::Expire(sel) => {
+                let timeout = [500, 20_000, 1_000_000][sel as usize];
+                prop_assert_eq!(tr.expire(now, timeout), m.expire(now, timeout));
+            }
+            Op::SetMaxCalls(n) => {
+                tr.set_max_calls(u32::from(n)).unwrap();
+                m.max_calls = u32::from(n);
+            }
+            Op::SetFilter(nr) => {
+                let mut f = SyscallFilter::ALLOW_ALL;
+                if nr < 5 {
+                    f.set(NRS[nr as usize], false);
+                    f.set_others(nr % 2 == 0);
+                }
+                tr.set_filter(f);
+                m.filter = f;
+            }
+            Op::Note(p, written) => {
+                let tgid = TGIDS[p as usize];
+                if written {
+                    tr.note_record_written(tgid);
+                } else {
+                    tr.note_record_dropped(tgid);
+                }
+                m.note(tgid, written);
+            }
+        }
+        check_invariants(&tr);
+        prop_assert_eq!(tr.stats(), m.stats());
+        for tid in TIDS {
+            prop_assert_eq!(tr.is_tracked(tid), m.threads.contains_key(&tid));
+            prop_assert_eq!(tr.thread_tgid(tid), m.threads.get(&tid).map(|t| t.tgid));
+        }
+        for tgid in TGIDS {
+            let info = tr
+                .process_info(tgid)
+                .map(|i| (i.records_written, i.records_dropped));
+            prop_assert_eq!(info, m.procs.get(&tgid).map(|p| (p.written, p.dropped)));
+        }
+    }
+    // Tear down: nothing leaks.
+    for tgid in TGIDS {
+        prop_assert_eq!(tr.unregister_process(tgid), m.unregister(tgid));
+    }
+    prop_assert_eq!(tr.stats(), m.stats());
+    assert_empty(&tr);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tracker_matches_model(caps in caps(), ops in proptest::collection::vec(op(), 1..120)) {
+        run(caps, ops)?;
+    }
+
+    /// Random raw inputs (any tid, key, time, buffer size) never panic and keep the
+    /// structure consistent.
+    #[test]
+    fn raw_inputs_never_panic(
+        events in proptest::collection::vec(
+            (0..9u8, any::<u32>(), any::<u64>(), any::<u64>(), 0..300usize),
+            1..200,
+        )
+    ) {
+        let mut mem = Mem::new(Caps { procs: 2, threads: 4, spans: 4, chunks: 2, tid_limit: 128 });
+        let mut tr = mem.tracker();
+        let mut out = vec![0u8; 300];
+        for (kind, a, b, c, len) in events {
+            let tid = a % 130;
+            let k = SpanKey { trace_id: u128::from(b % 5).to_be_bytes(), span_id: (c % 3).to_be_bytes() };
+            match kind {
+                0 => { let _ = tr.register_process(a % 3); }
+                1 => { let _ = tr.unregister_process(a % 3); }
+                2 => { let _ = tr.add_thread(a % 3, (b % 130) as u32); }
+                3 => { tr.remove_thread(tid); }
+                4 => { let _ = tr.begin(tid, k, b, c); }
+                5 => { let _ = tr.end(tid, k, b, c, c, &mut out[..len]); }
+                6 => tr.sys_enter(tid, b as u32, c),
+                7 => tr.sys_exit(tid, b as i64, c),
+                _ => { tr.expire(b, c); }
+            }
+            check_invariants(&tr);
+        }
+        for tgid in 0..3 {
+            let _ = tr.unregister_process(tgid);
+        }
+        assert_empty(&tr);
+    }
+}
