@@ -1,0 +1,176 @@
+//! Thin wrappers over the system calls the test makes outside spans: file descriptors,
+//! clocks, ioctls on the control file, poll, errno names. Inside spans the test uses only
+//! the raw calls of `span::run_ops`.
+
+use spantrack_uapi as uapi;
+use std::ffi::CString;
+
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Symbolic name of an errno value (the ones the module's interface uses, plus a few).
+pub fn errno_name(e: i32) -> String {
+    let n = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTTY => "ENOTTY",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::EALREADY => "EALREADY",
+        _ => return format!("errno {e}"),
+    };
+    n.to_string()
+}
+
+/// Describes the result of a write-like call: `n` bytes or `-errno`.
+pub fn ret_name(r: i64) -> String {
+    if r < 0 {
+        errno_name((-r) as i32)
+    } else {
+        format!("{r}")
+    }
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: plain system call without arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+pub fn getpid() -> u32 {
+    // SAFETY: plain system call without arguments.
+    unsafe { libc::getpid() as u32 }
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC in ns (may be a system call in a VM whose clocksource has no vDSO: never
+/// call it inside a span).
+pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_REALTIME in ns (same caveat as [`mono_ns`]).
+pub fn real_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// An owned file descriptor, closed on drop.
+#[derive(Debug)]
+pub struct Fd(i32);
+
+impl Fd {
+    pub fn open(path: &str, flags: i32) -> Result<Fd, String> {
+        Self::open_errno(path, flags).map_err(|e| format!("open {path}: {}", errno_name(e)))
+    }
+
+    pub fn open_errno(path: &str, flags: i32) -> Result<Fd, i32> {
+        let c = CString::new(path).map_err(|_| libc::EINVAL)?;
+        // SAFETY: `c` is a valid C string; the mode argument is read only with O_CREAT.
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600 as libc::c_uint) };
+        if fd < 0 {
+            Err(errno())
+        } else {
+            Ok(Fd(fd))
+        }
+    }
+
+    pub fn raw(&self) -> i32 {
+        self.0
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// One `write(2)` of `bytes`: the count written or the errno.
+pub fn write_once(fd: i32, bytes: &[u8]) -> Result<usize, i32> {
+    // SAFETY: `bytes` is valid for reads of its length.
+    let r = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// An argument-less ioctl on the control file.
+pub fn ioctl_plain(fd: i32, req: u32) -> Result<(), i32> {
+    // SAFETY: the spantrack ioctls without a payload take no argument.
+    let r = unsafe { libc::ioctl(fd, req as _, 0usize) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn ioctl_info(fd: i32) -> Result<uapi::Info, i32> {
+    let mut info = uapi::Info::default();
+    // SAFETY: IOCTL_INFO writes one `Info` (its size is encoded in the request number).
+    let r = unsafe { libc::ioctl(fd, uapi::IOCTL_INFO as _, &mut info as *mut uapi::Info) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(info)
+    }
+}
+
+/// `poll()` one descriptor for POLLIN: its `revents` (0 on timeout) or the errno.
+pub fn poll_in(fd: i32, timeout_ms: i32) -> Result<i16, i32> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if r < 0 {
+        Err(errno())
+    } else if r == 0 {
+        Ok(0)
+    } else {
+        Ok(p.revents)
+    }
+}
+
+pub const NR_WRITE: u32 = libc::SYS_write as u32;
+pub const NR_NANOSLEEP: u32 = libc::SYS_nanosleep as u32;
+pub const NR_GETPID: u32 = libc::SYS_getpid as u32;
+pub const NR_FSYNC: u32 = libc::SYS_fsync as u32;
+
+/// Name of x86_64 system call `nr` (the module's table), or its number.
+pub fn syscall_name(nr: u32) -> String {
+    match spantrack_logic::syscalls::syscall_name(nr) {
+        Some(n) => n.to_string(),
+        None => format!("syscall#{nr}"),
+    }
+}
+
+/// Sleeps outside any span (std's sleep is fine there).
+pub fn sleep_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
