@@ -4,6 +4,7 @@
 #   make module        spantrack.ko against the cached guest kernel (VARIANT=release|debug)
 #   make kernel        the guest kernel alone (cached outside the repository)
 #   make setup         install what the build needs (Debian packages, bindgen)
+#   make bench-micro   guest cost of a system call (tracked, untracked) and of a span begin+end
 # Kernel-side work happens in a QEMU VM: the host kernel cannot load modules.
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ export VARIANT
 ROOT := $(CURDIR)
 SCRIPTS := $(ROOT)/scripts
 
-.PHONY: all setup kernel module host user demo test test-host test-vm clean
+.PHONY: all setup kernel module host user demo test test-host clean bench-micro
 
 all: module user
 
@@ -40,3 +41,5 @@ test-host:
 clean:
 	@$(MAKE) -s -C $$(VARIANT=$(VARIANT) $(SCRIPTS)/build-kernel.sh) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc clean 2>/dev/null || true
 	@cargo clean
+bench-micro: setup
+	@$(SCRIPTS)/bench-micro.sh

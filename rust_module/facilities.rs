@@ -14,7 +14,7 @@ extern "C" {
     fn st_vzalloc(size: usize) -> *mut c_void;
     fn st_vfree(p: *mut c_void);
     pub(crate) fn st_possible_cpus() -> c_uint;
-    fn st_set_tracked_bitmap(bits: *mut c_ulong, nbits: c_ulong);
+    fn st_set_bitmaps(tracked: *mut c_ulong, active: *mut c_ulong, nbits: c_ulong);
     fn st_tracepoints_register() -> c_int;
     fn st_tracepoints_unregister();
     pub(crate) fn st_for_each_thread_of_current(
@@ -97,23 +97,24 @@ unsafe impl<T: Send> Send for VSlice<T> {}
 // SAFETY: as above.
 unsafe impl<T: Sync> Sync for VSlice<T> {}
 
-/// The bitmap of tracked thread ids handed to the C probes for the untracked test.
-pub(crate) struct TrackedBitmap;
+/// The bitmaps of tracked threads and of threads with an open span, handed to the C probes
+/// for their one-bit tests.
+pub(crate) struct TrackedBitmaps;
 
-impl TrackedBitmap {
+impl TrackedBitmaps {
     /// # Safety
-    /// `bits` must point to `nbits / 64` words that stay valid until this value is dropped.
-    pub(crate) unsafe fn publish(bits: *mut u64, nbits: usize) -> Self {
+    /// Both must point to `nbits / 64` words that stay valid until this value is dropped.
+    pub(crate) unsafe fn publish(tracked: *mut u64, active: *mut u64, nbits: usize) -> Self {
         // SAFETY: by the caller's guarantee; u64 and unsigned long are the same on x86_64.
-        unsafe { st_set_tracked_bitmap(bits as *mut c_ulong, nbits as c_ulong) };
+        unsafe { st_set_bitmaps(tracked as *mut c_ulong, active as *mut c_ulong, nbits as c_ulong) };
         Self
     }
 }
 
-impl Drop for TrackedBitmap {
+impl Drop for TrackedBitmaps {
     fn drop(&mut self) {
-        // SAFETY: withdraws the pointer; probes are unregistered before this drops.
-        unsafe { st_set_tracked_bitmap(core::ptr::null_mut(), 0) };
+        // SAFETY: withdraws the pointers; probes are unregistered before this drops.
+        unsafe { st_set_bitmaps(core::ptr::null_mut(), core::ptr::null_mut(), 0) };
     }
 }
 

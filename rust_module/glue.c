@@ -97,28 +97,43 @@ unsigned int st_possible_cpus(void)
  * in Rust, reached only for tracked threads.
  */
 
-static unsigned long *st_bits;
+/* Bit tid of st_tracked_bits: the thread is tracked; of st_active_bits: it also has an open
+ * span. The system-call probes test the second, so that a tracked thread outside any span
+ * costs no more than an untracked one. Both are owned by the Rust tracker. */
+static unsigned long *st_tracked_bits;
+static unsigned long *st_active_bits;
 static unsigned long st_nbits;
 
-void st_set_tracked_bitmap(unsigned long *bits, unsigned long nbits)
+void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long nbits)
 {
 	WRITE_ONCE(st_nbits, 0);
 	smp_wmb();
-	WRITE_ONCE(st_bits, bits);
+	WRITE_ONCE(st_tracked_bits, tracked);
+	WRITE_ONCE(st_active_bits, active);
 	smp_wmb();
 	WRITE_ONCE(st_nbits, nbits);
 }
 
+static __always_inline bool st_bit(unsigned long *bits, pid_t pid)
+{
+	return (unsigned long)pid < READ_ONCE(st_nbits) && test_bit(pid, READ_ONCE(bits));
+}
+
 static __always_inline bool st_tracked(pid_t pid)
 {
-	return (unsigned long)pid < READ_ONCE(st_nbits) && test_bit(pid, READ_ONCE(st_bits));
+	return st_bit(st_tracked_bits, pid);
+}
+
+static __always_inline bool st_active(pid_t pid)
+{
+	return st_bit(st_active_bits, pid);
 }
 
 static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
 	pid_t pid = current->pid;
 
-	if (likely(!st_tracked(pid)))
+	if (likely(!st_active(pid)))
 		return;
 	st_rs_sys_enter(pid, id, ktime_get_ns());
 }
@@ -127,7 +142,7 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 {
 	pid_t pid = current->pid;
 
-	if (likely(!st_tracked(pid)))
+	if (likely(!st_active(pid)))
 		return;
 	st_rs_sys_exit(pid, ret, ktime_get_ns());
 }

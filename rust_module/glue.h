@@ -12,7 +12,7 @@ void st_reg_unlock(void);
 void *st_vzalloc(size_t size);
 void st_vfree(void *p);
 unsigned int st_possible_cpus(void);
-void st_set_tracked_bitmap(unsigned long *bits, unsigned long nbits);
+void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long nbits);
 void st_tracepoints_unregister(void);
 int st_tracepoints_register(void);
 void st_for_each_thread_of_current(void (*cb)(void *ctx, int tid, int tgid), void *ctx);

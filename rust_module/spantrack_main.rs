@@ -44,7 +44,7 @@ mod facilities;
 mod state;
 
 use facilities::{
-    DebugfsRoot, ExpiryTimer, ProcEntries, ReapWork, SysfsDir, Tracepoints, TrackedBitmap,
+    DebugfsRoot, ExpiryTimer, ProcEntries, ReapWork, SysfsDir, Tracepoints, TrackedBitmaps,
 };
 
 module! {
@@ -63,7 +63,7 @@ struct SpanTrack {
     _proc: ProcEntries,
     _sysfs: SysfsDir,
     _reap: ReapWork,
-    _bitmap: TrackedBitmap,
+    _bitmap: TrackedBitmaps,
     channels: state::Channels,
     _debugfs: DebugfsRoot,
     _state: state::Installed,

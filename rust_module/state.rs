@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 
-use crate::facilities::{self as fac, RelayChannel, TrackedBitmap, VSlice};
+use crate::facilities::{self as fac, RelayChannel, TrackedBitmaps, VSlice};
 use crate::record::{record_size, MAX_CALLS_LIMIT};
 use crate::tracker::{DefaultStorage, EndOutcome, Tracker, DEFAULT_PROCESSES, TRACKED_WORDS};
 use crate::tunables::{self, TextBuf};
@@ -94,6 +94,7 @@ impl Drop for Locked<'_> {
 pub(crate) struct Installed {
     _global: KBox<Global>,
     bitmap: *mut u64,
+    active: *mut u64,
     _storage: VSlice<DefaultStorage>,
     _record_buf: VSlice<u8>,
 }
@@ -117,6 +118,7 @@ impl Installed {
             u64::from_ne_bytes(s)
         };
         let bitmap = block.tracked.as_ptr() as *mut u64;
+        let active = block.active.as_ptr() as *mut u64;
         let tracker = Tracker::new(block.storage(), seed);
         let global = KBox::new(
             Global {
@@ -130,15 +132,15 @@ impl Installed {
             GFP_KERNEL,
         )?;
         GLOBAL.store(&*global as *const Global as *mut Global, Ordering::Release);
-        Ok(Self { _global: global, bitmap, _storage: storage, _record_buf: record_buf })
+        Ok(Self { _global: global, bitmap, active, _storage: storage, _record_buf: record_buf })
     }
 
-    /// Hands the tracked-thread bitmap to the C probes.
-    pub(crate) fn publish_bitmap(&self) -> TrackedBitmap {
+    /// Hands the tracked-thread and open-span bitmaps to the C probes.
+    pub(crate) fn publish_bitmap(&self) -> TrackedBitmaps {
         // SAFETY: the bitmap (TRACKED_WORDS words, one bit per possible tid) lives in
         // `_storage`, which outlives the returned value (`SpanTrack` drops `_bitmap`
         // before `_state`). AtomicU64 has the layout of u64, C's unsigned long here.
-        unsafe { TrackedBitmap::publish(self.bitmap, TRACKED_WORDS * 64) }
+        unsafe { TrackedBitmaps::publish(self.bitmap, self.active, TRACKED_WORDS * 64) }
     }
 
     pub(crate) fn reserved_bytes(&self) -> usize {
@@ -146,7 +148,7 @@ impl Installed {
     }
 }
 
-// SAFETY: `bitmap` points into `_storage`, owned by this value; the state behind it is
+// SAFETY: `bitmap` and `active` point into `_storage`, owned by this value; the state behind it is
 // synchronised by the lock and atomics (see `Global`).
 unsafe impl Send for Installed {}
 // SAFETY: as above.

@@ -260,6 +260,8 @@ pub struct Storage<'a> {
     pub chunk_free: &'a mut [u32],
     /// Tracked-thread bitmap, bit `tid % 64` of word `tid / 64`.
     pub tracked: &'a [AtomicU64],
+    /// Bit `tid`: the thread has at least one open span (same size as `tracked`).
+    pub active: &'a [AtomicU64],
 }
 
 /// All the storage of the kernel module's tracker in one block (about 11 MiB), for a
@@ -286,6 +288,7 @@ pub struct DefaultStorage {
     pub chunk_free: [u32; DEFAULT_CHUNKS],
     /// See [`Storage::tracked`].
     pub tracked: [AtomicU64; TRACKED_WORDS],
+    pub active: [AtomicU64; TRACKED_WORDS],
 }
 
 impl DefaultStorage {
@@ -302,6 +305,7 @@ impl DefaultStorage {
             chunks: &mut self.chunks,
             chunk_free: &mut self.chunk_free,
             tracked: &self.tracked,
+            active: &self.active,
         }
     }
 }
@@ -523,6 +527,9 @@ pub struct Tracker<'a> {
     chunks: &'a mut [EntryChunk],
     chunk_pool: IndexPool<'a>,
     tracked: TrackedSet<'a>,
+    /// Threads with an open span: the system-call probes test this set, so a tracked
+    /// thread outside any span costs what an untracked one does.
+    active: TrackedSet<'a>,
     filter: SyscallFilter,
     max_calls: u32,
     stats: Stats,
@@ -543,6 +550,7 @@ impl<'a> Tracker<'a> {
             chunks,
             chunk_free,
             tracked,
+            active,
         } = storage;
         for p in processes.iter_mut() {
             *p = ProcessSlot::EMPTY;
@@ -565,6 +573,8 @@ impl<'a> Tracker<'a> {
         let n_chunks = chunks.len();
         let tracked = TrackedSet::new(tracked);
         tracked.clear_all();
+        let active = TrackedSet::new(active);
+        active.clear_all();
         Tracker {
             processes,
             threads,
@@ -576,6 +586,7 @@ impl<'a> Tracker<'a> {
             chunks,
             chunk_pool: IndexPool::new(chunk_free, n_chunks),
             tracked,
+            active,
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
             stats: Stats::default(),
@@ -588,6 +599,11 @@ impl<'a> Tracker<'a> {
     /// call of the machine ([`TrackedSet::contains`]).
     pub fn tracked_set(&self) -> TrackedSet<'a> {
         self.tracked
+    }
+
+    /// The set of threads with at least one open span (the system-call probes' test).
+    pub fn active_set(&self) -> TrackedSet<'a> {
+        self.active
     }
 
     /// Is `tid` tracked? One relaxed atomic load; false for tids beyond the bitmap.
@@ -787,6 +803,7 @@ impl<'a> Tracker<'a> {
         }
         self.thread_index.remove(&t.tid);
         self.tracked.set(t.tid, false);
+        self.active.set(t.tid, false);
         // Unlink from the process's thread list.
         match slot_mut(self.threads, t.prev) {
             Some(prev) => prev.next = t.next,
@@ -851,6 +868,10 @@ impl<'a> Tracker<'a> {
             }
         }
         t.depth = t.depth.saturating_sub(1);
+        if t.depth == 0 {
+            let tid = t.tid;
+            self.active.set(tid, false);
+        }
     }
 
     /// Marks the call `tid` is in (the write to a `/proc` file) as not to be recorded.
@@ -919,6 +940,8 @@ impl<'a> Tracker<'a> {
                 *top = si;
             }
             t.depth = depth.wrapping_add(1);
+            let tid = t.tid;
+            self.active.set(tid, true);
         }
         bump(&mut self.stats.spans_begun);
         Ok(())

@@ -29,6 +29,7 @@ struct Mem {
     chunks: Vec<EntryChunk>,
     chunk_free: Vec<u32>,
     tracked: Vec<AtomicU64>,
+    active: Vec<AtomicU64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +98,9 @@ impl Mem {
             tracked: (0..c.tid_limit / 64)
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
+            active: (0..c.tid_limit / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Mem {
                 chunks: &mut self.chunks,
                 chunk_free: &mut self.chunk_free,
                 tracked: &self.tracked,
+                active: &self.active,
             },
             0x1234_5678,
         )
@@ -170,7 +175,14 @@ fn check_invariants(tr: &Tracker<'_>) {
         assert!(tr.is_tracked(tid));
         assert!(tr.processes[t.proc as usize].in_use != 0);
         assert!(t.depth as usize <= MAX_DEPTH);
+        assert_eq!(tr.active.contains(tid), t.depth > 0, "active bit of {tid}");
     }
+    let mut active_bits = 0;
+    for word in tr.active.words.iter() {
+        active_bits += word.load(Ordering::Relaxed).count_ones();
+    }
+    let with_spans = index.values().filter(|&&ti| tr.threads[ti as usize].depth > 0).count();
+    assert_eq!(active_bits as usize, with_spans, "active bits without an open span");
     // Processes: thread lists.
     let mut listed = 0;
     for (pi, p) in tr.processes.iter().enumerate() {
