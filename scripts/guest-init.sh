@@ -9,13 +9,27 @@ mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /var/tmp
 mount -t debugfs debugfs /sys/kernel/debug
 out=/run/spout
 mkdir -p "$out"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 spout "$out"
+# /tmp and /var/tmp become writable tmpfs; host directories below them that the run needs
+# (a repository cloned into /tmp, a cache there) are bound back at the same paths.
+i=0
+while IFS= read -r keep; do
+  case "$keep" in /tmp/*|/var/tmp/*) ;; *) continue;; esac
+  [ -d "$keep" ] || continue
+  mkdir -p "/run/keep/$i"; mount --bind "$keep" "/run/keep/$i"; i=$((i+1))
+done < "$out/host-paths"
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /var/tmp
+i=0
+while IFS= read -r keep; do
+  case "$keep" in /tmp/*|/var/tmp/*) ;; *) continue;; esac
+  [ -d "/run/keep/$i" ] || continue
+  mkdir -p "$keep"; mount --move "/run/keep/$i" "$keep"; i=$((i+1))
+done < "$out/host-paths"
 ip link set lo up 2>/dev/null
 hostname spantrack-vm 2>/dev/null
 stty -F /dev/ttyS1 raw -echo 2>/dev/null

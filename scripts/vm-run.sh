@@ -41,6 +41,8 @@ cleanup() { [ -n "$keep" ] || rm -rf "$out"; }
 trap cleanup EXIT
 printf '%s\n' "$*" > "$out/cmd"
 printf '%s\n' "$root" > "$out/cwd"
+# Host directories the guest must see even below /tmp (where it mounts a tmpfs).
+printf '%s\n' "$root" "$SPANTRACK_CACHE" "${CARGO_TARGET_DIR:-$root/target}" | sort -u > "$out/host-paths"
 
 extra=()
 [ "$icount" = 1 ] && extra+=(-icount shift=0)
@@ -50,7 +52,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -machine q35 -cpu qemu64 -m "$mem" -smp "$smp" \
   -display none -monitor none -no-reboot \
   -kernel "$bz" \
-  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 mitigations=off spantrack_out=/run/spout" \
+  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 spantrack_out=/run/spout" \
   -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev local,id=spout,path="$out",security_model=none \
