@@ -72,7 +72,7 @@ fi
 rc=$(cat "$out/rc")
 
 # Kernel reports that make a run fail, whatever the command said.
-pattern='WARNING:|BUG:|Oops|general protection|KASAN|UBSAN|possible recursive locking|circular locking dependency|inconsistent lock state|lockdep|sleeping function called from invalid context|scheduling while atomic|unreferenced object|Kernel panic|RCU stall|rcu_sched detected|Call Trace|panicked at|refcount_t:|list_add corruption|list_del corruption|ODEBUG'
+pattern='WARNING: |BUG: |Oops|general protection fault|KASAN:|UBSAN:|possible recursive locking|possible circular locking|inconsistent lock state|possible irq lock inversion|suspicious RCU usage|DEBUG_LOCKS_WARN_ON|lockdep is turned off|sleeping function called from invalid context|scheduling while atomic|unreferenced object|Kernel panic|detected stall|Call Trace:|panicked at|refcount_t: |list_add corruption|list_del corruption|ODEBUG: |kmemleak report'
 if cat "$out/dmesg" "$out/console.log" 2>/dev/null | grep -E -q "$pattern"; then
   echo "spantrack: kernel log shows a report:" >&2
   cat "$out/dmesg" "$out/console.log" 2>/dev/null | grep -E -B2 -A25 "$pattern" | head -n 80 >&2
