@@ -1,22 +1,122 @@
 #!/bin/bash
-# The demo's guest side (run by scripts/demo.sh inside the VM).
-set -e
-ko=$1
-echo "== guest kernel: $(uname -r), $(nproc) CPUs"
-echo "== insmod spantrack.ko"
-insmod "$ko"
-dmesg | grep 'spantrack:' | tail -n 1
-echo "== /proc/spantrack:"; ls -l /proc/spantrack
-echo "== /sys/kernel/spantrack:"
-for f in /sys/kernel/spantrack/*; do
-  [ "$(basename "$f")" = stats ] && continue
-  printf '  %-12s %s\n' "$(basename "$f")" "$(cat "$f")"
-done
-if [ -x target/release/spantrack-demo ]; then
-  echo "== a registered program with nested spans (threshold 1 ms):"
-  target/release/spantrack-demo
+# The demo's guest side (scripts/demo.sh runs it inside the VM, as root, from the repository).
+# Loads spantrack.ko, starts an OTLP receiver and two traced HTTP services under
+# LD_PRELOAD=libspanhook.so (the Python `frontend`, and the `currency` service: the Rust one
+# when target/release/spantrack-rust-demo-svc is built, else demo/currency.py), sends them
+# about twenty requests of which some are slow for different reasons (their own fsyncs, a
+# sleep, a lock held by another thread, a slow downstream call), lets them export, and prints
+# the slow traces as trees with the system calls spantrack attached. Unloads the module.
+#
+# Usage: scripts/demo-guest.sh KO|none [OUT_DIR]
+#   KO      the module to insmod ("none": no module, e.g. on the host: nothing annotated)
+#   OUT_DIR where spans.jsonl, requests.json, traces.json and the logs go. Default: the VM's
+#           output share /run/spout/demo-output (kept on the host with vm-run.sh --keep DIR),
+#           else /tmp/spantrack-demo. The services' files (the fsync'ed ones) go there too:
+#           in the VM /tmp is a tmpfs, where fsync costs nothing.
+# Env: DEMO_THRESHOLD_MS (default 10), DEMO_RECEIVER_PORT/FRONTEND_PORT/CURRENCY_PORT
+#      (4318/8081/8082), SPANTRACK_VENV (default: the venv of scripts/python-env.sh),
+#      SPANHOOK_LIB (default target/release/libspanhook.so).
+set -u
+cd "$(dirname "$0")/.."
+root=$PWD
+ko=${1:?usage: scripts/demo-guest.sh KO|none [OUT_DIR]}
+out=${2:-${DEMO_OUT:-}}
+if [ -z "$out" ]; then
+  if [ -d /run/spout ] && [ -w /run/spout ]; then out=/run/spout/demo-output; else out=/tmp/spantrack-demo; fi
 fi
-echo "== /sys/kernel/spantrack/stats:"; sed 's/^/  /' /sys/kernel/spantrack/stats
-echo "== rmmod spantrack"
-rmmod spantrack
-dmesg | grep 'spantrack:' | tail -n 1
+threshold_ms=${DEMO_THRESHOLD_MS:-10}
+rport=${DEMO_RECEIVER_PORT:-4318}; fport=${DEMO_FRONTEND_PORT:-8081}; cport=${DEMO_CURRENCY_PORT:-8082}
+
+say() { echo "== $*"; }
+fail() { echo "demo: $*" >&2; exit 1; }
+
+venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)} \
+  || fail "no Python venv: run scripts/python-env.sh on the host first"
+py=$venv/bin/python
+[ -x "$py" ] || fail "no python in $venv (run scripts/python-env.sh on the host first)"
+
+rm -rf "$out"; mkdir -p "$out/data" || fail "cannot write $out"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$out/data"
+  if [ "$ko" != none ] && lsmod 2>/dev/null | grep -q '^spantrack'; then rmmod spantrack; fi
+}
+trap cleanup EXIT
+
+say "guest kernel $(uname -r), $(nproc) CPUs"
+if [ "$ko" != none ]; then
+  say "insmod $ko"
+  insmod "$ko" || fail "insmod failed"
+  echo $((threshold_ms * 1000000)) > /sys/kernel/spantrack/threshold_ns
+  say "threshold: spans of at least $threshold_ms ms get their system calls recorded"
+fi
+
+# The preload library, when it is built and exports the C ABI.
+lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
+preload=()
+if [ -f "$lib" ] && "$py" -c "import ctypes, sys; ctypes.CDLL(sys.argv[1]).spanhook_abi_version" "$lib" 2>/dev/null; then
+  preload=(LD_PRELOAD="$lib")
+  # The library puts preload/python first on a Python process's PYTHONPATH; should this
+  # build not do so yet, do it here (the hook code is the same either way).
+  if ! env LD_PRELOAD="$lib" SPANHOOK_QUIET=1 "$py" -c 'import sys; sys.exit(0 if "sitecustomize" in sys.modules and "spantrack_hook" in sys.modules else 1)' 2>/dev/null; then
+    say "note: this libspanhook.so does not set PYTHONPATH; the demo adds preload/python itself"
+    preload+=(PYTHONPATH="$root/preload/python${PYTHONPATH:+:$PYTHONPATH}")
+  fi
+  say "services run with LD_PRELOAD=$lib"
+else
+  say "NOTE: $lib is missing or does not export the spanhook C ABI yet:"
+  say "      the services run without it, so no span gets system-call children"
+fi
+
+say "OTLP receiver on 127.0.0.1:$rport -> $out/spans.jsonl"
+"$py" demo/receiver.py "$rport" "$out/spans.jsonl" > "$out/receiver.log" 2>&1 &
+pids+=($!)
+"$py" demo/wait.py port "$rport" 60 || fail "receiver did not start: $(cat "$out/receiver.log")"
+
+common=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$rport" OTEL_BSP_SCHEDULE_DELAY=500
+        SPANTRACK_DEMO_DIR="$out/data")
+rust_svc=$root/target/release/spantrack-rust-demo-svc
+if [ -x "$rust_svc" ]; then
+  say "currency service: Rust ($rust_svc) on 127.0.0.1:$cport"
+  env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=currency \
+    "$rust_svc" --listen "127.0.0.1:$cport" > "$out/currency.log" 2>&1 &
+else
+  say "currency service: Python (demo/currency.py; the Rust one is not built) on 127.0.0.1:$cport"
+  env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=currency \
+    "$py" demo/currency.py "$cport" > "$out/currency.log" 2>&1 &
+fi
+cpid=$!; pids+=($cpid)
+say "frontend service: Python (demo/frontend.py) on 127.0.0.1:$fport"
+env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=frontend CURRENCY_URL="http://127.0.0.1:$cport" \
+  "$py" demo/frontend.py "$fport" > "$out/frontend.log" 2>&1 &
+fpid=$!; pids+=($fpid)
+"$py" demo/wait.py port "$cport" 120 || fail "currency did not start: $(cat "$out/currency.log")"
+"$py" demo/wait.py port "$fport" 120 || fail "frontend did not start: $(cat "$out/frontend.log")"
+
+case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac
+say "requests (client-side latency as the caller saw it):"
+"$py" demo/drive.py "http://127.0.0.1:$fport" "$out/requests.json" || fail "the driver failed"
+
+say "stopping the services (they flush their spans on the way out)"
+kill -TERM "$fpid" "$cpid"
+for p in "$fpid" "$cpid"; do
+  for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+done
+n=$("$py" demo/wait.py quiet "$rport" 2 60) || fail "the receiver never went quiet"
+say "the receiver got $n spans"
+for svc in frontend currency; do
+  grep -v '^\s*$' "$out/$svc.log" | sed "s/^/   [$svc] /" | grep -E 'spanhook|spantrack|Error|Traceback' | head -n 5
+done
+
+echo
+say "slow traces, as a trace backend would show them with spantrack's system-call spans:"
+echo
+"$py" demo/show_traces.py "$out/spans.jsonl" --requests "$out/requests.json" \
+  --json-out "$out/traces.json" --min-ms "$((threshold_ms * 3))" || fail "show_traces failed"
+echo
+if [ "$ko" != none ]; then
+  say "/sys/kernel/spantrack/stats:"; sed 's/^/   /' /sys/kernel/spantrack/stats
+fi
+say "everything received: $out/traces.json (all traces), $out/spans.jsonl (raw spans)"

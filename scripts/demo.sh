@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: builds what it needs (guest kernel, spantrack.ko, user-space programs), boots
-# the VM, loads the module and shows it at work: a registered program opens nested spans
-# around known system calls, and the slow spans' records come back through relay.
+# `make demo`: builds what it needs (guest kernel, spantrack.ko, libspanhook.so, the demo
+# services, the Python venv), boots the VM, loads the module and runs two traced services
+# (Python frontend, Rust currency service) under LD_PRELOAD=libspanhook.so; prints each slow
+# trace as a tree with the system-call spans spantrack attached, and saves everything the
+# OTLP receiver got in demo-output/ (traces.json, spans.jsonl, requests.json).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -11,5 +13,21 @@ cd "$root"
 t0=$(now)
 ko=$("$here/build-module.sh")
 cargo build --release --workspace --quiet
+"$here/python-env.sh" >/dev/null
 stage "built in $(elapsed "$t0"); booting the VM"
-exec "$here/vm-run.sh" --variant "${VARIANT:-release}" -- scripts/demo-guest.sh "$ko"
+keep="$root/build/demo-vm"
+rm -rf "$keep"
+set +e
+"$here/vm-run.sh" --variant "${VARIANT:-release}" --timeout 1200 --keep "$keep" -- scripts/demo-guest.sh "$ko"
+rc=$?
+set -e
+mkdir -p "$root/demo-output"
+for f in traces.json spans.jsonl requests.json; do
+  [ -f "$keep/demo-output/$f" ] && cp "$keep/demo-output/$f" "$root/demo-output/"
+done
+if [ "$rc" = 0 ]; then
+  stage "saved: $root/demo-output/{traces.json,spans.jsonl,requests.json}"
+else
+  stage "demo failed (exit $rc); the guest's console log: $keep/console.log"
+fi
+exit "$rc"

@@ -39,6 +39,10 @@ if [ "$check_only" = 1 ]; then
   if [ "$bindgen_ok" = 0 ]; then
     echo "spantrack: missing bindgen $BINDGEN_VERSION (fix: scripts/setup.sh, or cargo install --locked bindgen-cli --version $BINDGEN_VERSION)"; rc=1
   fi
+  venv="$SPANTRACK_CACHE/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "spantrack: missing the Python venv $venv (fix: scripts/setup.sh, or scripts/python-env.sh)"; rc=1
+  fi
   exit $rc
 fi
 
@@ -63,4 +67,6 @@ fi
 [ -f /usr/src/linux-source-6.12.tar.xz ] || die "/usr/src/linux-source-6.12.tar.xz missing after install (package linux-source-6.12)"
 [ -x /usr/bin/rustc ] || die "/usr/bin/rustc missing (package rustc-web)"
 [ -d /usr/lib/rustlib/src/rust/library ] || die "Rust core sources missing (package rust-web-src)"
+# The Python venv of the demo and the Python tests (pinned OpenTelemetry SDK, oteltest).
+"$here/python-env.sh" >/dev/null || die "python-env.sh failed"
 exit 0

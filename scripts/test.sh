@@ -27,11 +27,14 @@ run_stage() { # name command...
 
 run_stage "host: cargo test (workspace)" cargo test --workspace --quiet
 run_stage "host: build user-space programs" cargo build --release --workspace --quiet
+venv=$("$here/python-env.sh") || exit 1
+run_stage "host: Python hook unit tests" env PYTHONDONTWRITEBYTECODE=1 \
+  "$venv/bin/python" -m unittest discover -s preload/python/tests
 
 for v in ${VARIANTS:-release debug}; do
   if ! run_stage "$v: kernel (cached after first build)" env VARIANT=$v "$here/build-kernel.sh"; then continue; fi
   if ! run_stage "$v: spantrack.ko" env VARIANT=$v "$here/build-module.sh"; then continue; fi
-  timeout_s=900; [ "$v" = debug ] && timeout_s=2400
+  timeout_s=1500; [ "$v" = debug ] && timeout_s=3600
   run_stage "$v: in-VM tests" "$here/vm-run.sh" --variant "$v" --timeout "$timeout_s" -- \
     tests/vm/run.sh "build/$v/spantrack.ko" "${VM_FILTER:-}"
 done

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Checks a demo run (tests/vm/t_demo.sh): every slow request of the driver has, in its
+trace, the system-call children its reason implies. Prints "ok - ..." / "not ok - ...".
+
+Usage: check_traces.py OUT_DIR     (reads traces.json, written by show_traces.py)
+"""
+
+import json
+import sys
+
+# reason prefix in drive.py -> (which spans, system calls one of which must be a child,
+#                                minimum total ms of those calls)
+RULES = [
+    ("own fsync", "frontend", ("fsync", "fdatasync"), 0.0),
+    ("sleep", "frontend", ("clock_nanosleep", "nanosleep"), 20.0),
+    ("lock", "frontend", ("futex",), 20.0),
+    ("slow downstream: currency fsyncs", "downstream", ("fsync", "fdatasync"), 0.0),
+    ("slow downstream: currency sleeps", "downstream", ("clock_nanosleep", "nanosleep"), 30.0),
+    ("slow downstream: currency waits", "downstream", ("futex",), 10.0),
+]
+
+results = []
+
+
+def check(name, cond, why=""):
+    results.append(bool(cond))
+    print(f"ok - {name}" if cond else f"not ok - {name}: {why}", flush=True)
+
+
+def main():
+    out = sys.argv[1]
+    with open(f"{out}/traces.json", encoding="utf-8") as f:
+        traces = json.load(f)["traces"]
+    with_req = [t for t in traces if t["request"]]
+    check("every driven request has its trace", len(with_req) == 20, len(with_req))
+    for t in with_req:
+        why = t["request"]["why"]
+        rule = next((r for r in RULES if why.startswith(r[0])), None)
+        if rule is None:
+            continue
+        _, where, calls, min_ms = rule
+        spans = t["spans"]
+        ids = {s["span_id"]: s for s in spans}
+        front = [s for s in spans if s["service"] == "frontend"]
+        down = [s for s in spans if s["service"] != "frontend"]
+        label = f"request {t['request']['n']} {t['request']['path']} ({why})"
+        if where == "downstream":
+            linked = [s for s in down if s["kind"] == "SERVER"
+                      and ids.get(s["parent_span_id"], {}).get("service") == "frontend"]
+            check(f"{label}: the downstream server span is a child of the frontend's span",
+                  linked, [(s["service"], s["name"], s["parent_span_id"]) for s in down])
+            owners = down
+        else:
+            owners = front
+        owner_ids = {s["span_id"] for s in owners}
+        kids = [s for s in spans if "spantrack.syscall.nr" in s["attributes"]
+                and s["parent_span_id"] in owner_ids and s["name"] in calls]
+        total_ms = sum(s["end_ns"] - s["start_ns"] for s in kids) / 1e6
+        check(f"{label}: {'/'.join(calls)} children ({len(kids)}, {total_ms:.1f} ms)",
+              kids and total_ms >= min_ms,
+              f"verdict: {t['verdict']['text']}")
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()

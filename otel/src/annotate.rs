@@ -1,0 +1,483 @@
+//! A slow span plus the kernel's record of it → the annotated span and one child span per
+//! itemised system call. Pure functions: host-tested with hand-encoded records.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use spantrack_uapi::{self as uapi, RecordHeader, SyscallEntry};
+
+use crate::errno;
+
+/// Attribute keys written on the slow span.
+pub mod attr {
+    /// All system calls attributed to the span (itemised or not).
+    pub const SYSCALLS_COUNT: &str = "spantrack.syscalls.count";
+    /// Nanoseconds spent in them.
+    pub const SYSCALLS_DURATION_NS: &str = "spantrack.syscalls.duration_ns";
+    /// Calls with a child span.
+    pub const SYSCALLS_ITEMISED: &str = "spantrack.syscalls.itemised";
+    /// The calls that took most time: `"fsync:12.3ms(1), write:200.0us(4)"`.
+    pub const SYSCALLS_TOP: &str = "spantrack.syscalls.top";
+    /// Calls counted but not itemised (per-span limit or entry pool).
+    pub const DROPPED_UNITEMISED_CALLS: &str = "spantrack.dropped.unitemised_calls";
+    /// Their nanoseconds.
+    pub const DROPPED_UNITEMISED_NS: &str = "spantrack.dropped.unitemised_ns";
+    /// Records of the process the kernel dropped (relay full) before this one.
+    pub const DROPPED_RECORDS_BEFORE: &str = "spantrack.dropped.records_before";
+    /// The span was ended from another thread than the one that began it.
+    pub const ENDED_ELSEWHERE: &str = "spantrack.ended_elsewhere";
+    /// The thread whose system calls these are (the one that began the span).
+    pub const THREAD_ID: &str = "thread.id";
+    /// On a child: the x86_64 system call number.
+    pub const SYSCALL_NR: &str = "spantrack.syscall.nr";
+    /// On a child: its return value.
+    pub const SYSCALL_RET: &str = "spantrack.syscall.ret";
+    /// On a failed child: the errno name.
+    pub const ERROR_TYPE: &str = "error.type";
+}
+
+/// How many entries [`attr::SYSCALLS_TOP`] lists.
+pub const TOP_N: usize = 5;
+
+/// A decoded record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub header: RecordHeader,
+    pub entries: Vec<SyscallEntry>,
+}
+
+/// Why a record could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadRecord {
+    Decode(uapi::DecodeError),
+    /// The record is of another span.
+    OtherSpan,
+}
+
+impl Record {
+    /// Decodes raw record bytes (as `spanhook_take_record` returns them).
+    pub fn decode(bytes: &[u8]) -> Result<Record, BadRecord> {
+        let (header, entries, _) = uapi::decode_record(bytes).map_err(BadRecord::Decode)?;
+        Ok(Record {
+            header,
+            entries: entries.collect(),
+        })
+    }
+}
+
+/// Name of system call `nr`: the kernel's table, else `syscall_<nr>`.
+pub fn syscall_name(nr: u32) -> Cow<'static, str> {
+    match spantrack_logic::syscalls::syscall_name(nr) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(format!("syscall_{nr}")),
+    }
+}
+
+/// CLOCK_MONOTONIC `mono` → CLOCK_REALTIME ns, through the record's begin pair (read at
+/// the same instant).
+pub fn mono_to_real_ns(h: &RecordHeader, mono: u64) -> i128 {
+    i128::from(h.begin_real_ns) + (i128::from(mono) - i128::from(h.begin_mono_ns))
+}
+
+fn system_time(ns: i128) -> SystemTime {
+    let ns = ns.clamp(0, i128::from(u64::MAX)) as u64;
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn ns_since_epoch(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+/// Wall-clock interval of a call, clamped inside `[lo, hi]` and with `start <= end`.
+pub fn call_interval(
+    h: &RecordHeader,
+    e: &SyscallEntry,
+    lo: SystemTime,
+    hi: SystemTime,
+) -> (SystemTime, SystemTime) {
+    let (lo, hi) = (ns_since_epoch(lo), ns_since_epoch(hi));
+    let hi = hi.max(lo);
+    let start = mono_to_real_ns(h, e.start_mono_ns).clamp(lo, hi);
+    let end = mono_to_real_ns(h, e.end_mono_ns).clamp(start, hi);
+    (system_time(start), system_time(end))
+}
+
+/// `12.3ms`, `45.6us`, `789ns`, `1.23s`.
+pub fn format_ns(ns: u64) -> String {
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", ns as f64 / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2}s", ns as f64 / 1e9)
+    }
+}
+
+/// The calls that took most time, by name: `"fsync:12.3ms(1), write:200.0us(4)"`.
+pub fn top_calls(entries: &[SyscallEntry], n: usize) -> String {
+    let mut by_nr: HashMap<u32, (u64, u64)> = HashMap::new();
+    for e in entries {
+        let t = by_nr.entry(e.nr).or_default();
+        t.0 = t.0.saturating_add(e.end_mono_ns.saturating_sub(e.start_mono_ns));
+        t.1 += 1;
+    }
+    let mut v: Vec<(u32, u64, u64)> = by_nr.into_iter().map(|(nr, (ns, c))| (nr, ns, c)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+    v.iter()
+        .take(n)
+        .map(|(nr, ns, c)| format!("{}:{}({c})", syscall_name(*nr), format_ns(*ns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Adds the record's attributes to the slow span and returns one child per itemised call
+/// (in the order the calls ended). `new_span_id` gives the children's ids. A record of
+/// another span leaves `span` untouched.
+pub fn annotate(
+    span: &mut SpanData,
+    record: &Record,
+    new_span_id: &mut dyn FnMut() -> SpanId,
+) -> Result<Vec<SpanData>, BadRecord> {
+    let h = &record.header;
+    let sc = &span.span_context;
+    if h.trace_id != sc.trace_id().to_bytes() || h.span_id != sc.span_id().to_bytes() {
+        return Err(BadRecord::OtherSpan);
+    }
+    span.attributes.extend([
+        KeyValue::new(attr::SYSCALLS_COUNT, int(h.total_calls)),
+        KeyValue::new(attr::SYSCALLS_DURATION_NS, int(h.total_call_ns)),
+        KeyValue::new(attr::SYSCALLS_ITEMISED, i64::from(h.n_entries)),
+        KeyValue::new(attr::SYSCALLS_TOP, top_calls(&record.entries, TOP_N)),
+        KeyValue::new(attr::DROPPED_UNITEMISED_CALLS, int(h.unitemised_calls)),
+        KeyValue::new(attr::DROPPED_UNITEMISED_NS, int(h.unitemised_ns)),
+        KeyValue::new(attr::DROPPED_RECORDS_BEFORE, int(h.records_dropped_before)),
+        KeyValue::new(attr::ENDED_ELSEWHERE, h.flags & uapi::REC_ENDED_ELSEWHERE != 0),
+        KeyValue::new(attr::THREAD_ID, i64::from(h.tid)),
+    ]);
+    let children = record
+        .entries
+        .iter()
+        .map(|e| {
+            let (start_time, end_time) = call_interval(h, e, span.start_time, span.end_time);
+            let mut attributes = vec![
+                KeyValue::new(attr::SYSCALL_NR, i64::from(e.nr)),
+                KeyValue::new(attr::SYSCALL_RET, e.ret),
+            ];
+            let mut status = Status::Unset;
+            if errno::is_error_return(e.ret) {
+                let t = errno::error_type(e.ret);
+                attributes.push(KeyValue::new(attr::ERROR_TYPE, t.clone()));
+                status = Status::error(t);
+            }
+            let mut id = new_span_id();
+            while id == SpanId::INVALID {
+                id = new_span_id();
+            }
+            SpanData {
+                span_context: SpanContext::new(
+                    span.span_context.trace_id(),
+                    id,
+                    span.span_context.trace_flags(),
+                    false,
+                    span.span_context.trace_state().clone(),
+                ),
+                parent_span_id: span.span_context.span_id(),
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: syscall_name(e.nr),
+                start_time,
+                end_time,
+                attributes,
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status,
+                instrumentation_scope: span.instrumentation_scope.clone(),
+            }
+        })
+        .collect();
+    Ok(children)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceFlags, TraceId, TraceState};
+    use opentelemetry::{InstrumentationScope, Value};
+
+    pub const T0_REAL: u64 = 1_700_000_000_000_000_000;
+    pub const T0_MONO: u64 = 5_000_000_000;
+
+    /// Raw bytes of a record, encoded by hand from the uapi types (little-endian layout).
+    pub fn encode(h: &RecordHeader, entries: &[SyscallEntry]) -> Vec<u8> {
+        use std::mem::offset_of;
+        let mut b = vec![0u8; uapi::RECORD_HEADER_SIZE + entries.len() * uapi::SYSCALL_ENTRY_SIZE];
+        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(RecordHeader, magic), &uapi::RECORD_MAGIC.to_le_bytes());
+        put(offset_of!(RecordHeader, version), &(uapi::ABI_VERSION as u16).to_le_bytes());
+        put(offset_of!(RecordHeader, header_size), &(uapi::RECORD_HEADER_SIZE as u16).to_le_bytes());
+        let total = (uapi::RECORD_HEADER_SIZE + entries.len() * uapi::SYSCALL_ENTRY_SIZE) as u32;
+        put(offset_of!(RecordHeader, total_size), &total.to_le_bytes());
+        put(offset_of!(RecordHeader, n_entries), &(entries.len() as u32).to_le_bytes());
+        put(offset_of!(RecordHeader, trace_id), &h.trace_id);
+        put(offset_of!(RecordHeader, span_id), &h.span_id);
+        put(offset_of!(RecordHeader, tid), &h.tid.to_le_bytes());
+        put(offset_of!(RecordHeader, tgid), &h.tgid.to_le_bytes());
+        put(offset_of!(RecordHeader, begin_mono_ns), &h.begin_mono_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, end_mono_ns), &h.end_mono_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, begin_real_ns), &h.begin_real_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, end_real_ns), &h.end_real_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, depth), &h.depth.to_le_bytes());
+        put(offset_of!(RecordHeader, flags), &h.flags.to_le_bytes());
+        put(offset_of!(RecordHeader, total_calls), &h.total_calls.to_le_bytes());
+        put(offset_of!(RecordHeader, total_call_ns), &h.total_call_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, unitemised_calls), &h.unitemised_calls.to_le_bytes());
+        put(offset_of!(RecordHeader, unitemised_ns), &h.unitemised_ns.to_le_bytes());
+        put(offset_of!(RecordHeader, records_dropped_before), &h.records_dropped_before.to_le_bytes());
+        for (i, e) in entries.iter().enumerate() {
+            let o = uapi::RECORD_HEADER_SIZE + i * uapi::SYSCALL_ENTRY_SIZE;
+            put(o + offset_of!(SyscallEntry, nr), &e.nr.to_le_bytes());
+            put(o + offset_of!(SyscallEntry, flags), &e.flags.to_le_bytes());
+            put(o + offset_of!(SyscallEntry, ret), &e.ret.to_le_bytes());
+            put(o + offset_of!(SyscallEntry, start_mono_ns), &e.start_mono_ns.to_le_bytes());
+            put(o + offset_of!(SyscallEntry, end_mono_ns), &e.end_mono_ns.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn entry(nr: u32, ret: i64, start_us: u64, end_us: u64) -> SyscallEntry {
+        SyscallEntry {
+            nr,
+            flags: 0,
+            ret,
+            start_mono_ns: T0_MONO + start_us * 1000,
+            end_mono_ns: T0_MONO + end_us * 1000,
+        }
+    }
+
+    pub fn ids() -> ([u8; 16], [u8; 8]) {
+        (
+            [0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c],
+            [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+        )
+    }
+
+    /// A span of `dur_us` whose SDK start is `lead_us` before the kernel's begin.
+    pub fn span_data(lead_us: u64, dur_us: u64) -> SpanData {
+        let (t, s) = ids();
+        let start = UNIX_EPOCH + Duration::from_nanos(T0_REAL - lead_us * 1000);
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes(t),
+                SpanId::from_bytes(s),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from_bytes([9; 8]),
+            parent_span_is_remote: true,
+            span_kind: SpanKind::Server,
+            name: "GET /convert".into(),
+            start_time: start,
+            end_time: start + Duration::from_micros(dur_us),
+            attributes: vec![KeyValue::new("http.route", "/convert")],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("test").build(),
+        }
+    }
+
+    pub fn header(n_entries: u32) -> RecordHeader {
+        let (t, s) = ids();
+        RecordHeader {
+            magic: uapi::RECORD_MAGIC,
+            version: uapi::ABI_VERSION as u16,
+            header_size: uapi::RECORD_HEADER_SIZE as u16,
+            total_size: (uapi::RECORD_HEADER_SIZE + n_entries as usize * uapi::SYSCALL_ENTRY_SIZE) as u32,
+            n_entries,
+            trace_id: t,
+            span_id: s,
+            tid: 4242,
+            tgid: 4200,
+            begin_mono_ns: T0_MONO,
+            end_mono_ns: T0_MONO + 20_000_000,
+            begin_real_ns: T0_REAL,
+            end_real_ns: T0_REAL + 20_000_000,
+            depth: 0,
+            flags: 0,
+            total_calls: 0,
+            total_call_ns: 0,
+            unitemised_calls: 0,
+            unitemised_ns: 0,
+            records_dropped_before: 0,
+        }
+    }
+
+    fn attr<'a>(s: &'a SpanData, k: &str) -> Option<&'a Value> {
+        s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| &kv.value)
+    }
+
+    fn counter_ids() -> impl FnMut() -> SpanId {
+        let mut n = 0u64;
+        move || {
+            n += 1;
+            SpanId::from_bytes(n.to_be_bytes())
+        }
+    }
+
+    #[test]
+    fn record_becomes_attributes_and_children() {
+        let entries = [
+            entry(1, 4096, 100, 300),         // write
+            entry(74, 0, 400, 12_400),        // fsync 12 ms
+            entry(1, 10, 12_500, 12_600),     // write
+            entry(2, -2, 12_700, 12_720),     // open: ENOENT
+            entry(202, -11, 13_000, 19_000),  // futex: EAGAIN
+            entry(999, 0, 19_100, 19_200),    // unknown number
+        ];
+        let mut h = header(entries.len() as u32);
+        h.total_calls = 9;
+        h.total_call_ns = 19_000_000;
+        h.unitemised_calls = 3;
+        h.unitemised_ns = 1_000;
+        h.records_dropped_before = 2;
+        h.flags = uapi::REC_ENDED_ELSEWHERE | uapi::REC_CALLS_TRUNCATED;
+        let bytes = encode(&h, &entries);
+        let rec = Record::decode(&bytes).unwrap();
+        assert_eq!(rec.header, h);
+        let span = span_data(50, 20_100);
+        let mut p = span.clone();
+        let kids = annotate(&mut p, &rec, &mut counter_ids()).unwrap();
+
+        // The parent keeps everything it had, plus the record's attributes.
+        assert_eq!(p.span_context, span.span_context);
+        assert_eq!((p.start_time, p.end_time), (span.start_time, span.end_time));
+        assert_eq!(p.attributes[0], span.attributes[0]);
+        assert_eq!(attr(&p, attr::SYSCALLS_COUNT), Some(&Value::I64(9)));
+        assert_eq!(attr(&p, attr::SYSCALLS_DURATION_NS), Some(&Value::I64(19_000_000)));
+        assert_eq!(attr(&p, attr::SYSCALLS_ITEMISED), Some(&Value::I64(6)));
+        assert_eq!(attr(&p, attr::DROPPED_UNITEMISED_CALLS), Some(&Value::I64(3)));
+        assert_eq!(attr(&p, attr::DROPPED_UNITEMISED_NS), Some(&Value::I64(1_000)));
+        assert_eq!(attr(&p, attr::DROPPED_RECORDS_BEFORE), Some(&Value::I64(2)));
+        assert_eq!(attr(&p, attr::ENDED_ELSEWHERE), Some(&Value::Bool(true)));
+        assert_eq!(attr(&p, attr::THREAD_ID), Some(&Value::I64(4242)));
+        assert_eq!(
+            attr(&p, attr::SYSCALLS_TOP).map(|v| v.as_str().into_owned()),
+            Some("fsync:12.0ms(1), futex:6.0ms(1), write:300.0us(2), syscall_999:100.0us(1), open:20.0us(1)".into())
+        );
+
+        // One child per entry, in order, named, parented, timed.
+        let names: Vec<&str> = kids.iter().map(|k| k.name.as_ref()).collect();
+        assert_eq!(names, ["write", "fsync", "write", "open", "futex", "syscall_999"]);
+        for (i, k) in kids.iter().enumerate() {
+            assert_eq!(k.span_context.trace_id(), span.span_context.trace_id());
+            assert_eq!(k.span_context.span_id(), SpanId::from_bytes((i as u64 + 1).to_be_bytes()));
+            assert_eq!(k.span_context.trace_flags(), TraceFlags::SAMPLED);
+            assert_eq!(k.parent_span_id, span.span_context.span_id());
+            assert!(!k.parent_span_is_remote);
+            assert_eq!(k.span_kind, SpanKind::Internal);
+            assert_eq!(attr(k, attr::SYSCALL_NR), Some(&Value::I64(i64::from(entries[i].nr))));
+            assert_eq!(attr(k, attr::SYSCALL_RET), Some(&Value::I64(entries[i].ret)));
+            assert!(k.start_time >= span.start_time && k.end_time <= span.end_time);
+            assert!(k.start_time <= k.end_time);
+            assert_eq!(k.instrumentation_scope, span.instrumentation_scope);
+        }
+        // Times: real = begin_real + (mono - begin_mono).
+        let fsync = &kids[1];
+        assert_eq!(fsync.start_time, UNIX_EPOCH + Duration::from_nanos(T0_REAL + 400_000));
+        assert_eq!(fsync.end_time, UNIX_EPOCH + Duration::from_nanos(T0_REAL + 12_400_000));
+        // Failed calls.
+        assert_eq!(attr(&kids[3], attr::ERROR_TYPE).map(|v| v.as_str().into_owned()), Some("ENOENT".into()));
+        assert_eq!(kids[3].status, Status::error("ENOENT"));
+        assert_eq!(attr(&kids[4], attr::ERROR_TYPE).map(|v| v.as_str().into_owned()), Some("EAGAIN".into()));
+        assert_eq!(attr(&kids[0], attr::ERROR_TYPE), None);
+        assert_eq!(kids[0].status, Status::Unset);
+        assert_eq!(attr(&p, attr::ERROR_TYPE), None);
+    }
+
+    #[test]
+    fn times_are_clamped_into_the_parent() {
+        // The kernel's clock pair says the call began 100 us before the SDK's start and
+        // ended after the SDK's end (clock skew): clamp both ends.
+        let entries = [entry(35, 0, 0, 30_000), entry(39, 7, 500, 400)];
+        let mut h = header(2);
+        h.begin_real_ns = T0_REAL - 100_000;
+        let rec = Record::decode(&encode(&h, &entries)).unwrap();
+        let span = span_data(0, 20_000);
+        let kids = annotate(&mut span.clone(), &rec, &mut counter_ids()).unwrap();
+        assert_eq!(kids[0].start_time, span.start_time);
+        assert_eq!(kids[0].end_time, span.end_time);
+        // An entry whose end precedes its start gets a zero-length interval.
+        assert_eq!(kids[1].start_time, kids[1].end_time);
+        assert!(kids[1].start_time >= span.start_time);
+        // A parent with end < start (bad clocks) still yields ordered, clamped children.
+        let mut weird = span.clone();
+        weird.end_time = weird.start_time - Duration::from_millis(1);
+        let kids = annotate(&mut weird.clone(), &rec, &mut counter_ids()).unwrap();
+        for k in &kids {
+            assert_eq!((k.start_time, k.end_time), (weird.start_time, weird.start_time));
+        }
+        // Conversion itself.
+        assert_eq!(mono_to_real_ns(&header(0), T0_MONO - 5), i128::from(T0_REAL) - 5);
+    }
+
+    #[test]
+    fn records_of_other_spans_and_garbage_are_refused() {
+        let mut h = header(0);
+        h.span_id = [1; 8];
+        let rec = Record::decode(&encode(&h, &[])).unwrap();
+        let span = span_data(0, 1000);
+        let mut back = span.clone();
+        let why = annotate(&mut back, &rec, &mut counter_ids()).unwrap_err();
+        assert_eq!(why, BadRecord::OtherSpan);
+        assert_eq!(back.attributes, span.attributes);
+        assert!(matches!(Record::decode(b"SPTRxxxx"), Err(BadRecord::Decode(_))));
+        assert!(matches!(Record::decode(&[0u8; 200]), Err(BadRecord::Decode(_))));
+    }
+
+    #[test]
+    fn zero_ids_are_never_used() {
+        let rec = Record::decode(&encode(&header(1), &[entry(39, 1, 1, 2)])).unwrap();
+        let mut calls = 0;
+        let mut gen = || {
+            calls += 1;
+            if calls < 3 {
+                SpanId::INVALID
+            } else {
+                SpanId::from_bytes([7; 8])
+            }
+        };
+        let kids = annotate(&mut span_data(0, 1000), &rec, &mut gen).unwrap();
+        assert_eq!(kids[0].span_context.span_id(), SpanId::from_bytes([7; 8]));
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_ns(999), "999ns");
+        assert_eq!(format_ns(1_500), "1.5us");
+        assert_eq!(format_ns(12_345_678), "12.3ms");
+        assert_eq!(format_ns(2_500_000_000), "2.50s");
+        assert_eq!(syscall_name(0), "read");
+        assert_eq!(syscall_name(74), "fsync");
+        assert_eq!(syscall_name(202), "futex");
+        assert_eq!(syscall_name(600), "syscall_600");
+        assert_eq!(top_calls(&[], 5), "");
+        let many: Vec<_> = (0..8).map(|i| entry(i, 0, 0, u64::from(i) + 1)).collect();
+        assert_eq!(top_calls(&many, 2), "poll:8.0us(1), lstat:7.0us(1)");
+    }
+}

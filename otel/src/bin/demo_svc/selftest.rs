@@ -1,0 +1,537 @@
+//! `--selftest active|inactive`: the in-VM end-to-end test of spantrack-otel, without
+//! network. Spans around known system calls go through `SpantrackProcessor` into an
+//! in-memory exporter; the exported spans are checked against what the kernel must have
+//! seen, call by call.
+//!
+//! `active` (module loaded, `LD_PRELOAD=libspanhook.so`, threshold 2 ms set by the caller):
+//! slow spans get exactly their calls as children, in order, inside the parent; a fast span
+//! gets nothing; a span ended on another thread still matches (and the ending thread's calls
+//! are not in it); nested spans split their calls; the library's reader thread and the
+//! processor's worker are not tracked; counters show no errors; a threshold change reaches
+//! the process within ~1 s.
+//!
+//! `inactive` (no module, or no preload): the same spans are exported unchanged.
+//!
+//! Inside spans only raw system calls run (`raw`): no allocation, no clock reads, no std I/O.
+//! The SDK itself reads the wall clock when a span starts and ends; where the clocksource has
+//! no vDSO (TCG guests) that read is a `clock_gettime` system call, which a calibration span
+//! detects first; the expectations include it where it happens inside a span.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{Span as _, SpanContext, SpanId, Status, Tracer as _, TracerProvider as _};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{
+    IdGenerator, InMemorySpanExporter, RandomIdGenerator, SdkTracer, SdkTracerProvider,
+    SimpleSpanProcessor, Span, SpanData,
+};
+use spantrack_otel::annotate::{attr, Record};
+use spantrack_otel::{Config, SpanHook, SpantrackProcessor};
+use spantrack_uapi as uapi;
+
+use crate::raw;
+
+/// What the caller says the environment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Active,
+    Inactive,
+}
+
+struct Tally {
+    pass: u32,
+    fail: u32,
+}
+
+impl Tally {
+    fn check(&mut self, name: &str, r: Result<(), String>) {
+        match r {
+            Ok(()) => {
+                self.pass += 1;
+                println!("ok - rust selftest: {name}");
+            }
+            Err(e) => {
+                self.fail += 1;
+                println!("not ok - rust selftest: {name}: {e}");
+            }
+        }
+    }
+}
+
+macro_rules! ensure {
+    ($c:expr, $($fmt:tt)*) => {
+        if !$c {
+            return Err(format!($($fmt)*));
+        }
+    };
+}
+
+/// Span names of the scenarios.
+const SLOW: &str = "selftest.slow";
+const FSYNC: &str = "selftest.fsync";
+const ERROR: &str = "selftest.error";
+const MOVED: &str = "selftest.moved";
+const FAST: &str = "selftest.fast";
+const OUTER: &str = "selftest.outer";
+const INNER: &str = "selftest.inner";
+/// Marks where the SDK's clock read falls inside a span.
+const CLK: &str = "<clock>";
+
+const SLEEP_MS: u64 = 5;
+
+/// The thread that ends `selftest.moved`: armed through a channel before the span starts,
+/// then it spins (no system call on the span's thread while it waits).
+struct Ender {
+    arm: mpsc::Sender<()>,
+}
+
+static HANDOFF: Mutex<Option<Span>> = Mutex::new(None);
+static READY: AtomicBool = AtomicBool::new(false);
+static DONE: AtomicBool = AtomicBool::new(false);
+
+impl Ender {
+    fn spawn() -> Ender {
+        let (arm, rx) = mpsc::channel::<()>();
+        let _ = std::thread::Builder::new().name("ender".into()).spawn(move || {
+            while rx.recv().is_ok() {
+                let mut spins: u64 = 0;
+                while !READY.load(Ordering::Acquire) && spins < 4_000_000_000 {
+                    std::hint::spin_loop();
+                    spins += 1;
+                }
+                READY.store(false, Ordering::Relaxed);
+                let s = HANDOFF.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(mut s) = s {
+                    s.end();
+                }
+                DONE.store(true, Ordering::Release);
+            }
+        });
+        Ender { arm }
+    }
+}
+
+fn spin_until_done() -> bool {
+    let mut spins: u64 = 0;
+    while !DONE.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+        spins += 1;
+        if spins > 4_000_000_000 {
+            return false;
+        }
+    }
+    DONE.store(false, Ordering::Relaxed);
+    true
+}
+
+struct Scenario {
+    fd: i32,
+    ender: Ender,
+    block: Vec<u8>,
+}
+
+/// Runs every scenario once; returns the span contexts by name.
+fn run_scenarios(tracer: &SdkTracer, sc: &Scenario) -> Result<Vec<(&'static str, SpanContext)>, String> {
+    let mut out = Vec::new();
+    // Slow: 3 getpid + 5 ms nanosleep.
+    let mut s = tracer.start(SLOW);
+    raw::getpid();
+    raw::getpid();
+    raw::getpid();
+    raw::nanosleep_ms(SLEEP_MS);
+    s.end();
+    out.push((SLOW, s.span_context().clone()));
+    // An fsync (tmpfs makes it fast: the sleep makes the span slow).
+    let mut s = tracer.start(FSYNC);
+    raw::write(sc.fd, &sc.block);
+    raw::fsync(sc.fd);
+    raw::nanosleep_ms(SLEEP_MS);
+    s.end();
+    out.push((FSYNC, s.span_context().clone()));
+    // A failing call.
+    let mut s = tracer.start(ERROR);
+    raw::open_missing();
+    raw::nanosleep_ms(SLEEP_MS);
+    s.end();
+    out.push((ERROR, s.span_context().clone()));
+    // Ended on another thread.
+    sc.ender.arm.send(()).map_err(|_| "ender thread gone".to_string())?;
+    let s = tracer.start(MOVED);
+    let ctx = s.span_context().clone();
+    raw::getpid();
+    raw::nanosleep_ms(SLEEP_MS);
+    *HANDOFF.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    READY.store(true, Ordering::Release);
+    if !spin_until_done() {
+        return Err("the ender thread did not end the span".into());
+    }
+    out.push((MOVED, ctx));
+    // Fast.
+    let mut s = tracer.start(FAST);
+    raw::getpid();
+    s.end();
+    out.push((FAST, s.span_context().clone()));
+    // Nested: the inner span's calls are its own, the outer one gets the rest.
+    let mut outer = tracer.start(OUTER);
+    raw::getpid();
+    let mut inner = tracer.start(INNER);
+    raw::nanosleep_ms(SLEEP_MS);
+    inner.end();
+    raw::nanosleep_ms(3);
+    outer.end();
+    out.push((INNER, inner.span_context().clone()));
+    out.push((OUTER, outer.span_context().clone()));
+    Ok(out)
+}
+
+/// Expected children of each scenario (`CLK`: the SDK's clock read, kept only if it is a
+/// system call here).
+fn expected(name: &str) -> &'static [&'static str] {
+    match name {
+        SLOW => &["getpid", "getpid", "getpid", "nanosleep", CLK],
+        FSYNC => &["write", "fsync", "nanosleep", CLK],
+        ERROR => &["openat", "nanosleep", CLK],
+        MOVED => &["getpid", "nanosleep"],
+        FAST => &[],
+        OUTER => &["getpid", CLK, "nanosleep", CLK],
+        INNER => &["nanosleep", CLK],
+        _ => &[],
+    }
+}
+
+fn attr_of<'a>(s: &'a SpanData, k: &str) -> Option<&'a Value> {
+    s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| &kv.value)
+}
+
+fn has_spantrack_attrs(s: &SpanData) -> bool {
+    s.attributes
+        .iter()
+        .any(|kv| kv.key.as_str().starts_with("spantrack.") || kv.key.as_str() == attr::THREAD_ID)
+}
+
+fn describe(kids: &[&SpanData]) -> String {
+    kids.iter()
+        .map(|k| {
+            let ret = match attr_of(k, attr::SYSCALL_RET) {
+                Some(Value::I64(r)) => *r,
+                _ => 0,
+            };
+            format!("{}={ret}", k.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads `name value` lines of `/sys/kernel/spantrack/stats`.
+fn kernel_stat(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("{}/stats", uapi::SYSFS_DIR)).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn threshold_path() -> String {
+    format!("{}/threshold_ns", uapi::SYSFS_DIR)
+}
+
+/// Calibration: is the SDK's clock read a system call here? A span (straight through the
+/// library) around one `SystemTime::now()` and a 4 ms nanosleep tells.
+fn calibrate(hook: &SpanHook) -> Result<bool, String> {
+    let g = RandomIdGenerator::default();
+    let (t, s) = (g.new_trace_id().to_bytes(), g.new_span_id().to_bytes());
+    hook.begin(&t, &s).map_err(|e| format!("begin: errno {e}"))?;
+    let _ = std::hint::black_box(std::time::SystemTime::now());
+    raw::nanosleep_ms(4);
+    hook.end(&t, &s).map_err(|e| format!("end: errno {e}"))?;
+    let mut buf = Vec::new();
+    match hook.take_record(&t, &s, &mut buf, Duration::from_secs(3)) {
+        Ok(true) => {}
+        Ok(false) => return Err("no record for the 4 ms calibration span within 3 s".into()),
+        Err(e) => return Err(format!("take_record: errno {e}")),
+    }
+    let rec = Record::decode(&buf).map_err(|e| format!("undecodable record: {e:?}"))?;
+    let nrs: Vec<u32> = rec.entries.iter().map(|e| e.nr).collect();
+    let clk = nrs.first() == Some(&raw::NR_CLOCK_GETTIME);
+    let want: Vec<u32> = if clk {
+        vec![raw::NR_CLOCK_GETTIME, raw::NR_NANOSLEEP]
+    } else {
+        vec![raw::NR_NANOSLEEP]
+    };
+    ensure!(nrs == want, "calibration span recorded calls {nrs:?}, expected {want:?}");
+    Ok(clk)
+}
+
+/// Checks one annotated (or not) scenario span and its children.
+fn check_span(
+    name: &str,
+    ctx: &SpanContext,
+    spans: &[SpanData],
+    clk: bool,
+    expect: Expect,
+    main_tid: u32,
+) -> Result<(), String> {
+    let me: Vec<&SpanData> = spans.iter().filter(|s| s.span_context.span_id() == ctx.span_id()).collect();
+    ensure!(me.len() == 1, "{name}: exported {} times", me.len());
+    let me = me[0];
+    let kids: Vec<&SpanData> = spans.iter().filter(|s| s.parent_span_id == ctx.span_id() && s.name != INNER).collect();
+    let want: Vec<&str> = if expect == Expect::Inactive {
+        Vec::new()
+    } else {
+        expected(name).iter().copied().filter(|n| *n != CLK || clk).map(|n| if n == CLK { "clock_gettime" } else { n }).collect()
+    };
+    let got: Vec<&str> = kids.iter().map(|k| k.name.as_ref()).collect();
+    ensure!(got == want, "{name}: children [{}], expected {want:?}", describe(&kids));
+    if want.is_empty() {
+        ensure!(!has_spantrack_attrs(me), "{name}: unexpected attributes {:?}", me.attributes);
+        return Ok(());
+    }
+    // The parent's attributes.
+    let int = |k: &str| match attr_of(me, k) {
+        Some(Value::I64(v)) => Some(*v),
+        _ => None,
+    };
+    ensure!(int(attr::THREAD_ID) == Some(i64::from(main_tid)), "{name}: thread.id {:?}, expected {main_tid}", int(attr::THREAD_ID));
+    ensure!(int(attr::SYSCALLS_COUNT) == Some(want.len() as i64), "{name}: syscalls.count {:?}", int(attr::SYSCALLS_COUNT));
+    ensure!(int(attr::DROPPED_UNITEMISED_CALLS) == Some(0), "{name}: unitemised calls {:?}", int(attr::DROPPED_UNITEMISED_CALLS));
+    let elsewhere = attr_of(me, attr::ENDED_ELSEWHERE) == Some(&Value::Bool(true));
+    ensure!(elsewhere == (name == MOVED), "{name}: ended_elsewhere {elsewhere}");
+    let top = attr_of(me, attr::SYSCALLS_TOP).map(|v| v.as_str().into_owned()).unwrap_or_default();
+    ensure!(top.contains("nanosleep:"), "{name}: syscalls.top {top:?}");
+    // The children: in the parent, in order, with their return values.
+    let pid = i64::from(std::process::id());
+    let mut prev_end = me.start_time;
+    for k in &kids {
+        ensure!(k.span_context.trace_id() == ctx.trace_id(), "{name}: child in another trace");
+        ensure!(k.span_context.span_id() != SpanId::INVALID, "{name}: child without id");
+        ensure!(
+            k.start_time >= me.start_time && k.end_time <= me.end_time && k.start_time <= k.end_time,
+            "{name}: child {} outside its parent",
+            k.name
+        );
+        ensure!(k.start_time >= prev_end, "{name}: child {} overlaps the previous one", k.name);
+        prev_end = k.end_time;
+        let ret = match attr_of(k, attr::SYSCALL_RET) {
+            Some(Value::I64(r)) => *r,
+            _ => return Err(format!("{name}: child {} without ret", k.name)),
+        };
+        let want_ret = match k.name.as_ref() {
+            "getpid" => Some(pid),
+            "nanosleep" | "fsync" | "clock_gettime" => Some(0),
+            "write" => Some(4096),
+            "openat" => Some(-i64::from(libc::ENOENT)),
+            _ => None,
+        };
+        ensure!(want_ret.is_none_or(|w| w == ret), "{name}: {} returned {ret}, expected {want_ret:?}", k.name);
+        if ret < 0 {
+            let et = attr_of(k, attr::ERROR_TYPE).map(|v| v.as_str().into_owned());
+            ensure!(et.as_deref() == Some("ENOENT"), "{name}: error.type {et:?}");
+            ensure!(k.status == Status::error("ENOENT"), "{name}: status {:?}", k.status);
+        } else {
+            ensure!(attr_of(k, attr::ERROR_TYPE).is_none() && k.status == Status::Unset, "{name}: {} marked failed", k.name);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the self-test; true if everything passed.
+pub fn run(expect: Expect) -> bool {
+    let mut t = Tally { pass: 0, fail: 0 };
+    let main_tid = raw::gettid();
+    let exporter = InMemorySpanExporter::default();
+    let config = Config {
+        // Generous for an emulated guest; records normally arrive within milliseconds.
+        record_wait: Duration::from_millis(1000),
+        ..Config::default()
+    };
+    let processor = SpantrackProcessor::with_config(SimpleSpanProcessor::new(exporter.clone()), config);
+    let active = processor.is_active();
+    let reason = processor.inactive_reason().map(|r| r.to_string());
+    let pstats = processor.stats();
+    let provider = SdkTracerProvider::builder().with_span_processor(processor).build();
+    let tracer = provider.tracer("spantrack-selftest");
+    let loaded = SpanHook::find_loaded().ok();
+    let module = std::path::Path::new(uapi::PROC_CONTROL).exists();
+    println!(
+        "# libspanhook: {}; module: {}; processor: {}",
+        if loaded.is_some() { "loaded" } else { "not loaded" },
+        if module { "loaded" } else { "absent" },
+        reason.as_deref().unwrap_or("active")
+    );
+    t.check(
+        &format!("processor {}", if expect == Expect::Active { "active" } else { "a pass-through" }),
+        if active == (expect == Expect::Active) {
+            Ok(())
+        } else {
+            Err(format!("active = {active} ({reason:?})"))
+        },
+    );
+    if expect == Expect::Inactive && module {
+        // Module loaded, service not preloaded (or library inactive): nothing registered.
+        t.check(
+            "nothing registered with the module",
+            match kernel_stat("processes") {
+                Some(0) => Ok(()),
+                other => Err(format!("stats processes = {other:?}")),
+            },
+        );
+    }
+
+    let path = format!("/tmp/spantrack-selftest-{}.dat", std::process::id());
+    let file = match std::fs::File::create(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            t.check("scratch file", Err(format!("{path}: {e}")));
+            return false;
+        }
+    };
+    let sc = Scenario {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&file),
+        ender: Ender::spawn(),
+        block: vec![0x5a; 4096],
+    };
+
+    let mut clk = false;
+    if active {
+        if let Some(h) = &loaded {
+            match calibrate(h) {
+                Ok(c) => {
+                    clk = c;
+                    println!("# the SDK's clock read is {}a system call here", if c { "" } else { "not " });
+                    t.check("calibration span recorded exactly", Ok(()));
+                }
+                Err(e) => t.check("calibration span recorded exactly", Err(e)),
+            }
+        }
+    }
+
+    // Pass 0 warms every code path up (lazy initialisation, allocator); pass 1 is checked.
+    let warm = run_scenarios(&tracer, &sc);
+    let _ = provider.force_flush();
+    exporter.reset();
+    let before = pstats.snapshot();
+    let run = warm.and_then(|_| run_scenarios(&tracer, &sc));
+    let flushed = provider.force_flush();
+    t.check("scenarios ran and flushed", match (&run, &flushed) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(e), _) => Err(e.clone()),
+        (_, Err(e)) => Err(format!("force_flush: {e:?}")),
+    });
+    let Ok(ctxs) = run else {
+        return false;
+    };
+    let spans = exporter.get_finished_spans().unwrap_or_default();
+    for (name, ctx) in &ctxs {
+        let what = if expect == Expect::Active && !expected(name).is_empty() {
+            format!("{name}: exactly its system calls as children")
+        } else {
+            format!("{name}: exported unchanged")
+        };
+        t.check(&what, check_span(name, ctx, &spans, clk, expect, main_tid));
+    }
+    let n_children: usize = if expect == Expect::Active {
+        ctxs.iter()
+            .map(|(n, _)| expected(n).iter().filter(|c| **c != CLK || clk).count())
+            .sum()
+    } else {
+        0
+    };
+    t.check(
+        "nothing else exported",
+        if spans.len() == ctxs.len() + n_children {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} spans exported, expected {} + {n_children}: {:?}",
+                spans.len(),
+                ctxs.len(),
+                spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+            ))
+        },
+    );
+    let after = pstats.snapshot();
+    t.check(
+        "processor counters",
+        if expect == Expect::Active {
+            let slow = ctxs.iter().filter(|(n, _)| !expected(n).is_empty()).count() as u64;
+            if after.begin_errors == 0
+                && after.end_errors == 0
+                && after.bad_records == 0
+                && after.queue_full == 0
+                && after.annotated - before.annotated == slow
+                && after.passed_fast - before.passed_fast == 1
+            {
+                Ok(())
+            } else {
+                Err(format!("before {before:?} after {after:?}"))
+            }
+        } else if after == Default::default() {
+            Ok(())
+        } else {
+            Err(format!("{after:?}"))
+        },
+    );
+
+    if expect == Expect::Active {
+        if let Some(h) = &loaded {
+            // spanhook stats: received, evicted, taken, begin errors, end errors, stream errors.
+            let s = h.stats();
+            t.check(
+                "library counters",
+                if s.len() >= 8 && s[1] == 0 && s[3] == 0 && s[4] == 0 && s[5] == 0 && s[0] == s[2] && s[7] == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?} (received, evicted, taken, begin/end/stream errors, timeouts, stored)"))
+                },
+            );
+        }
+        // The library's reader and the processor's worker are not tracked: every other
+        // thread of the process is.
+        let tasks = std::fs::read_dir("/proc/self/task").map(|d| d.count() as u64).unwrap_or(0);
+        t.check(
+            "reader and worker threads untracked",
+            match (kernel_stat("processes"), kernel_stat("threads")) {
+                (Some(1), Some(n)) if n + 2 == tasks => Ok(()),
+                other => Err(format!("stats (processes, threads) = {other:?}, process has {tasks} threads")),
+            },
+        );
+        if let Some(h) = &loaded {
+            t.check("threshold change seen live", live_threshold(h));
+        }
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    let _ = provider.shutdown();
+    println!("# spantrack-rust-demo-svc selftest: {} passed, {} failed", t.pass, t.fail);
+    t.fail == 0
+}
+
+/// Writes a new threshold to sysfs and waits for the library to report it (it re-reads
+/// about once a second); restores the old value.
+fn live_threshold(h: &SpanHook) -> Result<(), String> {
+    let path = threshold_path();
+    let old = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let old_v: u64 = old.trim().parse().map_err(|_| format!("{path}: {old:?}"))?;
+    ensure!(h.threshold_ns() == old_v, "library threshold {} != sysfs {old_v}", h.threshold_ns());
+    let new_v = old_v + 1_000_000;
+    std::fs::write(&path, format!("{new_v}\n")).map_err(|e| format!("write {path}: {e}"))?;
+    let t = Instant::now();
+    let mut seen = None;
+    while t.elapsed() < Duration::from_secs(4) {
+        if h.threshold_ns() == new_v {
+            seen = Some(t.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&path, old.as_bytes()).map_err(|e| format!("restore {path}: {e}"))?;
+    match seen {
+        Some(d) => {
+            println!("# threshold change seen after {d:?}");
+            Ok(())
+        }
+        None => Err(format!("library still reports {} after 4 s", h.threshold_ns())),
+    }
+}

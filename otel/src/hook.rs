@@ -1,0 +1,217 @@
+//! The preloaded libspanhook.so, found at run time: its C ABI (`preload/include/spanhook.h`)
+//! looked up with `dlsym(RTLD_DEFAULT, ...)`. When the library is not loaded (no
+//! `LD_PRELOAD`), has another ABI version or is inactive (no module), [`SpanHook::find`]
+//! says so and the processor stays a pass-through.
+
+use std::ffi::{c_int, c_long, CStr};
+use std::time::Duration;
+
+/// The ABI version this crate speaks (`spanhook_abi_version()`).
+pub const ABI_VERSION: u32 = 1;
+/// No record is larger (`SPANHOOK_RECORD_MAX`).
+pub const RECORD_MAX: usize = 256 * 1024;
+
+type VersionFn = unsafe extern "C" fn() -> u32;
+type ActiveFn = unsafe extern "C" fn() -> c_int;
+type SpanFn = unsafe extern "C" fn(*const u8, *const u8) -> c_int;
+type ThresholdFn = unsafe extern "C" fn() -> u64;
+type TakeFn = unsafe extern "C" fn(*const u8, *const u8, *mut u8, usize, u32) -> c_long;
+type UnregisterFn = unsafe extern "C" fn() -> c_int;
+type StatsFn = unsafe extern "C" fn(*mut u64, usize) -> usize;
+
+/// Entry points of libspanhook.so.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanHook {
+    active: ActiveFn,
+    begin: SpanFn,
+    end: SpanFn,
+    threshold: ThresholdFn,
+    take: TakeFn,
+    unregister: UnregisterFn,
+    stats: StatsFn,
+}
+
+/// Why [`SpanHook::find`] found nothing usable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Absent {
+    /// `spanhook_*` symbols are not in the process (library not preloaded).
+    NotLoaded,
+    /// The library speaks another ABI version.
+    Version(u32),
+    /// A symbol of ABI 1 is missing.
+    Missing(&'static str),
+    /// Loaded but not registered with the module (no module, forked child, ...).
+    Inactive,
+}
+
+impl std::fmt::Display for Absent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Absent::NotLoaded => f.write_str("libspanhook.so not loaded"),
+            Absent::Version(v) => write!(f, "libspanhook.so ABI {v}, expected {ABI_VERSION}"),
+            Absent::Missing(s) => write!(f, "libspanhook.so lacks {s}"),
+            Absent::Inactive => f.write_str("libspanhook.so inactive (no spantrack module?)"),
+        }
+    }
+}
+
+fn sym(name: &'static CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: `name` is a valid C string; RTLD_DEFAULT searches the global scope.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+macro_rules! lookup {
+    ($name:literal, $ty:ty) => {{
+        let p = sym($name).ok_or(Absent::Missing(stringify!($name)))?;
+        // SAFETY: the symbol is the libspanhook.so function of that name, whose C signature
+        // (spanhook.h, ABI 1, checked before) is `$ty`.
+        unsafe { std::mem::transmute::<*mut libc::c_void, $ty>(p) }
+    }};
+}
+
+impl SpanHook {
+    /// Finds the preloaded library and checks that it speaks ABI 1 and is active.
+    pub fn find() -> Result<SpanHook, Absent> {
+        let h = Self::find_loaded()?;
+        if h.is_active() {
+            Ok(h)
+        } else {
+            Err(Absent::Inactive)
+        }
+    }
+
+    /// Finds the library whether or not it is active.
+    pub fn find_loaded() -> Result<SpanHook, Absent> {
+        let Some(v) = sym(c"spanhook_abi_version") else {
+            return Err(Absent::NotLoaded);
+        };
+        // SAFETY: `spanhook_abi_version` has had this signature in every ABI version.
+        let version = unsafe { std::mem::transmute::<*mut libc::c_void, VersionFn>(v)() };
+        if version != ABI_VERSION {
+            return Err(Absent::Version(version));
+        }
+        Ok(SpanHook {
+            active: lookup!(c"spanhook_active", ActiveFn),
+            begin: lookup!(c"spanhook_span_begin", SpanFn),
+            end: lookup!(c"spanhook_span_end", SpanFn),
+            threshold: lookup!(c"spanhook_threshold_ns", ThresholdFn),
+            take: lookup!(c"spanhook_take_record", TakeFn),
+            unregister: lookup!(c"spanhook_unregister_thread", UnregisterFn),
+            stats: lookup!(c"spanhook_stats", StatsFn),
+        })
+    }
+
+    /// A hook made of other functions with the same contract (host tests).
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_fns(
+        active: ActiveFn,
+        begin: SpanFn,
+        end: SpanFn,
+        threshold: ThresholdFn,
+        take: TakeFn,
+        unregister: UnregisterFn,
+        stats: StatsFn,
+    ) -> SpanHook {
+        SpanHook {
+            active,
+            begin,
+            end,
+            threshold,
+            take,
+            unregister,
+            stats,
+        }
+    }
+
+    /// Is the process registered with the module?
+    pub fn is_active(&self) -> bool {
+        // SAFETY: ABI function without arguments.
+        unsafe { (self.active)() == 1 }
+    }
+
+    /// Opens the span on the calling thread; `Err(errno)`.
+    #[inline]
+    pub fn begin(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
+        // SAFETY: the pointers are valid for 16 and 8 bytes.
+        let r = unsafe { (self.begin)(trace_id.as_ptr(), span_id.as_ptr()) };
+        if r < 0 {
+            Err(-r)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes the span (any thread); `Err(errno)`.
+    #[inline]
+    pub fn end(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
+        // SAFETY: as in `begin`.
+        let r = unsafe { (self.end)(trace_id.as_ptr(), span_id.as_ptr()) };
+        if r < 0 {
+            Err(-r)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The module's threshold (`u64::MAX` when inactive).
+    #[inline]
+    pub fn threshold_ns(&self) -> u64 {
+        // SAFETY: ABI function without arguments.
+        unsafe { (self.threshold)() }
+    }
+
+    /// Waits up to `timeout` for the span's record and moves it into `buf` (resized to the
+    /// record): `Ok(true)` got it, `Ok(false)` none in time, `Err(errno)`.
+    pub fn take_record(
+        &self,
+        trace_id: &[u8; 16],
+        span_id: &[u8; 8],
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bool, i32> {
+        buf.clear();
+        buf.reserve(RECORD_MAX);
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        // SAFETY: ids as in `begin`; `buf` has `buf.capacity()` writable bytes (not
+        // initialised: the library only writes to them).
+        let r = unsafe {
+            (self.take)(
+                trace_id.as_ptr(),
+                span_id.as_ptr(),
+                buf.as_mut_ptr(),
+                buf.capacity(),
+                ms,
+            )
+        };
+        if r < 0 {
+            Err(i32::try_from(-r).unwrap_or(libc::EINVAL))
+        } else {
+            let n = usize::try_from(r).unwrap_or(0).min(buf.capacity());
+            // SAFETY: the library wrote `n <= capacity` bytes at the start of `buf`.
+            unsafe { buf.set_len(n) };
+            Ok(n > 0)
+        }
+    }
+
+    /// The calling thread is no longer traced; `Err(errno)`.
+    pub fn unregister_thread(&self) -> Result<(), i32> {
+        // SAFETY: ABI function without arguments.
+        let r = unsafe { (self.unregister)() };
+        if r < 0 {
+            Err(-r)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The library's counters (`SPANHOOK_STAT_*` order).
+    pub fn stats(&self) -> Vec<u64> {
+        let mut v = vec![0u64; 16];
+        // SAFETY: `v` has room for 16 values.
+        let n = unsafe { (self.stats)(v.as_mut_ptr(), v.len()) };
+        v.truncate(n.min(16));
+        v
+    }
+}

@@ -1,0 +1,30 @@
+//! spantrack-otel: annotates the slow spans of a Rust service with the system calls the
+//! kernel module spantrack.ko recorded for them, inside the service's own OpenTelemetry
+//! pipeline. One line in the service:
+//!
+//! ```no_run
+//! # use opentelemetry_sdk::trace::{SdkTracerProvider, BatchSpanProcessor, InMemorySpanExporter};
+//! # let exporter = InMemorySpanExporter::default();
+//! let provider = SdkTracerProvider::builder()
+//!     .with_span_processor(spantrack_otel::SpantrackProcessor::new(
+//!         BatchSpanProcessor::builder(exporter).build(),
+//!     ))
+//!     .build();
+//! ```
+//!
+//! and `LD_PRELOAD=libspanhook.so` when it runs. The processor finds the preloaded library
+//! with `dlsym` ([`hook`]); without it (or without the module) it passes every span through
+//! unchanged. With it, each span's thread writes the span's begin and end to the kernel, and
+//! a slow span reaches the inner processor with `spantrack.*` attributes and one child span
+//! per system call ([`annotate`]).
+
+pub mod annotate;
+pub mod errno;
+pub mod hook;
+pub mod processor;
+
+pub use hook::SpanHook;
+pub use processor::{Config, ProcessorStats, SpantrackProcessor, StatsSnapshot};
+
+#[cfg(test)]
+mod processor_tests;

@@ -1,0 +1,373 @@
+//! Host tests of [`SpantrackProcessor`]: pass-through without the library, and the whole
+//! path (begin/end, fast/slow decision, worker, annotation, flush, queue overflow, end on
+//! another thread) against a fake library that behaves like the kernel: a span that lasted
+//! at least the threshold gets a record with one `nanosleep` entry covering it.
+
+use std::collections::HashMap;
+use std::ffi::{c_int, c_long};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{
+    InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor, SpanData,
+};
+use spantrack_uapi::{self as uapi, RecordHeader, SyscallEntry};
+
+use crate::annotate::attr;
+use crate::annotate::tests::encode;
+use crate::hook::SpanHook;
+use crate::processor::{Config, SpantrackProcessor};
+
+type Ids = ([u8; 16], [u8; 8]);
+
+struct Open {
+    tid: u32,
+    mono: u64,
+    real: u64,
+}
+
+#[derive(Default)]
+struct Fake {
+    open: HashMap<Ids, Open>,
+    records: HashMap<Ids, Vec<u8>>,
+    threshold_ns: u64,
+    begins: u64,
+    ends: u64,
+    unregistered: Vec<u32>,
+}
+
+static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
+static ARRIVED: Condvar = Condvar::new();
+/// Tests using the fake run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn fake() -> MutexGuard<'static, Option<Fake>> {
+    FAKE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn gettid() -> u32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+unsafe fn ids(t: *const u8, s: *const u8) -> Ids {
+    let mut i: Ids = ([0; 16], [0; 8]);
+    // SAFETY: the processor passes 16- and 8-byte arrays.
+    unsafe {
+        std::ptr::copy_nonoverlapping(t, i.0.as_mut_ptr(), 16);
+        std::ptr::copy_nonoverlapping(s, i.1.as_mut_ptr(), 8);
+    }
+    i
+}
+
+unsafe extern "C" fn f_active() -> c_int {
+    1
+}
+
+unsafe extern "C" fn f_begin(t: *const u8, s: *const u8) -> c_int {
+    // SAFETY: forwarded.
+    let k = unsafe { ids(t, s) };
+    let mut g = fake();
+    let f = g.as_mut().expect("fake installed");
+    f.begins += 1;
+    if f.open.contains_key(&k) {
+        return -libc::EEXIST;
+    }
+    f.open.insert(
+        k,
+        Open {
+            tid: gettid(),
+            mono: clock(libc::CLOCK_MONOTONIC),
+            real: clock(libc::CLOCK_REALTIME),
+        },
+    );
+    0
+}
+
+unsafe extern "C" fn f_end(t: *const u8, s: *const u8) -> c_int {
+    // SAFETY: forwarded.
+    let k = unsafe { ids(t, s) };
+    let (mono, real) = (clock(libc::CLOCK_MONOTONIC), clock(libc::CLOCK_REALTIME));
+    let mut g = fake();
+    let f = g.as_mut().expect("fake installed");
+    f.ends += 1;
+    let Some(o) = f.open.remove(&k) else {
+        return -libc::ENOENT;
+    };
+    if mono - o.mono >= f.threshold_ns {
+        let entries = [SyscallEntry {
+            nr: 35,
+            flags: 0,
+            ret: 0,
+            start_mono_ns: o.mono + 1_000,
+            end_mono_ns: mono - 1_000,
+        }];
+        let h = RecordHeader {
+            magic: uapi::RECORD_MAGIC,
+            version: uapi::ABI_VERSION as u16,
+            header_size: uapi::RECORD_HEADER_SIZE as u16,
+            total_size: (uapi::RECORD_HEADER_SIZE + uapi::SYSCALL_ENTRY_SIZE) as u32,
+            n_entries: 1,
+            trace_id: k.0,
+            span_id: k.1,
+            tid: o.tid,
+            tgid: std::process::id(),
+            begin_mono_ns: o.mono,
+            end_mono_ns: mono,
+            begin_real_ns: o.real,
+            end_real_ns: real,
+            flags: if o.tid != gettid() { uapi::REC_ENDED_ELSEWHERE } else { 0 },
+            total_calls: 1,
+            total_call_ns: mono - o.mono - 2_000,
+            ..Default::default()
+        };
+        f.records.insert(k, encode(&h, &entries));
+        ARRIVED.notify_all();
+    }
+    0
+}
+
+unsafe extern "C" fn f_threshold() -> u64 {
+    fake().as_ref().map_or(u64::MAX, |f| f.threshold_ns)
+}
+
+unsafe extern "C" fn f_take(t: *const u8, s: *const u8, buf: *mut u8, len: usize, ms: u32) -> c_long {
+    // SAFETY: forwarded.
+    let k = unsafe { ids(t, s) };
+    let deadline = Instant::now() + Duration::from_millis(u64::from(ms));
+    let mut g = fake();
+    loop {
+        let f = g.as_mut().expect("fake installed");
+        if let Some(r) = f.records.get(&k) {
+            if r.len() > len {
+                return -libc::ENOSPC as c_long;
+            }
+            let r = f.records.remove(&k).unwrap_or_default();
+            // SAFETY: `buf` has `len >= r.len()` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), buf, r.len()) };
+            return r.len() as c_long;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return 0;
+        }
+        g = ARRIVED
+            .wait_timeout(g, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+unsafe extern "C" fn f_unregister() -> c_int {
+    if let Some(f) = fake().as_mut() {
+        f.unregistered.push(gettid());
+    }
+    0
+}
+
+unsafe extern "C" fn f_stats(_: *mut u64, _: usize) -> usize {
+    0
+}
+
+fn fake_hook(threshold_ns: u64) -> SpanHook {
+    *fake() = Some(Fake {
+        threshold_ns,
+        ..Default::default()
+    });
+    SpanHook::from_fns(f_active, f_begin, f_end, f_threshold, f_take, f_unregister, f_stats)
+}
+
+fn setup(
+    threshold_ns: u64,
+    config: Config,
+) -> (SdkTracerProvider, Collector, std::sync::Arc<crate::ProcessorStats>) {
+    let exporter = Collector::default();
+    let p = SpantrackProcessor::with_hook(
+        exporter.clone(),
+        config,
+        fake_hook(threshold_ns),
+    );
+    assert!(p.is_active());
+    let stats = p.stats();
+    let provider = SdkTracerProvider::builder().with_span_processor(p).build();
+    (provider, exporter, stats)
+}
+
+/// The inner processor: keeps what it gets, also after shutdown.
+#[derive(Clone, Debug, Default)]
+struct Collector {
+    spans: std::sync::Arc<Mutex<Vec<SpanData>>>,
+}
+
+impl Collector {
+    fn get_finished_spans(&self) -> Result<Vec<SpanData>, ()> {
+        Ok(self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanProcessor for Collector {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+    fn on_end(&self, span: SpanData) {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+fn by_name<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+fn attr_of<'a>(s: &'a SpanData, k: &str) -> Option<&'a Value> {
+    s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| &kv.value)
+}
+
+#[test]
+fn without_the_library_spans_pass_through_unchanged() {
+    // The test binary has no libspanhook.so: the lookup fails, nothing else happens.
+    assert!(SpanHook::find().is_err());
+    let exporter = InMemorySpanExporter::default();
+    let p = SpantrackProcessor::new(SimpleSpanProcessor::new(exporter.clone()));
+    assert!(!p.is_active());
+    assert_eq!(p.inactive_reason(), Some(&crate::hook::Absent::NotLoaded));
+    let stats = p.stats();
+    let provider = SdkTracerProvider::builder().with_span_processor(p).build();
+    let tracer = provider.tracer("t");
+    let mut s = tracer.start("slow");
+    std::thread::sleep(Duration::from_millis(5));
+    s.set_attribute(opentelemetry::KeyValue::new("k", 1));
+    s.end();
+    tracer.start("fast").end();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].name, "slow");
+    assert_eq!(spans[0].attributes, vec![opentelemetry::KeyValue::new("k", 1)]);
+    assert_eq!(stats.snapshot(), Default::default());
+    provider.shutdown().unwrap();
+}
+
+#[test]
+fn slow_spans_are_annotated_fast_ones_pass() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (provider, exporter, stats) = setup(10_000_000, Config::default());
+    let tracer = provider.tracer("t");
+    // Slow: 20 ms (>= threshold): a record, one child.
+    let mut slow = tracer.start("slow");
+    std::thread::sleep(Duration::from_millis(20));
+    let slow_ctx = slow.span_context().clone();
+    slow.end();
+    // Fast: < threshold / 2: passed on at once, never queued.
+    tracer.start("fast").end();
+    // Between threshold/2 and threshold: queued, no record, passed on unchanged.
+    let mut mid = tracer.start("mid");
+    std::thread::sleep(Duration::from_millis(6));
+    mid.end();
+    // Ended on another thread: still matched; the record says so.
+    let mut moved = tracer.start("moved");
+    std::thread::sleep(Duration::from_millis(15));
+    std::thread::spawn(move || moved.end()).join().unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let s = stats.snapshot();
+    assert_eq!((s.passed_fast, s.queued, s.annotated, s.no_record), (1, 3, 2, 1), "{s:?}");
+    assert_eq!((s.children, s.queue_full, s.begin_errors, s.end_errors, s.bad_records), (2, 0, 0, 0, 0));
+    let slow = by_name(&spans, "slow");
+    assert_eq!(slow.len(), 1);
+    let slow = slow[0];
+    assert_eq!(slow.span_context, slow_ctx);
+    assert_eq!(attr_of(slow, attr::SYSCALLS_COUNT), Some(&Value::I64(1)));
+    assert_eq!(attr_of(slow, attr::THREAD_ID), Some(&Value::I64(i64::from(gettid()))));
+    assert_eq!(attr_of(slow, attr::ENDED_ELSEWHERE), Some(&Value::Bool(false)));
+    let kids: Vec<&SpanData> = spans
+        .iter()
+        .filter(|c| c.parent_span_id == slow_ctx.span_id())
+        .collect();
+    assert_eq!(kids.len(), 1);
+    assert_eq!(kids[0].name, "nanosleep");
+    assert_eq!(kids[0].span_kind, SpanKind::Internal);
+    assert!(kids[0].start_time >= slow.start_time && kids[0].end_time <= slow.end_time);
+    for name in ["fast", "mid"] {
+        let v = by_name(&spans, name);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].attributes.is_empty(), "{name}: {:?}", v[0].attributes);
+    }
+    let moved = by_name(&spans, "moved")[0];
+    assert_eq!(attr_of(moved, attr::ENDED_ELSEWHERE), Some(&Value::Bool(true)));
+    assert_eq!(attr_of(moved, attr::THREAD_ID), Some(&Value::I64(i64::from(gettid()))));
+    assert_eq!(spans.len(), 6);
+    {
+        let g = fake();
+        let f = g.as_ref().unwrap();
+        assert_eq!((f.begins, f.ends), (4, 4));
+        assert!(f.open.is_empty() && f.records.is_empty());
+        // The worker untracked itself, and it is not this thread.
+        assert_eq!(f.unregistered.len(), 1);
+        assert_ne!(f.unregistered[0], gettid());
+    }
+    provider.shutdown().unwrap();
+}
+
+#[test]
+fn full_queue_passes_spans_through_and_flush_drains() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = Config {
+        record_wait: Duration::from_millis(300),
+        queue_capacity: 1,
+        ..Config::default()
+    };
+    // Threshold 2 ms, spans of 1.2 ms: queued (>= threshold / 2) but without a record.
+    let (provider, exporter, stats) = setup(2_000_000, config);
+    let tracer = provider.tracer("t");
+    for i in 0..5 {
+        let mut s = tracer.start(format!("mid{i}"));
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(1_200) {
+            std::hint::spin_loop();
+        }
+        s.end();
+    }
+    let s = stats.snapshot();
+    assert!(s.queue_full >= 3, "{s:?}");
+    assert_eq!(s.queued + s.queue_full, 5, "{s:?}");
+    let t = Instant::now();
+    provider.force_flush().unwrap();
+    // Flush waited for the queued spans' records (none come: up to the 300 ms wait).
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 5);
+    assert!(spans.iter().all(|s| s.attributes.is_empty()));
+    assert_eq!(stats.snapshot().no_record, s.queued);
+    provider.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_drains_the_worker_first() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (provider, exporter, stats) = setup(1_000_000, Config::default());
+    let tracer = provider.tracer("t");
+    for _ in 0..3 {
+        let mut s = tracer.start("slow");
+        std::thread::sleep(Duration::from_millis(3));
+        s.end();
+    }
+    provider.shutdown().unwrap();
+    let s = stats.snapshot();
+    assert_eq!((s.queued, s.annotated, s.children), (3, 3, 3), "{s:?}");
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 6);
+}

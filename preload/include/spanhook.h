@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * spanhook.h: the C ABI of libspanhook.so, the LD_PRELOAD side of spantrack.
+ *
+ *   insmod spantrack.ko
+ *   LD_PRELOAD=/path/to/libspanhook.so ./service
+ *
+ * At load time the library registers the process with spantrack.ko (every thread, existing
+ * and future, is tracked), opens /proc/spantrack/{begin,end,control} and starts one reader
+ * thread (untracked) that moves the records of slow spans from the process's relay channel
+ * (/sys/kernel/debug/spantrack/<tgid>/cpu<N>) into a bounded store keyed by span ids
+ * (4096 records / 16 MiB by default: SPANHOOK_MAX_RECORDS, SPANHOOK_MAX_BYTES; the oldest
+ * unclaimed record is evicted and counted when full). It re-reads
+ * /sys/kernel/spantrack/threshold_ns about once a second.
+ *
+ * In a Python process (executable named python*), once active, it also puts the Python hook
+ * (preload/python: sitecustomize.py + spantrack_hook) first on PYTHONPATH before the
+ * interpreter starts, so LD_PRELOAD alone instruments a Python service. The directory is
+ * $SPANHOOK_PYTHON_DIR if set (empty: don't), else <libdir>/python or
+ * <libdir>/../../preload/python (the library in this repository's target/<profile>/).
+ *
+ * Without the module, with an incompatible one, or with SPANHOOK_DISABLE=1, it writes one
+ * line "spanhook: inactive (<reason>)" to stderr (not with SPANHOOK_QUIET=1) and does
+ * nothing else: every function below then reports "inactive". A forked child is not
+ * registered: the library is inactive there (quietly). SPANHOOK_DEBUG=1 logs more.
+ *
+ * Tracers find these symbols at run time: dlsym(RTLD_DEFAULT, "spanhook_abi_version") and
+ * so on (Rust: crate spantrack-otel), or ctypes.CDLL(None) in Python. Check
+ * spanhook_abi_version() == SPANHOOK_ABI_VERSION before using anything else.
+ *
+ * Ids are the W3C trace context ids as bytes, most significant first: the 16 (8) bytes
+ * whose lower-case hex is the 32 (16) digit trace (span) id of a traceparent header.
+ * All-zero ids are invalid (-EINVAL from the module).
+ *
+ * Thread safety: every function may be called from any thread. spanhook_span_begin/end are
+ * one write(2) each on a pre-opened descriptor and never wait for the reader;
+ * spanhook_take_record waits (on a condition variable) only up to its timeout.
+ */
+#ifndef SPANHOOK_H
+#define SPANHOOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Version of this ABI. */
+#define SPANHOOK_ABI_VERSION 1u
+
+/* No record is larger than this (header + entries; the module's relay sub-buffer). */
+#define SPANHOOK_RECORD_MAX (256u * 1024u)
+
+/* Returns SPANHOOK_ABI_VERSION (1). */
+uint32_t spanhook_abi_version(void);
+
+/* 1 when the process is registered with the module, else 0. */
+int spanhook_active(void);
+
+/*
+ * Opens the span on the calling thread: the module attributes the thread's system calls to
+ * it (to the innermost open span; spans nest 16 deep) until it ends. Returns 0 or -errno:
+ * -ENODEV inactive, -EINVAL null pointer or malformed ids, -EPERM thread not tracked
+ * (e.g. after spanhook_unregister_thread), -EEXIST already open, -ENOSPC span table full,
+ * -EOVERFLOW 16 spans already open on the thread. Errors are counted (SPANHOOK_STAT_...).
+ */
+int spanhook_span_begin(const uint8_t trace_id[16], const uint8_t span_id[8]);
+
+/*
+ * Closes the span; may be called from any thread of the process (the record then has
+ * REC_ENDED_ELSEWHERE). The write itself is not part of the span. Returns 0 or -errno
+ * (-ENODEV inactive, -ENOENT no such open span, ...). If the span lasted at least the
+ * threshold, its record arrives in the store shortly after.
+ */
+int spanhook_span_end(const uint8_t trace_id[16], const uint8_t span_id[8]);
+
+/* The module's current threshold in ns; UINT64_MAX when inactive. */
+uint64_t spanhook_threshold_ns(void);
+
+/*
+ * Waits up to timeout_ms for the kernel's record of that span and moves it out of the
+ * store into buf: raw uapi bytes (uapi/src/lib.rs), a 128-byte RecordHeader followed by
+ * n_entries 32-byte SyscallEntry, little-endian, header.total_size bytes in all.
+ * Returns its size; 0 if no record arrived in time (the kernel judged the span fast);
+ * -ENOSPC if len is too small (the record is kept; SPANHOOK_RECORD_MAX always suffices);
+ * -ENODEV when inactive; -EINVAL for null pointers.
+ * Call it from a thread that is not inside a span (a tracer's own worker thread, after
+ * spanhook_unregister_thread()).
+ */
+long spanhook_take_record(const uint8_t trace_id[16], const uint8_t span_id[8],
+                          uint8_t *buf, size_t len, uint32_t timeout_ms);
+
+/* The calling thread is no longer traced: 0 or -errno (-ENOENT it was not, -ENODEV). */
+int spanhook_unregister_thread(void);
+
+/* Indices of spanhook_stats() values. */
+#define SPANHOOK_STAT_RECEIVED      0 /* records read from the relay channel */
+#define SPANHOOK_STAT_EVICTED       1 /* records evicted from the store unclaimed */
+#define SPANHOOK_STAT_TAKEN         2 /* records moved out by spanhook_take_record */
+#define SPANHOOK_STAT_BEGIN_ERRORS  3 /* failed spanhook_span_begin writes */
+#define SPANHOOK_STAT_END_ERRORS    4 /* failed spanhook_span_end writes */
+#define SPANHOOK_STAT_STREAM_ERRORS 5 /* relay read errors / undecodable bytes dropped */
+#define SPANHOOK_STAT_TAKE_TIMEOUTS 6 /* spanhook_take_record calls with timeout_ms > 0 that returned 0 */
+#define SPANHOOK_STAT_STORED        7 /* records held in the store now (a gauge) */
+#define SPANHOOK_STAT_COUNT         8
+
+/* Writes the first min(n, SPANHOOK_STAT_COUNT) counters to out; returns how many. */
+size_t spanhook_stats(uint64_t *out, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPANHOOK_H */

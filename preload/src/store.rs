@@ -1,0 +1,197 @@
+//! The bounded store of records read from relay and not yet taken: keyed by (trace id,
+//! span id), limited in record count and in bytes; when full, the oldest record is evicted
+//! and counted. Used under one mutex held only for these map operations.
+
+use std::collections::{HashMap, VecDeque};
+
+/// (trace id, span id) of a span, as the W3C bytes.
+pub type SpanIds = ([u8; 16], [u8; 8]);
+
+/// Default capacity in records.
+pub const DEFAULT_MAX_RECORDS: usize = 4096;
+/// Default capacity in bytes (records are at most 256 KiB; typical ones are < 10 KiB).
+pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+struct Held {
+    seq: u64,
+    bytes: Vec<u8>,
+}
+
+/// Records waiting to be taken, oldest evicted first.
+pub struct RecordStore {
+    map: HashMap<SpanIds, Held>,
+    /// Insertion order; entries whose `seq` no longer matches the map were taken or
+    /// replaced and are skipped (and compacted away when they pile up).
+    order: VecDeque<(u64, SpanIds)>,
+    next_seq: u64,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+/// What taking a record found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// The record, removed from the store.
+    Taken(Vec<u8>),
+    /// There is a record of `.0` bytes but the caller's buffer is smaller: kept.
+    TooSmall(usize),
+    /// No record for these ids.
+    Absent,
+}
+
+impl RecordStore {
+    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        RecordStore {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            bytes: 0,
+            max_records: max_records.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Stores `record` under `ids`; returns how many records were evicted to make room
+    /// (a record already stored under the same ids counts as evicted: it was never taken).
+    pub fn insert(&mut self, ids: SpanIds, record: Vec<u8>) -> u64 {
+        let mut evicted = 0;
+        if let Some(old) = self.map.remove(&ids) {
+            self.bytes -= old.bytes.len();
+            evicted += 1;
+        }
+        while !self.map.is_empty()
+            && (self.map.len() + 1 > self.max_records || self.bytes + record.len() > self.max_bytes)
+        {
+            if self.evict_oldest() {
+                evicted += 1;
+            } else {
+                break;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += record.len();
+        self.map.insert(ids, Held { seq, bytes: record });
+        self.order.push_back((seq, ids));
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, ids)| map.get(ids).is_some_and(|h| h.seq == *seq));
+        }
+        evicted
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((seq, ids)) = self.order.pop_front() {
+            if self.map.get(&ids).is_some_and(|h| h.seq == seq) {
+                if let Some(h) = self.map.remove(&ids) {
+                    self.bytes -= h.bytes.len();
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes and returns the record of `ids` if it fits in `max_len` bytes.
+    pub fn take(&mut self, ids: &SpanIds, max_len: usize) -> Take {
+        match self.map.get(ids) {
+            None => Take::Absent,
+            Some(h) if h.bytes.len() > max_len => Take::TooSmall(h.bytes.len()),
+            Some(_) => match self.map.remove(ids) {
+                Some(h) => {
+                    self.bytes -= h.bytes.len();
+                    Take::Taken(h.bytes)
+                }
+                None => Take::Absent,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u8) -> SpanIds {
+        ([n; 16], [n; 8])
+    }
+
+    #[test]
+    fn take_moves_out_and_respects_len() {
+        let mut s = RecordStore::new(4, 1 << 20);
+        assert_eq!(s.insert(ids(1), vec![1; 10]), 0);
+        assert_eq!(s.take(&ids(2), 100), Take::Absent);
+        assert_eq!(s.take(&ids(1), 9), Take::TooSmall(10));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.take(&ids(1), 10), Take::Taken(vec![1; 10]));
+        assert_eq!(s.take(&ids(1), 10), Take::Absent);
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn evicts_oldest_by_count_and_bytes() {
+        let mut s = RecordStore::new(3, 100);
+        for i in 1..=3 {
+            assert_eq!(s.insert(ids(i), vec![i; 10]), 0);
+        }
+        // Taking the middle one leaves a stale order entry that eviction skips.
+        assert_eq!(s.take(&ids(2), 100), Take::Taken(vec![2; 10]));
+        assert_eq!(s.insert(ids(4), vec![4; 10]), 0);
+        assert_eq!(s.insert(ids(5), vec![5; 10]), 1); // evicts 1
+        assert_eq!(s.take(&ids(1), 100), Take::Absent);
+        assert_eq!(s.len(), 3);
+        // Count: 3 held, a fourth evicts the oldest (3); 100 bytes held then.
+        assert_eq!(s.insert(ids(6), vec![6; 80]), 1);
+        assert_eq!(s.take(&ids(3), 100), Take::Absent);
+        assert_eq!(s.bytes(), 100);
+        // Bytes: a 15-byte record evicts 4 (count) and 5 (bytes), not 6.
+        assert_eq!(s.insert(ids(8), vec![8; 15]), 2);
+        assert_eq!(s.take(&ids(4), 100), Take::Absent);
+        assert_eq!(s.take(&ids(5), 100), Take::Absent);
+        assert_eq!(s.bytes(), 95);
+        assert_eq!(s.len(), 2);
+        // A record larger than the byte budget still goes in (alone).
+        assert_eq!(s.insert(ids(7), vec![7; 200]), 2);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.take(&ids(7), 1000), Take::Taken(vec![7; 200]));
+    }
+
+    #[test]
+    fn same_ids_replace_and_count() {
+        let mut s = RecordStore::new(8, 1 << 20);
+        s.insert(ids(1), vec![1; 4]);
+        assert_eq!(s.insert(ids(1), vec![9; 6]), 1);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.bytes(), 6);
+        assert_eq!(s.take(&ids(1), 100), Take::Taken(vec![9; 6]));
+    }
+
+    #[test]
+    fn order_queue_stays_bounded() {
+        let mut s = RecordStore::new(16, 1 << 20);
+        for i in 0..10_000u32 {
+            let mut k = ids(0);
+            k.1 = u64::from(i).to_le_bytes();
+            s.insert(k, vec![0; 8]);
+            assert_eq!(s.take(&k, 8), Take::Taken(vec![0; 8]));
+        }
+        assert!(s.order.len() <= 2 * s.map.len() + 65);
+    }
+}

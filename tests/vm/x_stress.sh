@@ -1,0 +1,47 @@
+#!/bin/bash
+# Stress and fault tests (spantrack-stress, tests/vmtest/src/stress): 64 threads x
+# thousands of nested spans with threads born and exiting mid-span; registered processes
+# killed mid-span and REGISTER racing with thread creation/exit; fork/exec of registered
+# processes; full span table, process table, thread table and chunk pool; a relay reader
+# that stops reading; rmmod with everything busy; insmod/rmmod cycles under load.
+# Each mode runs against a fresh load of the module and must leave the kernel log clean.
+# Counts are smaller on the debug kernel (STRESS_SCALE overrides the factor);
+# STRESS_MODES selects modes; STRESS_BUDGET is the time budget in seconds.
+. "$(dirname "$0")/lib.sh"
+ko=$1
+bin=target/release/spantrack-stress
+[ -x "$bin" ] || { nok "stress binary built ($bin missing: cargo build --release -p spantrack-vmtest)"; finish; exit; }
+lsmod | grep -q '^spantrack' && rmmod spantrack
+if [ -e /sys/kernel/debug/kmemleak ]; then kernel=debug; budget=${STRESS_BUDGET:-600}; else kernel=release; budget=${STRESS_BUDGET:-180}; fi
+modes=${STRESS_MODES:-threads procs forkexec tables capacity relayfull unload reload}
+reports='WARNING: |BUG: |Oops|general protection fault|KASAN:|UBSAN:|possible recursive locking|possible circular locking|inconsistent lock state|suspicious RCU usage|sleeping function called from invalid context|scheduling while atomic|Call Trace:|refcount_t: |list_add corruption|list_del corruption|ODEBUG: '
+t_all=$(date +%s.%N)
+times=""
+for mode in $modes; do
+  t0=$(date +%s.%N)
+  mark=$(dmesg_mark)
+  args=()
+  case "$mode" in
+    unload) args=("$ko");;
+    reload) args=("$ko" "${RELOAD_CYCLES:-10}");;
+  esac
+  if [ "$mode" != reload ]; then
+    insmod "$ko" || { nok "$mode: insmod"; continue; }
+  fi
+  out=$(timeout -k 5 "$budget" "$bin" "$mode" "${args[@]}" 2>&1); rc=$?
+  echo "$out"
+  ST_PASS=$((ST_PASS + $(grep -c '^ok - ' <<<"$out")))
+  ST_FAIL=$((ST_FAIL + $(grep -c '^not ok - ' <<<"$out")))
+  grep -q '^# spantrack-stress .*passed, .*failed' <<<"$out" || nok "$mode: spantrack-stress ended without a summary (exit $rc)"
+  if lsmod | grep -q '^spantrack'; then
+    rmmod spantrack || nok "$mode: rmmod afterwards"
+  fi
+  log=$(dmesg_since "$mark" | grep -E "$reports" | head -5)
+  check "$mode: kernel log clean${log:+ ($log)}" [ -z "$log" ]
+  took=$(echo "$(date +%s.%N) - $t0" | bc)
+  times+=" $mode=${took%.*}s"
+done
+total=$(echo "$(date +%s.%N) - $t_all" | bc)
+echo "# t_stress.sh ($kernel kernel): times:$times; total ${total%.*}s"
+check "t_stress.sh finished within its budget on the $kernel kernel (${total%.*} s <= $budget s)" [ "${total%.*}" -le "$budget" ]
+finish
