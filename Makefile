@@ -43,3 +43,6 @@ clean:
 	@cargo clean
 bench-micro: setup
 	@$(SCRIPTS)/bench-micro.sh
+.PHONY: bench
+bench: setup
+	@$(SCRIPTS)/bench.sh

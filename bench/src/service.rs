@@ -1,0 +1,309 @@
+//! The currency-converter service (the paper's "currency service", reduced to its RPC).
+//!
+//! Protocol, one line each way on a persistent loopback TCP connection:
+//! `C <from> <to> <amount in cents>` -> `<to> <converted amount>`;
+//! `S` -> shuts the tracer provider down (exports everything), replies one JSON line of
+//! counters and exits the process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    Span as _, SpanId, SpanKind, TraceId, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, IdGenerator, Sampler, SdkTracer, SdkTracerProvider,
+};
+use opentelemetry_sdk::Resource;
+use spantrack_otel::{ProcessorStats, SpantrackProcessor};
+
+use crate::otlp::{CountingExporter, Counts, LoopbackHttpClient};
+use crate::{die, read_port, write_file, Opts};
+
+/// Rates against EUR (the OpenTelemetry demo's currency service has the same table shape).
+const RATES: &[(&str, f64)] = &[
+    ("EUR", 1.0),
+    ("USD", 1.1305),
+    ("JPY", 126.40),
+    ("GBP", 0.85970),
+    ("CHF", 1.1360),
+    ("CAD", 1.5128),
+    ("AUD", 1.6372),
+    ("SEK", 10.5375),
+    ("NOK", 9.7418),
+    ("PLN", 4.3090),
+    ("CZK", 25.590),
+    ("INR", 79.0325),
+];
+
+fn rate(code: &str) -> Option<f64> {
+    RATES.iter().find(|(c, _)| *c == code).map(|(_, r)| *r)
+}
+
+/// Trace and span ids from a counter through splitmix64: as random-looking as the SDK's
+/// (the ratio sampler reads the trace id), but the same sequence in every run, so that each
+/// run samples the same requests.
+#[derive(Debug, Default)]
+struct SeqIds(AtomicU64);
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl IdGenerator for SeqIds {
+    fn new_trace_id(&self) -> TraceId {
+        let n = self.0.fetch_add(2, Ordering::Relaxed);
+        let v = (u128::from(splitmix(n)) << 64) | u128::from(splitmix(n + 1));
+        TraceId::from_bytes(v.max(1).to_be_bytes())
+    }
+    fn new_span_id(&self) -> SpanId {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        SpanId::from_bytes(splitmix(n ^ 0x5555_5555_5555_5555).max(1).to_be_bytes())
+    }
+}
+
+struct Shared {
+    tracer: Option<SdkTracer>,
+    provider: Option<SdkTracerProvider>,
+    counts: Arc<Counts>,
+    st: Option<Arc<ProcessorStats>>,
+    getpid: u32,
+    requests: AtomicU64,
+    sampled: AtomicU64,
+}
+
+fn provider(
+    mode: &str,
+    sink: SocketAddr,
+    sampling: f64,
+    counts: Arc<Counts>,
+) -> (SdkTracerProvider, Option<Arc<ProcessorStats>>) {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(LoopbackHttpClient { addr: sink })
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("http://{sink}/v1/traces"))
+        .with_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| die(&format!("OTLP exporter: {e}")));
+    let batch = BatchSpanProcessor::builder(CountingExporter {
+        inner: exporter,
+        counts,
+    })
+    .build();
+    let builder = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name("currencyservice")
+                .build(),
+        )
+        .with_sampler(Sampler::TraceIdRatioBased(sampling))
+        .with_id_generator(SeqIds::default());
+    match mode {
+        "otel" => (builder.with_span_processor(batch).build(), None),
+        "spantrack" => {
+            let p = SpantrackProcessor::new(batch);
+            if !p.is_active() {
+                die(&format!(
+                    "--trace spantrack: {} (run with LD_PRELOAD=libspanhook.so and spantrack.ko loaded)",
+                    p.inactive_reason().map_or("inactive".to_string(), |r| r.to_string())
+                ));
+            }
+            let stats = p.stats();
+            (builder.with_span_processor(p).build(), Some(stats))
+        }
+        other => die(&format!("unknown --trace {other:?}")),
+    }
+}
+
+pub fn run(opts: &Opts) {
+    let port_file = opts.req("port-file");
+    let mode = opts.get("trace").unwrap_or("otel");
+    let getpid: u32 = opts.num("getpid", 0);
+    let sampling: f64 = opts.num("sampling", 0.1);
+    let counts = Arc::new(Counts::default());
+    let (provider, st) = if mode == "none" {
+        (None, None)
+    } else {
+        let sink: u16 = match opts.get("sink-port-file") {
+            Some(f) => read_port(f),
+            None => die("--sink-port-file is required unless --trace none"),
+        };
+        let (p, st) = provider(
+            mode,
+            SocketAddr::from(([127, 0, 0, 1], sink)),
+            sampling,
+            Arc::clone(&counts),
+        );
+        (Some(p), st)
+    };
+    let tracer = provider.as_ref().map(|p| {
+        p.tracer_with_scope(opentelemetry::InstrumentationScope::builder("currencyservice").build())
+    });
+    let shared = Arc::new(Shared {
+        tracer,
+        provider,
+        counts,
+        st,
+        getpid,
+        requests: AtomicU64::new(0),
+        sampled: AtomicU64::new(0),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| die(&format!("bind: {e}")));
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| die(&format!("{e}")));
+    write_file(port_file, &format!("{port}\n"));
+    // One thread per connection, as the paper's gRPC service.
+    for s in listener.incoming() {
+        let Ok(s) = s else { continue };
+        let sh = Arc::clone(&shared);
+        let _ = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || serve_conn(s, &sh));
+    }
+}
+
+fn serve_conn(stream: TcpStream, sh: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut r = BufReader::new(stream);
+    let mut line = String::with_capacity(64);
+    let mut reply = String::with_capacity(64);
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut f = line.split_ascii_whitespace();
+        match f.next() {
+            Some("C") => {
+                let (from, to) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                let cents: i64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                if convert(sh, from, to, cents, &mut out, &mut reply).is_err() {
+                    return;
+                }
+            }
+            Some("S") => stop(sh, &mut out),
+            _ => return,
+        }
+    }
+}
+
+/// One request: a server span around the conversion, `getpid` extra system calls and the reply.
+fn convert(
+    sh: &Shared,
+    from: &str,
+    to: &str,
+    cents: i64,
+    out: &mut TcpStream,
+    reply: &mut String,
+) -> std::io::Result<()> {
+    sh.requests.fetch_add(1, Ordering::Relaxed);
+    let mut span = sh.tracer.as_ref().map(|t| {
+        t.span_builder("CurrencyService/Convert")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("rpc.system", "spantrack-bench"),
+                KeyValue::new("rpc.service", "CurrencyService"),
+                KeyValue::new("rpc.method", "Convert"),
+                KeyValue::new("app.currency.from", from.to_string()),
+                KeyValue::new("app.currency.to", to.to_string()),
+            ])
+            .start(t)
+    });
+    if span.as_ref().is_some_and(|s| s.span_context().is_sampled()) {
+        sh.sampled.fetch_add(1, Ordering::Relaxed);
+    }
+    reply.clear();
+    match (rate(from), rate(to)) {
+        (Some(a), Some(b)) => {
+            let v = (cents as f64 / 100.0) / a * b;
+            // Round to cents, as money is.
+            let c = (v * 100.0).round() as i64;
+            use std::fmt::Write as _;
+            let _ = writeln!(reply, "{to} {}.{:02}", c / 100, (c % 100).abs());
+            if let Some(s) = span.as_mut() {
+                s.set_attribute(KeyValue::new("app.currency.amount_cents", c));
+            }
+        }
+        _ => {
+            reply.push_str("ERR unknown currency\n");
+            if let Some(s) = span.as_mut() {
+                s.set_status(opentelemetry::trace::Status::error("unknown currency"));
+            }
+        }
+    }
+    for _ in 0..sh.getpid {
+        // SAFETY: plain system call without arguments (libc's getpid() is not cached, but
+        // this makes sure it is a real system call).
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    let r = out.write_all(reply.as_bytes());
+    if let Some(mut s) = span {
+        s.end();
+    }
+    r
+}
+
+/// Exports what is left, replies the counters, exits.
+fn stop(sh: &Shared, out: &mut TcpStream) -> ! {
+    let shutdown_ok = sh.provider.as_ref().is_none_or(|p| p.shutdown().is_ok());
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut j = format!(
+        "{{\"requests\":{},\"sampled\":{},\"exported_spans\":{},\"export_batches\":{},\"export_failed\":{},\"shutdown_ok\":{}",
+        g(&sh.requests),
+        g(&sh.sampled),
+        g(&sh.counts.spans),
+        g(&sh.counts.batches),
+        g(&sh.counts.failed),
+        shutdown_ok
+    );
+    if let Some(st) = &sh.st {
+        let s = st.snapshot();
+        j.push_str(&format!(
+            ",\"st_begin_errors\":{},\"st_end_errors\":{},\"st_passed_fast\":{},\"st_queued\":{},\"st_queue_full\":{},\"st_annotated\":{},\"st_no_record\":{},\"st_bad_records\":{},\"st_children\":{}",
+            s.begin_errors, s.end_errors, s.passed_fast, s.queued, s.queue_full, s.annotated, s.no_record, s.bad_records, s.children
+        ));
+    }
+    j.push_str("}\n");
+    let _ = out.write_all(j.as_bytes());
+    let _ = out.flush();
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_sample_about_ten_percent() {
+        let a = SeqIds::default();
+        let b = SeqIds::default();
+        assert_eq!(a.new_trace_id(), b.new_trace_id());
+        let s = Sampler::TraceIdRatioBased(0.1);
+        let ids = SeqIds::default();
+        let mut n = 0;
+        for _ in 0..10_000 {
+            let t = ids.new_trace_id();
+            use opentelemetry_sdk::trace::ShouldSample;
+            let r = s.should_sample(None, t, "x", &SpanKind::Server, &[], &[]);
+            if r.decision == opentelemetry_sdk::trace::SamplingDecision::RecordAndSample {
+                n += 1;
+            }
+        }
+        assert!((900..1100).contains(&n), "{n}");
+    }
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Guest side of `make bench` (run by scripts/bench.sh inside the VM, as root, from the
+# repository's top directory). Runs every configuration of the overhead benchmark in this
+# one boot, interleaved (the order rotates from one repetition to the next) and repeated,
+# and appends one JSON line per run to $BENCH_OUT/results.jsonl.
+#
+# Configurations (all run the same currency service, spantrack-bench serve):
+#   none      no OpenTelemetry, module not loaded
+#   otel      OpenTelemetry SDK (10% sampling, batch processor, OTLP/HTTP to a loopback sink)
+#   st1       otel + SpantrackProcessor + LD_PRELOAD=libspanhook.so + spantrack.ko, threshold_ns=1
+#             (every sampled span annotated, as the paper's Fig. 4)
+#   stdef     the same with the module's default threshold (1 ms: almost no span of this service is slow)
+#   strace    otel + `strace -f -tt -T -o FILE` around the service (what a user would pick instead)
+#   perf      otel + `perf trace -o FILE` around the service (only if it works in the guest)
+#
+# Environment (defaults in brackets):
+#   BENCH_OUT [/run/spout]  BENCH_NS ["1000 10000 100000"]  BENCH_REPS [3]
+#   BENCH_CONFIGS ["none otel st1 stdef strace perf"]   BENCH_PEER_MAX_N [10000]: strace/perf
+#   only up to this N (they are orders of magnitude slower under emulation)
+#   BENCH_KS ["5 10 20"] extra getpid per span for Fig. 5 (k=0 is the Fig. 4 run)
+#   BENCH_K_CONFIGS ["otel st1"]   BENCH_K_NS [= BENCH_NS]
+#   BENCH_MICRO [1]: run spantrack-microbench first   BENCH_CLOCK [icount]: label of the runs
+#   BENCH_WARMUP [200]   BENCH_K_REPS [1] repetitions of the Fig. 5 runs
+#   BENCH_PROFILE [1]: perf profiles of a getpid() loop, tracked / in a span (spantrack-bench spin)
+#   BENCH_PROFILE_RUNS [""]: "CONFIG:K:N ..." runs done once under `perf record -a` (not counted)
+#   KO: path of spantrack.ko (required)
+set -uo pipefail
+root=$(pwd)
+out=${BENCH_OUT:-/run/spout}
+ns=${BENCH_NS:-"1000 10000 100000"}
+reps=${BENCH_REPS:-3}
+configs=${BENCH_CONFIGS:-"none otel st1 stdef strace perf"}
+peer_max=${BENCH_PEER_MAX_N:-10000}
+ks=${BENCH_KS:-"5 10 20"}
+kconfigs=${BENCH_K_CONFIGS:-"otel st1"}
+kns=${BENCH_K_NS:-$ns}
+micro=${BENCH_MICRO:-1}
+clock=${BENCH_CLOCK:-icount}
+warmup=${BENCH_WARMUP:-200}
+ko=${KO:?KO must name spantrack.ko}
+tdir=${CARGO_TARGET_DIR:-$root/target}/release
+bench=$tdir/spantrack-bench
+hook=$tdir/libspanhook.so
+sysfs=/sys/kernel/spantrack
+work=/tmp/bench
+mkdir -p "$work"
+res=$out/results.jsonl
+log() { echo "bench-guest: $*" >&2; }
+
+module_on() { [ -d "$sysfs" ] || insmod "$ko" || { log "insmod failed"; exit 1; }; }
+module_off() { [ -d "$sysfs" ] && { rmmod spantrack || { log "rmmod failed"; exit 1; }; }; return 0; }
+
+# Default threshold: read once from a freshly loaded module.
+module_on; default_threshold=$(cat $sysfs/threshold_ns); module_off
+log "module default threshold_ns=$default_threshold"
+
+# Which peers can run here.
+have_perf=0
+mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+if command -v perf >/dev/null && perf trace -o "$work/perf.probe" -- true >/dev/null 2>&1; then have_perf=1; fi
+have_strace=0; command -v strace >/dev/null && strace -f -o /dev/null true 2>/dev/null && have_strace=1
+log "peers: strace=$have_strace perf-trace=$have_perf (bpftrace: $(command -v bpftrace || echo absent))"
+echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"default_threshold_ns\":$default_threshold,\"have_strace\":$have_strace,\"have_perf\":$have_perf,\"cpus\":$(nproc)}" >> "$res"
+
+if [ "$micro" = 1 ]; then
+  log "micro-costs (spantrack-microbench)"
+  { "$tdir/spantrack-microbench" baseline && insmod "$ko" && "$tdir/spantrack-microbench" module && rmmod spantrack; } > "$out/micro-$clock.txt" 2>&1 \
+    || log "microbench failed (see micro-$clock.txt)"
+  module_off
+fi
+
+# Where a tracked system call's time goes: perf profiles (cpu-clock samples, kernel and user)
+# of a getpid() loop on a registered thread outside any span and inside one open span.
+if [ "${BENCH_PROFILE:-1}" = 1 ] && [ "$have_perf" = 1 ]; then
+  log "profile of the system-call probe path (perf record -e cpu-clock, spantrack-bench spin)"
+  for mode in tracked in-span; do
+    module_off; module_on
+    perf record -q -e cpu-clock -c 1000 -o "$work/spin.data" -- "$bench" spin --calls 300000 --mode "$mode" > "$work/spin.out" 2>&1
+    { echo "# perf record -e cpu-clock -c 1000 -- spantrack-bench spin --calls 300000 --mode $mode ($clock): $(cat "$work/spin.out")"
+      perf report -i "$work/spin.data" --stdio --sort sym --no-children 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+    } > "$out/profile-syscall-$mode-$clock.txt"
+    rm -f "$work/spin.data"
+  done
+  module_off
+fi
+
+"$bench" sink --port-file "$work/sink.port" 2> "$work/sink.err" &
+sink_pid=$!
+
+# run CONFIG K N REP [profile]: one run, appended to results.jsonl; with "profile", the
+# whole guest is sampled with perf (cpu-clock) during the run instead and the run is not
+# counted: the report goes to profile-CONFIG-kK-nN.txt.
+run() {
+  local cfg=$1 k=$2 n=$3 rep=$4 prof=${5:-} pre=() env=() trace=otel peer_out="" mstats="null" t0 t1 line perf_pid=
+  case "$cfg" in
+    none) module_off; trace=none;;
+    otel) module_off;;
+    st1|stdef)
+      module_off; module_on   # fresh module: its stats are this run's
+      if [ "$cfg" = st1 ]; then echo 1 > $sysfs/threshold_ns; else echo "$default_threshold" > $sysfs/threshold_ns; fi
+      env=(LD_PRELOAD="$hook" SPANHOOK_QUIET=1); trace=spantrack;;
+    strace) module_off; peer_out=$work/strace.out; pre=(strace -f -qq -tt -T -o "$peer_out");;
+    perf) module_off; peer_out=$work/perf.out; pre=(perf trace -o "$peer_out" --);;
+    *) log "unknown config $cfg"; return;;
+  esac
+  rm -f "$work/svc.port"
+  if [ -n "$prof" ]; then
+    perf record -q -a -e cpu-clock -c 5000 -o "$work/run.data" > /dev/null 2>&1 &
+    perf_pid=$!
+    sleep 1
+  fi
+  env "${env[@]}" "${pre[@]}" "$bench" serve --port-file "$work/svc.port" --trace "$trace" --getpid "$k" \
+    --sink-port-file "$work/sink.port" 2> "$work/svc.err" &
+  local svc=$!
+  t0=$(date +%s%N)
+  line=$(timeout 1800 "$bench" client --port-file "$work/svc.port" --n "$n" --warmup "$warmup" 2> "$work/client.err")
+  local rc=$?
+  t1=$(date +%s%N)
+  wait "$svc" 2>/dev/null
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null
+    local pf="$out/profile-$cfg-k$k-n$n-$clock.txt"
+    { echo "# perf record -a -e cpu-clock during one run: $cfg k=$k n=$n ($clock); client: $line"
+      echo "## by process (comm) and object (dso)"
+      perf report -i "$work/run.data" --stdio --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+      echo "## by process and symbol"
+      perf report -i "$work/run.data" --stdio --sort comm,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+    } > "$pf"
+    rm -f "$work/run.data" "$peer_out"
+    log "profiled $cfg k=$k n=$n -> $(basename "$pf")"
+    return
+  fi
+  if [ $rc -ne 0 ] || [ -z "$line" ]; then
+    log "FAILED: $cfg k=$k n=$n rep=$rep (client rc $rc): $(tail -c 400 "$work/client.err") $(tail -c 400 "$work/svc.err")"
+    kill "$svc" 2>/dev/null; wait "$svc" 2>/dev/null
+    line=null
+  fi
+  if [ -d "$sysfs" ] && [ "$trace" = spantrack ]; then
+    mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' $sysfs/stats 2>/dev/null)
+  fi
+  local peer_lines=0
+  if [ -n "$peer_out" ]; then peer_lines=$(wc -l < "$peer_out" 2>/dev/null || echo 0); rm -f "$peer_out"; fi
+  echo "{\"clock\":\"$clock\",\"config\":\"$cfg\",\"k\":$k,\"n\":$n,\"rep\":$rep,\"run_ns\":$((t1 - t0)),\"peer_lines\":$peer_lines,\"module_stats\":$mstats,\"result\":$line}" >> "$res"
+  log "$cfg k=$k n=$n rep=$rep: $(echo "$line" | cut -c1-110)"
+}
+
+# Rotates a word list by R positions.
+rotate() { local r=$1; shift; local a=("$@") i n=$#; for ((i = 0; i < n; i++)); do printf '%s ' "${a[(i + r) % n]}"; done; }
+
+enabled() {
+  case "$1" in
+    strace) [ "$have_strace" = 1 ] && [ "$2" -le "$peer_max" ];;
+    perf) [ "$have_perf" = 1 ] && [ "$2" -le "$peer_max" ];;
+    *) return 0;;
+  esac
+}
+
+# Profiles first (not counted): where OTel's and spantrack's time goes.
+for spec in ${BENCH_PROFILE_RUNS:-}; do
+  IFS=: read -r pc pk pn <<< "$spec"
+  [ "$have_perf" = 1 ] && run "$pc" "$pk" "$pn" 0 profile
+done
+
+kreps=${BENCH_K_REPS:-1}
+for ((rep = 1; rep <= (reps > kreps ? reps : kreps); rep++)); do
+  # Fig. 4 (k = 0): every configuration, interleaved.
+  [ "$rep" -le "$reps" ] && for n in $ns; do
+    for cfg in $(rotate $((rep - 1)) $configs); do
+      enabled "$cfg" "$n" && run "$cfg" 0 "$n" "$rep"
+    done
+  done
+  # Fig. 5: k extra getpid per span.
+  [ "$rep" -le "$kreps" ] && for n in $kns; do
+    for k in $(rotate $((rep - 1)) $ks); do
+      for cfg in $(rotate $((rep - 1)) $kconfigs); do
+        run "$cfg" "$k" "$n" "$rep"
+      done
+    done
+  done
+done
+module_off
+kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null
+log "done: $(grep -c '"config"' "$res") runs in $res"
+exit 0

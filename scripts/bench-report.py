@@ -1,0 +1,640 @@
+#!/usr/bin/env python3
+"""Report of `make bench`: reads results/bench/raw-*.jsonl and micro-*.txt (written by
+scripts/bench.sh), writes results/bench/results.md and the figures fig4.svg, fig5.svg
+(plain SVG written by hand: no plotting library needed).
+
+Usage: scripts/bench-report.py RESULTS_DIR
+"""
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+CFG_ORDER = ["none", "otel", "st1", "stdef", "strace", "perf"]
+CFG_LABEL = {
+    "none": "no tracing",
+    "otel": "OTel only",
+    "st1": "OTel + spantrack, threshold_ns=1",
+    "stdef": "OTel + spantrack, default threshold",
+    "strace": "OTel + strace -f",
+    "perf": "OTel + perf trace",
+}
+CFG_SHORT = {
+    "none": "none", "otel": "OTel", "st1": "OTel+spantrack (thr 1 ns)",
+    "stdef": "OTel+spantrack (thr 1 ms)", "strace": "OTel+strace -f", "perf": "OTel+perf trace",
+}
+COLORS = {
+    "none": "#9e9e9e", "otel": "#1f77b4", "st1": "#d62728", "stdef": "#ff9896",
+    "strace": "#2ca02c", "perf": "#9467bd",
+}
+
+
+def load(path):
+    runs, probe = [], None
+    if not os.path.exists(path):
+        return runs, probe
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                o = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if o.get("probe"):
+                probe = o
+            elif o.get("result"):
+                runs.append(o)
+    return runs, probe
+
+
+def group(runs):
+    g = defaultdict(list)
+    for r in runs:
+        g[(r["config"], r["k"], r["n"])].append(r)
+    return g
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def stat(rs, key):
+    """median, min, max of result[key] over the repetitions."""
+    xs = [r["result"][key] for r in rs]
+    return med(xs), min(xs), max(xs)
+
+
+def per_req_us(rs):
+    """median time per request (guest us), and the spread (max-min)/median in %."""
+    xs = [r["result"]["total_ns"] / r["result"]["n"] / 1000.0 for r in rs]
+    m = med(xs)
+    return m, (max(xs) - min(xs)) / m * 100 if m else 0.0, len(xs)
+
+
+def pct(a, b):
+    return (a / b - 1.0) * 100.0
+
+
+def fmt_pct(x):
+    return f"{x:+.2f}%"
+
+
+def slope(points):
+    """least-squares slope of y over x."""
+    n = len(points)
+    if n < 2:
+        return float("nan")
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else float("nan")
+
+
+# ---------------------------------------------------------------- SVG helpers
+def esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Svg:
+    def __init__(self, w, h):
+        self.w, self.h, self.parts = w, h, []
+
+    def add(self, s):
+        self.parts.append(s)
+
+    def text(self, x, y, s, size=12, anchor="start", rot=None, weight="normal", fill="#000"):
+        tr = f' transform="rotate({rot} {x:.1f} {y:.1f})"' if rot is not None else ""
+        self.add(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
+                 f'font-family="sans-serif" font-weight="{weight}" fill="{fill}"{tr}>{esc(s)}</text>')
+
+    def line(self, x1, y1, x2, y2, stroke="#000", width=1, dash=None):
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        self.add(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" stroke-width="{width}"{d}/>')
+
+    def rect(self, x, y, w, h, fill, stroke="none"):
+        self.add(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w, 0):.1f}" height="{max(h, 0):.1f}" fill="{fill}" stroke="{stroke}"/>')
+
+    def save(self, path):
+        with open(path, "w") as f:
+            f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
+                    f'viewBox="0 0 {self.w} {self.h}">\n<rect width="100%" height="100%" fill="white"/>\n')
+            f.write("\n".join(self.parts))
+            f.write("\n</svg>\n")
+
+
+def nice_ticks(lo, hi, n=5):
+    span = hi - lo
+    if span <= 0:
+        return [lo]
+    raw = span / n
+    mag = 10 ** int(f"{raw:e}".split("e")[1])
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
+    t = (lo // step) * step
+    out = []
+    while t <= hi + 1e-9:
+        if t >= lo - 1e-9:
+            out.append(round(t, 10))
+        t += step
+    return out
+
+
+def fig4(g, ns, cfgs, path, title):
+    """Grouped bars: time per request relative to 'no tracing' (= 100), per N; error bars =
+    min..max over repetitions; bars beyond the axis (peers) are clipped and labelled."""
+    W, H, L, R, T, B = 900, 440, 70, 20, 50, 110
+    s = Svg(W, H)
+    s.text(W / 2, 22, title, 15, "middle", weight="bold")
+    vals = {}
+    for n in ns:
+        base = g.get(("none", 0, n))
+        if not base:
+            continue
+        b = per_req_us(base)[0]
+        for c in cfgs:
+            rs = g.get((c, 0, n))
+            if rs:
+                xs = [r["result"]["total_ns"] / r["result"]["n"] / 1000.0 / b * 100 for r in rs]
+                vals[(c, n)] = (med(xs), min(xs), max(xs))
+    if not vals:
+        return
+    core = [v[2] for (c, _), v in vals.items() if c in ("none", "otel", "st1", "stdef")]
+    ymax = max(core) * 1.08 if core else 150
+    ymin = 0
+    ph = H - T - B
+    pw = W - L - R
+    y = lambda v: T + ph - (min(v, ymax) - ymin) / (ymax - ymin) * ph
+    for t in nice_ticks(ymin, ymax, 6):
+        s.line(L, y(t), W - R, y(t), "#ddd")
+        s.text(L - 6, y(t) + 4, f"{t:g}", 11, "end")
+    s.text(18, T + ph / 2, "time per request, % of no tracing", 12, "middle", rot=-90)
+    gw = pw / len(ns)
+    present = [c for c in cfgs if any((c, n) in vals for n in ns)]
+    bw = gw * 0.8 / max(len(present), 1)
+    for i, n in enumerate(ns):
+        x0 = L + i * gw + gw * 0.1
+        for j, c in enumerate(present):
+            v = vals.get((c, n))
+            if not v:
+                continue
+            x = x0 + j * bw
+            s.rect(x, y(v[0]), bw - 2, y(ymin) - y(v[0]), COLORS[c])
+            cx = x + (bw - 2) / 2
+            if v[2] <= ymax:
+                s.line(cx, y(v[1]), cx, y(v[2]), "#000")
+            if v[0] > ymax:
+                s.text(cx, y(ymax) - 4, f"{v[0] / 100:.1f}x", 10, "middle", weight="bold")
+            elif c != "none":
+                s.text(cx, y(v[2]) - 4, f"{v[0] - 100:+.1f}", 9, "middle")
+        s.text(L + i * gw + gw / 2, T + ph + 18, f"N = {n:,} requests", 12, "middle")
+    s.line(L, T + ph, W - R, T + ph)
+    for j, c in enumerate(present):
+        lx = L + (j % 3) * 280
+        ly = H - 60 + (j // 3) * 20
+        s.rect(lx, ly - 10, 12, 12, COLORS[c])
+        s.text(lx + 18, ly, CFG_LABEL[c], 12)
+    s.text(L, H - 12, "labels: % over no tracing (median of repetitions; bars: min..max); clipped bars: times no tracing", 10, fill="#555")
+    s.save(path)
+
+
+def fig5(g, ns, ks, cfgs, path, title):
+    """One panel per N: time per request (guest us) over k extra getpid per span."""
+    ns = [n for n in ns if any(g.get((c, k, n)) for c in cfgs for k in ks if k)]
+    if not ns:
+        return
+    PW, PH, L, T, B = 280, 260, 60, 50, 90
+    W = L + len(ns) * (PW + 30)
+    H = T + PH + B
+    s = Svg(W, H)
+    s.text(W / 2, 22, title, 15, "middle", weight="bold")
+    for i, n in enumerate(ns):
+        pts = {c: [(k, per_req_us(g[(c, k, n)])[0]) for k in ks if g.get((c, k, n))] for c in cfgs}
+        allv = [v for c in cfgs for _, v in pts[c]]
+        if not allv:
+            continue
+        lo, hi = min(allv) * 0.97, max(allv) * 1.03
+        x0 = L + i * (PW + 30)
+        xs = lambda k: x0 + k / max(ks) * PW
+        ys = lambda v: T + PH - (v - lo) / (hi - lo) * PH
+        for t in nice_ticks(lo, hi, 5):
+            s.line(x0, ys(t), x0 + PW, ys(t), "#ddd")
+            s.text(x0 - 4, ys(t) + 4, f"{t:g}", 10, "end")
+        for k in ks:
+            s.text(xs(k), T + PH + 16, str(k), 11, "middle")
+        s.line(x0, T + PH, x0 + PW, T + PH)
+        s.line(x0, T, x0, T + PH)
+        s.text(x0 + PW / 2, T + PH + 34, f"extra getpid() per span (N = {n:,})", 12, "middle")
+        for c in cfgs:
+            p = pts[c]
+            if len(p) < 2:
+                continue
+            d = " ".join(f"{'M' if j == 0 else 'L'}{xs(k):.1f},{ys(v):.1f}" for j, (k, v) in enumerate(p))
+            s.add(f'<path d="{d}" fill="none" stroke="{COLORS[c]}" stroke-width="2"/>')
+            for k, v in p:
+                s.add(f'<circle cx="{xs(k):.1f}" cy="{ys(v):.1f}" r="3" fill="{COLORS[c]}"/>')
+    s.text(16, T + PH / 2, "guest us per request", 12, "middle", rot=-90)
+    for j, c in enumerate(cfgs):
+        lx = L + j * 260
+        s.rect(lx, H - 30, 12, 12, COLORS[c])
+        s.text(lx + 18, H - 20, CFG_LABEL[c], 12)
+    s.save(path)
+
+
+# ---------------------------------------------------------------- report
+def micro_table(path):
+    if not os.path.exists(path):
+        return None, {}
+    rows, vals = [], {}
+    for line in open(path):
+        line = line.rstrip()
+        if line.endswith(" ns") and "  " in line:
+            name, v = line[:-3].rsplit(None, 1)
+            rows.append((name.strip(), float(v)))
+            vals[name.strip()] = float(v)
+    return rows, vals
+
+
+def main():
+    d = sys.argv[1] if len(sys.argv) > 1 else "results/bench"
+    runs, probe = load(os.path.join(d, "raw-icount.jsonl"))
+    wruns, wprobe = load(os.path.join(d, "raw-wall.jsonl"))
+    g, wg = group(runs), group(wruns)
+    ns = sorted({r["n"] for r in runs if r["k"] == 0})
+    ks = sorted({r["k"] for r in runs} | {0})
+    cfgs = [c for c in CFG_ORDER if any(r["config"] == c for r in runs)]
+    kcfgs = [c for c in ["none", "otel", "st1"] if any(r["config"] == c and r["k"] > 0 for r in runs)]
+    reps = max((r["rep"] for r in runs if r["k"] == 0), default=0)
+    kreps = max((r["rep"] for r in runs if r["k"] > 0), default=0)
+    out = []
+    w = out.append
+    kernel = (probe or {}).get("kernel", "?")
+    w("# spantrack overhead benchmark (issue 5: paper 000, Fig. 4 and Fig. 5)\n")
+    w(f"Generated by `make bench` (scripts/bench.sh). Guest kernel {kernel} (release config), "
+      f"QEMU TCG `-icount shift=0`, {(probe or {}).get('cpus', '?')} vCPU(s). "
+      f"Module default threshold_ns = {(probe or {}).get('default_threshold_ns', '?')}. "
+      f"Repetitions per point: {reps} for Fig. 4, {kreps} for the k > 0 points of Fig. 5 (runs are "
+      "interleaved: the order of configurations rotates every repetition).\n")
+    bi = os.path.join(d, "build-info.txt")
+    if os.path.exists(bi):
+        info = open(bi).read().splitlines()
+        kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
+        dirty = [l.strip() for l in info if l.startswith("  ")]
+        w(f"Run {kv.get('date', '?')}, commit {kv.get('commit', '?')}"
+          + (f" plus uncommitted changes in {len(dirty)} file(s) of the measured code (see build-info.txt)" if dirty else "")
+          + ". Command: `make bench` (about 25 minutes on the 2 shared cores).\n")
+    w("**Clock.** Under `-icount shift=0` one guest nanosecond is one executed guest instruction, "
+      "and the VM has one vCPU, so guest time is the number of instructions the whole guest "
+      "executed: work on background threads (batch exporter, spantrack worker, relay reader, "
+      "sink) is paid in full, as on a saturated machine. Figures are instruction counts: "
+      "repeatable (repetitions agree within about 0.1%) and independent of the shared host, but "
+      "blind to cache misses and contention. With two vCPUs, QEMU's round-robin TCG let a vCPU "
+      "spin a whole time slice on a lock held by the other and repetitions differed by up to "
+      "27%, hence one vCPU. The wall-clock section at the end is emulated (TCG) time.\n")
+    w("**Workload.** `spantrack-bench` (bench/): a currency-converter RPC over loopback TCP (one line "
+      "each way, persistent connection, a thread per connection), one server span "
+      "`CurrencyService/Convert` per request covering the conversion, k extra `getpid()` and the "
+      "reply's `write`; OpenTelemetry Rust SDK 0.33, `TraceIdRatioBased(0.1)` with deterministic ids "
+      "(every run samples the same 10% of requests), `BatchSpanProcessor` exporting OTLP/HTTP "
+      "protobuf to a loopback sink process (a real exporter: protobuf encoding + HTTP POST); "
+      "spantrack configurations put `SpantrackProcessor` at the head of the pipeline and preload "
+      "`libspanhook.so`. The client sends 200 unmeasured warm-up requests, then N requests one at a "
+      "time (closed loop) and measures each. The peers wrap the OTel-only service: `strace -f -tt -T "
+      "-o FILE` and `perf trace -o FILE` (all system calls of all threads, what a user would run to "
+      "see the system calls of slow requests; bpftrace is not installed in the guest). They run only "
+      "up to N=10,000: at 100,000 one strace run alone would take most of the time budget.\n")
+
+    # ---- Fig. 4 table
+    w("## Fig. 4: execution time per configuration\n")
+    w("Median over repetitions; spread = (max - min) / median. Overheads are of the median total time. "
+      "At small N part of the tracing work falls outside the measured window (the batch processor "
+      "exports every 512 spans or 5 s, the rest at shutdown, after the client stopped its clock), "
+      "which is why the OTel overhead grows with N; N=100,000 is the steady state. strace's "
+      "ptrace stops make its runs erratic even under -icount.\n")
+    w("| N | configuration | total (guest ms) | per request (guest us) | spread | p50 / p90 / p99 (guest us) | vs no tracing | vs OTel only |")
+    w("| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    for n in ns:
+        base = g.get(("none", 0, n))
+        otel = g.get(("otel", 0, n))
+        for c in cfgs:
+            rs = g.get((c, 0, n))
+            if not rs:
+                continue
+            tot = stat(rs, "total_ns")[0]
+            pr, spread, cnt = per_req_us(rs)
+            p50, p90, p99 = (stat(rs, k)[0] / 1000 for k in ("p50_ns", "p90_ns", "p99_ns"))
+            vb = fmt_pct(pct(tot, stat(base, "total_ns")[0])) if base else "-"
+            vo = fmt_pct(pct(tot, stat(otel, "total_ns")[0])) if otel and c != "none" else "-"
+            w(f"| {n:,} | {CFG_LABEL[c]} | {tot / 1e6:,.1f} | {pr:,.2f} | {spread:.2f}% (n={cnt}) | "
+              f"{p50:,.1f} / {p90:,.1f} / {p99:,.1f} | {vb} | {vo} |")
+    w("")
+    fig4(g, ns, cfgs, os.path.join(d, "fig4.svg"),
+         "Fig. 4 - time per request vs no tracing (guest instructions, -icount)")
+    w("![Fig. 4](fig4.svg)\n")
+
+    # ---- Fig. 5 table
+    fig5_rows = []
+    if kcfgs:
+        w("## Fig. 5: k extra getpid() per span\n")
+        w("Time per request (guest us, median). Each request does the k calls; 10% of them are "
+          "in sampled spans, which spantrack itemises (threshold_ns=1).\n")
+        w("| N | k | " + " | ".join(CFG_LABEL[c] for c in kcfgs) + " | spantrack over OTel |")
+        w("| ---: | ---: | " + " | ".join("---:" for _ in kcfgs) + " | ---: |")
+        for n in sorted({r["n"] for r in runs if r["k"] > 0}):
+            for k in ks:
+                cells = []
+                for c in kcfgs:
+                    rs = g.get((c, k, n))
+                    cells.append(f"{per_req_us(rs)[0]:,.2f}" if rs else "-")
+                so = "-"
+                if g.get(("st1", k, n)) and g.get(("otel", k, n)):
+                    so = fmt_pct(pct(stat(g[("st1", k, n)], "total_ns")[0], stat(g[("otel", k, n)], "total_ns")[0]))
+                w(f"| {n:,} | {k} | " + " | ".join(cells) + f" | {so} |")
+            # slopes per 5 system calls
+            def series(c):
+                return [(k, per_req_us(g[(c, k, n)])[0]) for k in ks if g.get((c, k, n))]
+            row = {"n": n}
+            for c in kcfgs:
+                p = series(c)
+                if len(p) >= 2:
+                    row[c] = slope(p) * 5 / p[0][1] * 100
+            st, ot = series("st1"), series("otel")
+            if len(st) == len(ot) >= 2:
+                diff = [(k, a - b) for (k, a), (_, b) in zip(st, ot)]
+                row["st_only"] = slope(diff) * 5 / ot[0][1] * 100
+                row["st_only_ns"] = slope(diff) * 1000  # guest ns per extra call per request
+            fig5_rows.append(row)
+        w("")
+        w("Cost of 5 more system calls per span (least-squares slope over k, as % of the k=0 time "
+          "per request). *Paper-style*: the whole increase of the configuration, including what the "
+          "5 calls themselves cost. *spantrack's part*: the slope of (OTel+spantrack - OTel only), i.e. "
+          "what spantrack adds per 5 calls.\n")
+        w("| N | " + " | ".join(f"{CFG_LABEL[c]} (paper-style)" for c in kcfgs) + " | spantrack's part |")
+        w("| ---: | " + " | ".join("---:" for _ in kcfgs) + " | ---: |")
+        for row in fig5_rows:
+            w(f"| {row['n']:,} | " + " | ".join(fmt_pct(row[c]) if c in row else "-" for c in kcfgs)
+              + f" | {fmt_pct(row['st_only']) if 'st_only' in row else '-'} |")
+        w("")
+        fig5(g, sorted({r["n"] for r in runs if r["k"] > 0}), ks, kcfgs, os.path.join(d, "fig5.svg"),
+             "Fig. 5 - time per request vs extra getpid() per span (guest instructions, -icount)")
+        w("![Fig. 5](fig5.svg)\n")
+
+    # ---- micro
+    mrows, mv = micro_table(os.path.join(d, "micro-icount.txt"))
+    if mrows:
+        w("## Micro-costs (spantrack-microbench, same boot, -icount)\n")
+        w("| operation | guest ns (= instructions) |")
+        w("| --- | ---: |")
+        for name, v in mrows:
+            w(f"| {name} | {v:,.1f} |")
+        w("")
+
+    # ---- targets
+    w("## Targets\n")
+    w("| target | measured | met? |")
+    w("| --- | --- | --- |")
+    if ns:
+        nmax = ns[-1]
+        a, b = g.get(("st1", 0, nmax)), g.get(("otel", 0, nmax))
+        if a and b:
+            ov = pct(stat(a, "total_ns")[0], stat(b, "total_ns")[0])
+            w(f"| spantrack (threshold_ns=1) over OTel only at N={nmax:,}: <= 1% (paper 4.16%) | {fmt_pct(ov)} | "
+              f"{'met' if ov <= 1.0 else 'MISSED by %.2f points' % (ov - 1.0)} |")
+        a = g.get(("stdef", 0, nmax))
+        if a and b:
+            ov = pct(stat(a, "total_ns")[0], stat(b, "total_ns")[0])
+            w(f"| (for reference) spantrack, default threshold, over OTel only at N={nmax:,} | {fmt_pct(ov)} | - |")
+    if fig5_rows:
+        row = fig5_rows[-1]
+        if "st_only" in row:
+            v = row["st_only"]
+            w(f"| extra cost per 5 syscalls per span: <= 1% (paper ~4%), spantrack's part, N={row['n']:,} | {fmt_pct(v)} "
+              f"({row['st_only_ns'] * 5:,.0f} guest ns per request per 5 calls) | "
+              f"{'met' if v <= 1.0 else 'MISSED by %.2f points' % (v - 1.0)} |")
+        if "st1" in row:
+            v = row["st1"]
+            w(f"| same, paper-style (whole increase of OTel+spantrack, incl. the calls themselves) | {fmt_pct(v)} | "
+              f"{'met' if v <= 1.0 else 'MISSED by %.2f points' % (v - 1.0)} |")
+    un = mv.get("getpid, module loaded, thread not tracked")
+    tr = mv.get("getpid, in an open span (itemised)")
+    if un and tr:
+        w(f"| tracked syscall (in an open span, itemised) <= 2x untracked with module loaded | {tr:.0f} / {un:.0f} = {tr / un:.2f}x | "
+          f"{'met' if tr / un <= 2.0 else 'MISSED by %.0f guest ns per call (%.2fx)' % (tr - 2 * un, tr / un)} |")
+    w("")
+
+    # ---- where the time goes
+    w("## Where spantrack's time goes\n")
+    if ns:
+        nmax = ns[-1]
+        o, a, dflt = g.get(("otel", 0, nmax)), g.get(("st1", 0, nmax)), g.get(("stdef", 0, nmax))
+        if o and a:
+            sampled = (a[0]["result"].get("server") or {}).get("sampled") or 0
+            # sampled counts include the warm-up requests; scale to the measured ones.
+            req = (a[0]["result"].get("server") or {}).get("requests") or 1
+            smeas = sampled * nmax / req
+            to = stat(o, "total_ns")[0]
+            w(f"Per sampled span at N={nmax:,} (about {smeas:,.0f} sampled spans among the measured requests), "
+              "in guest instructions:\n")
+            w("| step | extra instructions per sampled span | share of the OTel-only request cost |")
+            w("| --- | ---: | ---: |")
+            if dflt:
+                td = stat(dflt, "total_ns")[0]
+                w(f"| OTel only -> spantrack with default threshold (module loaded: +~110 instructions on every system call of every process; span begin+end writes; processor checks; reader and worker threads idle) | {(td - to) / smeas:,.0f} | {fmt_pct(pct(td, to))} |")
+                ta = stat(a, "total_ns")[0]
+                w(f"| default threshold -> threshold_ns=1 (every sampled span is slow: relay record, reader thread, worker waits for and decodes the record, one child span per system call, exported) | {(ta - td) / smeas:,.0f} | {fmt_pct((ta - td) / to * 100)} |")
+            for row in fig5_rows:
+                if row["n"] == nmax and "st_only_ns" in row:
+                    w(f"| each further system call in a sampled span (itemised in the kernel, one more child span exported) | {row['st_only_ns'] * nmax / smeas:,.0f} | - |")
+            w("")
+            w("So the cost scales with *sampled spans x (fixed cost + system calls per span)*: relative to a "
+              "request, it is small only when requests are expensive compared with a span's annotation. "
+              "This service's request (a loopback RPC with no framework) costs about "
+              f"{to / nmax:,.0f} instructions, client and kernel included: far less than a gRPC call.\n")
+    # profiles of whole runs
+    profs = []
+    for fn in sorted(os.listdir(d)):
+        if fn.startswith("profile-") and not fn.startswith("profile-syscall") and fn.endswith("-icount.txt"):
+            profs.append(fn)
+    if profs:
+        cols, comms = [], defaultdict(dict)
+        for fn in profs:
+            txt = open(os.path.join(d, fn)).read().splitlines()
+            head = txt[0] if txt else ""
+            try:
+                client = json.loads(head[head.index("client: ") + 8:])
+                per_req = client["total_ns"] / client["n"] / 1000.0
+            except (ValueError, KeyError):
+                continue
+            label = fn[len("profile-"):-len("-icount.txt")]
+            cols.append((label, per_req))
+            sec = False
+            for line in txt:
+                if line.startswith("## by process (comm)"):
+                    sec = True
+                    continue
+                if line.startswith("## "):
+                    sec = False
+                if sec:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[0].endswith("%"):
+                        c = parts[1]
+                        if c == "swapper":
+                            c = "idle (swapper)"
+                        elif c not in ("conn", "bench-client", "OpenTelemetry.T", "spantrack-otel",
+                                       "spanhook-reader", "otlp-sink", "currency-svc"):
+                            c = "other (shell, perf, process start-up)"
+                        comms[c][label] = comms[c].get(label, 0) + float(parts[0][:-1]) / 100 * per_req
+        if cols:
+            w("Whole-guest profiles (`perf record -a -e cpu-clock` during one extra run each, N=10,000; "
+              "perf perturbs the run, so the totals are higher than in the tables above; idle is time "
+              "the clock skipped to perf's next sample; with k=20 every request also makes 20 getpid() calls, "
+              "traced or not). Guest us per request by thread name:\n")
+            w("| thread (comm) | " + " | ".join(l for l, _ in cols) + " |")
+            w("| --- | " + " | ".join("---:" for _ in cols) + " |")
+            names = {"conn": "conn (service request thread)", "bench-client": "bench-client (client)",
+                     "OpenTelemetry.T": "OpenTelemetry.T (batch exporter)", "spantrack-otel": "spantrack-otel (SpantrackProcessor worker)",
+                     "spanhook-reader": "spanhook-reader (libspanhook relay reader)", "otlp-sink": "otlp-sink (receiver)"}
+            order = sorted(comms, key=lambda c: -max(comms[c].values()))
+            for c in order:
+                if max(comms[c].values()) < 0.05:
+                    continue
+                w(f"| {names.get(c, c)} | " + " | ".join(f"{comms[c].get(l, 0):,.2f}" for l, _ in cols) + " |")
+            w("| **total per request (under perf)** | " + " | ".join(f"**{v:,.2f}**" for _, v in cols) + " |")
+            w("")
+    # system-call probe profile
+    for mode in ("tracked", "in-span"):
+        fn = os.path.join(d, f"profile-syscall-{mode}-icount.txt")
+        if os.path.exists(fn):
+            lines = open(fn).read().splitlines()
+            w(f"Profile of a `getpid()` loop, thread {mode.replace('-', ' ')} "
+              f"(`{lines[0].lstrip('# ')}`), top symbols:\n")
+            w("```")
+            for l in lines[1:17]:
+                w(l.rstrip())
+            w("```\n")
+
+    # ---- what would close the gaps
+    w("## What would close the gaps\n")
+    fn = os.path.join(d, "profile-syscall-in-span-icount.txt")
+    if os.path.exists(fn) and un and tr:
+        lines = open(fn).read().splitlines()
+        try:
+            per_call = float(lines[0].split(": ")[-1].split(" ns")[0])
+        except (ValueError, IndexError):
+            per_call = 0.0
+        share = defaultdict(float)
+        for l in lines[1:]:
+            parts = l.split()
+            if len(parts) >= 3 and parts[0].endswith("%"):
+                share[parts[2]] += float(parts[0][:-1]) / 100
+        groups = [
+            ("clock reads (`ktime_get`, `read_tsc`: one per probe, two per call)", ["ktime_get", "read_tsc"]),
+            ("global lock (`_raw_spin_lock_irqsave`/`unlock`: taken in both probes)", ["_raw_spin_lock_irqsave", "_raw_spin_unlock_irqrestore"]),
+            ("tracker entry points (`st_rs_sys_enter`/`exit`: thread lookup, call bookkeeping)", ["st_rs_sys_enter", "st_rs_sys_exit"]),
+            ("probe stubs (`st_probe_sys_enter`/`exit`: bit test, `current->pid`)", ["st_probe_sys_enter", "st_probe_sys_exit"]),
+            ("tracepoint dispatch and slow syscall path (`trace_sys_enter`, `syscall_trace_enter`, `syscall_exit_work`)", ["trace_sys_enter", "syscall_trace_enter", "syscall_exit_work"]),
+        ]
+        w(f"**Tracked system call ({tr:.0f} vs {un:.0f} instructions, limit {2 * un:.0f}: {tr - 2 * un:+.0f}).** "
+          f"Under perf the in-span call took {per_call:.0f} instructions; by the profile above:\n")
+        w("| part of the in-span call | share | ~instructions per call (under perf) |")
+        w("| --- | ---: | ---: |")
+        for name, syms in groups:
+            sh = sum(share.get(x, 0) for x in syms)
+            w(f"| {name} | {sh * 100:.1f}% | {sh * per_call:,.0f} |")
+        w("")
+        w("(TCG takes the sampling interrupt at translation-block boundaries, so the split between "
+          "neighbouring functions is approximate.) Both probes pay a clock read, the module-wide "
+          "spinlock with interrupts saved and a hash lookup of the thread, although `sys_enter` only "
+          "writes the calling thread's own slot. Either change closes the gap: (1) `sys_enter` without "
+          "the lock and the lookup (a tid-indexed slot array next to the active bitmap, the slot "
+          "written only by its own thread; the lock only in `sys_exit`, or not at all for a span only "
+          "its own thread appends to); (2) a cheaper clock (`ktime_get_mono_fast_ns()` or "
+          "`local_clock()`), each read being about half the gap or more.\n")
+    if ns and g.get(("st1", 0, ns[-1])) and g.get(("otel", 0, ns[-1])) and g.get(("stdef", 0, ns[-1])):
+        nmax = ns[-1]
+        a, o, dflt = g[("st1", 0, nmax)], g[("otel", 0, nmax)], g[("stdef", 0, nmax)]
+        sv = a[0]["result"].get("server") or {}
+        smeas = (sv.get("sampled") or 0) * nmax / (sv.get("requests") or 1)
+        to, ta, td = (stat(x, "total_ns")[0] for x in (o, a, dflt))
+        per_span = (ta - to) / smeas
+        per_call_cost = "see the Fig. 5 slope"
+        for row in fig5_rows:
+            if row["n"] == nmax and "st_only_ns" in row:
+                per_call_cost = f"~{row['st_only_ns'] * nmax / smeas:,.0f} instructions per call here, kernel part ~{(tr - un) if (un and tr) else 0:,.0f}"
+        budget = 0.01 * to / smeas
+        w(f"**spantrack over OTel only ({fmt_pct(pct(ta, to))}, target 1%).** Each sampled span costs "
+          f"{per_span:,.0f} instructions with threshold_ns=1; 1% of this service's requests leaves "
+          f"{budget:,.0f} per sampled span. The profiles and the default-threshold runs say where it goes: "
+          f"{(td - to) / smeas:,.0f} are paid even when no span is slow (two `write(2)`s of hex text to "
+          "/proc per span, ~5,700 in the kernel by the micro-benchmark, plus ~110 instructions on every "
+          "system call of every process once the syscall tracepoints are on), the rest is the "
+          "annotation: relay record, the reader thread's wake-up and read, the worker's wait and decode, "
+          "and the child span per system call, which the batch exporter encodes and posts "
+          "(the exporter thread's time grows most with k). Design changes, largest first: annotate with "
+          "aggregated attributes (count / total / max per system call) and emit child spans only for "
+          f"calls above a duration, instead of one SDK span per call ({per_call_cost}); "
+          "deliver records in batches (one reader wake-up and one worker pass per sub-buffer, not per "
+          "span); a binary begin/end (an ioctl with the 24 id bytes, or a per-thread shared page the "
+          "probe reads) instead of formatting and parsing hex. Today's begin/end pair alone (~5,700 "
+          "kernel instructions) is about twice the budget, so on this service the 1% target is out of "
+          "reach without all of these changes. At today's per-span cost it would be met by requests "
+          f"costing at least {per_span / 0.01 / (nmax / smeas):,.0f} instructions "
+          f"({per_span / 0.01 / (nmax / smeas) / (to / nmax):.0f}x this one, e.g. a real gRPC stack; "
+          "extrapolation, not measured).\n")
+
+    # ---- sanity
+    w("## Sanity counters (first repetition, k=0)\n")
+    w("| N | configuration | requests | sampled | spans exported | annotated / children | module: spans_ended / slow / records_written / dropped |")
+    w("| ---: | --- | ---: | ---: | ---: | --- | --- |")
+    for n in ns:
+        for c in cfgs:
+            rs = sorted(g.get((c, 0, n), []), key=lambda r: r["rep"])
+            if not rs:
+                continue
+            sv = rs[0]["result"].get("server") or {}
+            ann = f"{sv.get('st_annotated', '-')} / {sv.get('st_children', '-')}" if "st_annotated" in sv else "-"
+            ms = rs[0].get("module_stats") or {}
+            drops = sum(v for k, v in ms.items() if "drop" in k) if ms else None
+            mods = (f"{ms.get('spans_ended', '?')} / {ms.get('spans_slow', '?')} / {ms.get('records_written', '?')} / {drops}"
+                    if ms else "-")
+            w(f"| {n:,} | {CFG_LABEL[c]} | {sv.get('requests', '?')} | {sv.get('sampled', '?')} | "
+              f"{sv.get('exported_spans', '?')} | {ann} | {mods} |")
+    w("")
+    w("(requests include the 200 warm-up requests.)\n")
+
+    # ---- wall clock
+    if wruns:
+        wns = sorted({r["n"] for r in wruns if r["k"] == 0})
+        w("## Emulated wall clock (no -icount, one repetition: depends on host load)\n")
+        w("Guest CLOCK_MONOTONIC driven by the host's clock while QEMU emulates (TCG) on a shared "
+          "2-core host: these are *emulated* times, noisy, shown beside the instruction counts.\n")
+        w("| N | k | configuration | per request (emulated us) | p50 / p99 (emulated us) | vs no tracing | vs OTel only |")
+        w("| ---: | ---: | --- | ---: | --- | ---: | ---: |")
+        for n in wns:
+            for k in sorted({r["k"] for r in wruns}):
+                for c in CFG_ORDER:
+                    rs = wg.get((c, k, n))
+                    if not rs:
+                        continue
+                    tot = stat(rs, "total_ns")[0]
+                    base, otel = wg.get(("none", k, n)), wg.get(("otel", k, n))
+                    vb = fmt_pct(pct(tot, stat(base, "total_ns")[0])) if base and c != "none" else "-"
+                    vo = fmt_pct(pct(tot, stat(otel, "total_ns")[0])) if otel and c not in ("none", "otel") else "-"
+                    w(f"| {n:,} | {k} | {CFG_LABEL[c]} | {per_req_us(rs)[0]:,.2f} | "
+                      f"{stat(rs, 'p50_ns')[0] / 1000:,.1f} / {stat(rs, 'p99_ns')[0] / 1000:,.1f} | {vb} | {vo} |")
+        w("")
+        mrows, _ = micro_table(os.path.join(d, "micro-wall.txt"))
+        if mrows:
+            w("Micro-costs, emulated wall clock: " + "; ".join(f"{n}: {v:,.0f} ns" for n, v in mrows) + ".\n")
+
+    w("## Files\n")
+    w("`raw-icount.jsonl`, `raw-wall.jsonl`: one JSON line per run (client figures, service and "
+      "module counters); `micro-*.txt`: spantrack-microbench output; `fig4.svg`, `fig5.svg`.\n")
+    with open(os.path.join(d, "results.md"), "w") as f:
+        f.write("\n".join(out))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
