@@ -9,6 +9,7 @@ use kernel::prelude::*;
 extern "C" {
     pub(crate) fn st_lock_irqsave() -> c_ulong;
     pub(crate) fn st_unlock_irqrestore(flags: c_ulong);
+    pub(crate) fn st_clocks(mono: *mut u64, real: *mut u64);
     pub(crate) fn st_reg_lock();
     pub(crate) fn st_reg_unlock();
     fn st_vzalloc(size: usize) -> *mut c_void;
@@ -18,14 +19,16 @@ extern "C" {
     fn st_tracepoints_register() -> c_int;
     fn st_tracepoints_unregister();
     pub(crate) fn st_for_each_thread_of_current(
-        cb: unsafe extern "C" fn(ctx: *mut c_void, tid: c_int, tgid: c_int),
+        cb: unsafe extern "C" fn(ctx: *mut c_void, tid: c_int, tgid: c_int) -> c_int,
         ctx: *mut c_void,
     );
     pub(crate) fn st_subbuf_size() -> usize;
     pub(crate) fn st_n_subbufs() -> usize;
+    pub(crate) fn st_chan_may_open() -> c_int;
     fn st_chan_open(tgid: c_int) -> *mut c_void;
     fn st_chan_close(chan: *mut c_void);
     fn st_chan_write(chan: *mut c_void, data: *const c_void, len: usize) -> c_int;
+    fn st_chan_give_fds(chan: *mut c_void, arg: *mut c_void) -> c_int;
     fn st_debugfs_create() -> c_int;
     fn st_debugfs_remove();
     pub(crate) fn st_wake_readers();
@@ -237,6 +240,15 @@ impl RelayChannel {
         // SAFETY: the channel is live (invariant); `record` is valid for its length.
         let r = unsafe { st_chan_write(self.0.as_ptr(), record.as_ptr() as *const c_void, record.len()) };
         if r == 0 { Ok(()) } else { Err(()) }
+    }
+
+    /// `IOCTL_RELAY_FDS`: installs read-only descriptors of this channel's buffers in the
+    /// calling process and writes a `uapi::RelayFds` to the user address `arg`. Sleeps.
+    /// 0 or a negative errno.
+    pub(crate) fn give_fds(&self, arg: *mut c_void) -> c_int {
+        // SAFETY: the channel is live (invariant); `arg` is a user pointer, which the C side
+        // only reaches through copy_to_user.
+        unsafe { st_chan_give_fds(self.0.as_ptr(), arg) }
     }
 
     /// Gives up ownership (to park the channel in an atomic slot).

@@ -8,7 +8,11 @@
  *
  * Functions named st_rs_* are implemented in Rust; st_* functions are called from Rust.
  */
+#include <linux/anon_inodes.h>
+#include <linux/binfmts.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
+#include <linux/file.h>
 #include <linux/irq_work.h>
 #include <linux/kobject.h>
 #include <linux/ktime.h>
@@ -30,14 +34,15 @@
 #include "glue.h"
 
 /* Implemented in Rust. */
-long st_rs_ioctl(unsigned int cmd, int tid, int tgid, void *out, size_t out_len);
-long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len, u64 mono,
-		      u64 real);
+long st_rs_ioctl(unsigned int cmd, int tid, int tgid, void *out, size_t out_len,
+		 void __user *arg);
+long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
 int st_rs_poll(int tgid, u64 *seen);
 void st_rs_sys_enter(int tid, long nr, u64 mono);
 void st_rs_sys_exit(int tid, long ret, u64 mono);
 void st_rs_task_exit(int tid, int tgid);
 void st_rs_new_thread(int tid, int tgid);
+void st_rs_exec(int old_tid, int tid, int tgid);
 void st_rs_expire(u64 mono);
 void st_rs_reap(void);
 long st_rs_sysfs_show(int attr, char *buf);
@@ -62,6 +67,18 @@ unsigned long st_lock_irqsave(void)
 void st_unlock_irqrestore(unsigned long flags)
 {
 	spin_unlock_irqrestore(&st_lock, flags);
+}
+
+/*
+ * Both clocks, read by the span entry points with st_lock held: a span's begin and end
+ * times are then ordered with the system-call stamps the probes take before they take the
+ * lock (a call seen as part of a span ended before the span's end stamp). Callable with
+ * interrupts off.
+ */
+void st_clocks(u64 *mono, u64 *real)
+{
+	*mono = ktime_get_ns();
+	*real = ktime_get_real_ns();
 }
 
 /* Serialises registration (relay channels are created and closed in sleeping context). */
@@ -163,6 +180,17 @@ static void st_probe_newtask(void *data, struct task_struct *task, unsigned long
 	st_rs_new_thread(task->pid, task->tgid);
 }
 
+/* A tracked thread completed an execve. A non-main thread that execs takes the leader's pid
+ * (de_thread(), after the leader and the other threads have exited): old_pid is the pid
+ * it had, p->pid the one it has now. */
+static void st_probe_exec(void *data, struct task_struct *p, pid_t old_pid,
+			  struct linux_binprm *bprm)
+{
+	if (likely(!st_tracked(old_pid)))
+		return;
+	st_rs_exec(old_pid, p->pid, p->tgid);
+}
+
 struct st_tp {
 	const char *name;
 	void *probe;
@@ -175,6 +203,7 @@ static struct st_tp st_tps[] = {
 	{ .name = "sys_exit", .probe = st_probe_sys_exit },
 	{ .name = "sched_process_exit", .probe = st_probe_process_exit },
 	{ .name = "task_newtask", .probe = st_probe_newtask },
+	{ .name = "sched_process_exec", .probe = st_probe_exec },
 };
 
 static void st_find_tp(struct tracepoint *tp, void *priv)
@@ -221,14 +250,25 @@ int st_tracepoints_register(void)
 	return 0;
 }
 
-/* Calls cb for every thread of the calling process (under RCU: cb must not sleep). */
-void st_for_each_thread_of_current(void (*cb)(void *ctx, int tid, int tgid), void *ctx)
+/*
+ * Calls cb for every thread of the calling process that is not exiting, until cb returns
+ * nonzero (under RCU: cb must not sleep). A thread already past exit_signals() (PF_EXITING)
+ * is skipped: its sched_process_exit probe may have run already. The caller holds st_lock,
+ * which orders this walk with the exit and new-task probes: a thread seen here without
+ * PF_EXITING has its exit probe still to come, and a thread not yet on the list has its
+ * task_newtask probe still to come.
+ */
+void st_for_each_thread_of_current(int (*cb)(void *ctx, int tid, int tgid), void *ctx)
 {
 	struct task_struct *t;
 
 	rcu_read_lock();
-	for_each_thread(current, t)
-		cb(ctx, t->pid, t->tgid);
+	for_each_thread(current, t) {
+		if (READ_ONCE(t->flags) & PF_EXITING)
+			continue;
+		if (cb(ctx, t->pid, t->tgid))
+			break;
+	}
 	rcu_read_unlock();
 }
 
@@ -274,6 +314,74 @@ size_t st_n_subbufs(void)
 	return ST_N_SUBBUFS;
 }
 
+/*
+ * Channels closed while descriptors still hold their buffers (IOCTL_RELAY_FDS files, or
+ * open debugfs files): relay frees a buffer when its last file goes. The descriptors are
+ * the process's to keep, so a process that registers, takes descriptors and unregisters
+ * in a loop would pin 1 MiB per CPU each round. We keep a reference on each such rchan
+ * (relay_destroy_buf() clears the rchan's per-CPU pointer when it frees a buffer, so we
+ * can see when they are all gone) and refuse REGISTER (ENOSPC) while ST_LINGER_MAX of
+ * them linger. Slots: open channels (at most 64) can all close on top of ST_LINGER_MAX.
+ * Under st_reg_mutex, or at unload.
+ */
+#define ST_LINGER_MAX 64
+static struct rchan *st_linger[2 * ST_LINGER_MAX];
+
+/* As relay_destroy_channel() (static in kernel/relay.c), for the last reference. */
+static void st_rchan_release(struct kref *kref)
+{
+	struct rchan *chan = container_of(kref, struct rchan, kref);
+
+	free_percpu(chan->buf);
+	kfree(chan);
+}
+
+static bool st_rchan_bufs_gone(struct rchan *chan)
+{
+	unsigned int cpu;
+
+	for_each_possible_cpu(cpu)
+		if (READ_ONCE(*per_cpu_ptr(chan->buf, cpu)))
+			return false;
+	return true;
+}
+
+/* Drops the lingering channels whose buffers are all gone; the number still lingering. */
+static int st_linger_scan(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < ARRAY_SIZE(st_linger); i++) {
+		if (!st_linger[i])
+			continue;
+		if (st_rchan_bufs_gone(st_linger[i])) {
+			kref_put(&st_linger[i]->kref, st_rchan_release);
+			st_linger[i] = NULL;
+		} else {
+			n++;
+		}
+	}
+	return n;
+}
+
+/* 0, or -ENOSPC while too many closed channels are held by descriptors. */
+int st_chan_may_open(void)
+{
+	return st_linger_scan() >= ST_LINGER_MAX ? -ENOSPC : 0;
+}
+
+/* Unload: forget them all (relay frees each when its last descriptor goes). */
+static void st_linger_release_all(void)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(st_linger); i++) {
+		if (st_linger[i])
+			kref_put(&st_linger[i]->kref, st_rchan_release);
+		st_linger[i] = NULL;
+	}
+}
+
 void *st_chan_open(int tgid)
 {
 	char name[16];
@@ -302,8 +410,21 @@ void st_chan_close(void *p)
 
 	if (!c)
 		return;
+	kref_get(&c->rchan->kref);
 	relay_close(c->rchan);
 	debugfs_remove(c->dir);
+	if (st_rchan_bufs_gone(c->rchan)) {
+		kref_put(&c->rchan->kref, st_rchan_release);
+	} else {
+		int i;
+
+		for (i = 0; i < ARRAY_SIZE(st_linger) && st_linger[i]; i++)
+			;
+		if (i < ARRAY_SIZE(st_linger))
+			st_linger[i] = c->rchan;
+		else /* Not reachable (see st_linger); untracked, still freed by relay. */
+			kref_put(&c->rchan->kref, st_rchan_release);
+	}
 	kfree(c);
 }
 
@@ -340,6 +461,91 @@ out:
 	return ret;
 }
 
+/*
+ * IOCTL_RELAY_FDS (uapi::RelayFds): hands the calling process already-open, read-only file
+ * descriptors for its own per-CPU relay buffers, so that it needs no access to debugfs
+ * (root-only). Each file is what relay_file_open() makes of a debugfs relay file: the
+ * kernel's relay_file_operations with the rchan_buf as private data and a reference on the
+ * buffer (dropped by relay_file_release()), so the buffer outlives the channel, and the
+ * module, as long as the descriptor is open; no code of this module runs for these files.
+ * They share the anon inode, whose lock relay_file_read() takes: reads of such files are
+ * serialised, as reads of one debugfs relay file are.
+ * Called with the registration mutex held, which keeps the channel open.
+ */
+#define ST_RELAY_FDS_MAX 64
+
+struct st_relay_fds {
+	u32 count;
+	u32 flags;
+	s32 fds[ST_RELAY_FDS_MAX];
+};
+
+int st_chan_give_fds(void *p, void __user *arg)
+{
+	struct st_chan *c = p;
+	struct st_relay_fds *out;
+	struct file **files;
+	unsigned int cpu;
+	int ret = 0;
+
+	BUILD_BUG_ON(sizeof(struct st_relay_fds) != 8 + 4 * ST_RELAY_FDS_MAX);
+	if (nr_cpu_ids > ST_RELAY_FDS_MAX)
+		return -E2BIG;
+	out = kzalloc(sizeof(*out), GFP_KERNEL);
+	files = kcalloc(ST_RELAY_FDS_MAX, sizeof(*files), GFP_KERNEL);
+	if (!out || !files) {
+		ret = -ENOMEM;
+		goto free;
+	}
+	out->count = nr_cpu_ids;
+	for (cpu = 0; cpu < ST_RELAY_FDS_MAX; cpu++)
+		out->fds[cpu] = -1;
+	for_each_possible_cpu(cpu) {
+		struct rchan_buf *buf = *per_cpu_ptr(c->rchan->buf, cpu);
+		struct file *f;
+		int fd;
+
+		if (!buf)
+			continue;
+		fd = get_unused_fd_flags(O_CLOEXEC);
+		if (fd < 0) {
+			ret = fd;
+			goto undo;
+		}
+		f = anon_inode_getfile("[spantrack-relay]", &relay_file_operations, buf, O_RDONLY);
+		if (IS_ERR(f)) {
+			put_unused_fd(fd);
+			ret = PTR_ERR(f);
+			goto undo;
+		}
+		/* As relay_file_open(): the file holds the buffer until released. */
+		kref_get(&buf->kref);
+		nonseekable_open(file_inode(f), f);
+		files[cpu] = f;
+		out->fds[cpu] = fd;
+	}
+	if (copy_to_user(arg, out, sizeof(*out))) {
+		ret = -EFAULT;
+		goto undo;
+	}
+	/* Past the last failure point: the descriptors become visible. */
+	for (cpu = 0; cpu < ST_RELAY_FDS_MAX; cpu++)
+		if (files[cpu])
+			fd_install(out->fds[cpu], files[cpu]);
+	goto free;
+undo:
+	for (cpu = 0; cpu < ST_RELAY_FDS_MAX; cpu++) {
+		if (files[cpu]) {
+			put_unused_fd(out->fds[cpu]);
+			fput(files[cpu]);
+		}
+	}
+free:
+	kfree(files);
+	kfree(out);
+	return ret;
+}
+
 int st_debugfs_create(void)
 {
 	st_debugfs_root = debugfs_create_dir("spantrack", NULL);
@@ -354,6 +560,8 @@ int st_debugfs_create(void)
 
 void st_debugfs_remove(void)
 {
+	/* Every channel is closed by now (RelayChannel drops first). */
+	st_linger_release_all();
 	debugfs_remove(st_debugfs_root);
 	st_debugfs_root = NULL;
 }
@@ -379,16 +587,13 @@ void st_wake_readers(void)
 static ssize_t st_span_write(const char __user *ubuf, size_t len, int is_end)
 {
 	u8 kbuf[ST_LINE_BUF];
-	u64 mono, real;
 	long r;
 
 	if (len == 0 || len > sizeof(kbuf))
 		return -EINVAL;
 	if (copy_from_user(kbuf, ubuf, len))
 		return -EFAULT;
-	mono = ktime_get_ns();
-	real = ktime_get_real_ns();
-	r = st_rs_span_write(is_end, current->pid, current->tgid, kbuf, len, mono, real);
+	r = st_rs_span_write(is_end, current->pid, current->tgid, kbuf, len);
 	return r < 0 ? r : len;
 }
 
@@ -409,7 +614,7 @@ static long st_control_ioctl(struct file *f, unsigned int cmd, unsigned long arg
 	u8 out[ST_IOCTL_OUT];
 	long r;
 
-	r = st_rs_ioctl(cmd, current->pid, current->tgid, out, sizeof(out));
+	r = st_rs_ioctl(cmd, current->pid, current->tgid, out, sizeof(out), (void __user *)arg);
 	if (r > 0) {
 		if (copy_to_user((void __user *)arg, out, r))
 			return -EFAULT;
@@ -451,11 +656,50 @@ static const struct proc_ops st_end_ops = {
 
 static struct proc_dir_entry *st_proc_dir;
 
+static unsigned int st_readers_count(void)
+{
+	struct wait_queue_entry *e;
+	unsigned int n = 0;
+
+	spin_lock_irq(&st_readers.lock);
+	list_for_each_entry(e, &st_readers.head, entry)
+		n++;
+	spin_unlock_irq(&st_readers.lock);
+	return n;
+}
+
 void st_proc_remove(void)
 {
+	unsigned long stable, deadline;
+	unsigned int last, n;
+
 	/* Removes the subtree and waits for handlers still running. */
 	proc_remove(st_proc_dir);
 	st_proc_dir = NULL;
+	/*
+	 * st_readers is module memory, and pollers of control may still be queued on it:
+	 * poll() and select() callers leave when woken (their next ->poll() finds the entry
+	 * gone and returns at once); epoll and io_uring entries stay until told that the
+	 * queue is going away (POLLFREE). Nobody queues again: the entries are gone. Empty
+	 * the queue before the module's memory goes away.
+	 */
+	/* poll()/select() entries go within milliseconds of a wake-up; the count stops
+	 * changing once only epoll-like entries are left (bounded: 2 s in all). */
+	last = st_readers_count();
+	stable = jiffies;
+	deadline = jiffies + 2 * HZ;
+	while (last && time_before(jiffies, deadline) &&
+	       time_before(jiffies, stable + msecs_to_jiffies(100))) {
+		wake_up_all(&st_readers);
+		usleep_range(1000, 2000);
+		n = st_readers_count();
+		if (n != last)
+			stable = jiffies;
+		last = n;
+	}
+	wake_up_pollfree(&st_readers);
+	/* epoll looks at the queue under RCU. */
+	synchronize_rcu();
 }
 
 int st_proc_create(void)

@@ -7,6 +7,7 @@
 
 unsigned long st_lock_irqsave(void);
 void st_unlock_irqrestore(unsigned long flags);
+void st_clocks(u64 *mono, u64 *real);
 void st_reg_lock(void);
 void st_reg_unlock(void);
 void *st_vzalloc(size_t size);
@@ -15,12 +16,14 @@ unsigned int st_possible_cpus(void);
 void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long nbits);
 void st_tracepoints_unregister(void);
 int st_tracepoints_register(void);
-void st_for_each_thread_of_current(void (*cb)(void *ctx, int tid, int tgid), void *ctx);
+void st_for_each_thread_of_current(int (*cb)(void *ctx, int tid, int tgid), void *ctx);
 size_t st_subbuf_size(void);
 size_t st_n_subbufs(void);
+int st_chan_may_open(void);
 void *st_chan_open(int tgid);
 void st_chan_close(void *p);
 int st_chan_write(void *p, const void *data, size_t length);
+int st_chan_give_fds(void *p, void __user *arg);
 int st_debugfs_create(void);
 void st_debugfs_remove(void);
 void st_wake_readers(void);

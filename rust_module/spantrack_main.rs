@@ -103,8 +103,10 @@ impl kernel::Module for SpanTrack {
 
 impl Drop for SpanTrack {
     fn drop(&mut self) {
-        // Fields drop after this body; nothing here but the log line. `channels` closes
-        // every relay channel still open when it drops (after the reap work is flushed).
+        // Fields drop after this body. First, every span write and ioctl fails from now on
+        // (all files at once); then the fields go in order. `channels` closes every relay
+        // channel still open when it drops (after the reap work is flushed).
+        state::start_unload();
         let _ = &self.channels;
         pr_info!("unloaded\n");
     }

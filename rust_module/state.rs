@@ -12,7 +12,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 
@@ -23,6 +23,7 @@ use crate::tunables::{self, TextBuf};
 use crate::uapi;
 
 const EINVAL: i32 = 22;
+const EIO: i32 = 5;
 const ENOENT: i32 = 2;
 const ENOMEM: i32 = 12;
 const ENOTTY: i32 = 25;
@@ -45,6 +46,17 @@ struct Global {
 // SAFETY: the UnsafeCells are only accessed under the spinlock (see `Locked`); the rest are
 // atomics.
 unsafe impl Sync for Global {}
+
+/// Set when the module starts to unload: from then on every span write fails with `EIO`
+/// and every ioctl with `ENOTTY`, at once for all files (as after the entries are gone),
+/// rather than file by file as the proc entries are removed (where `begin` could still
+/// open spans that `end`, already gone, can no longer close).
+static UNLOADING: AtomicBool = AtomicBool::new(false);
+
+/// Called first thing on unload (see `UNLOADING`).
+pub(crate) fn start_unload() {
+    UNLOADING.store(true, Ordering::Release);
+}
 
 /// The installed state, or null when the module is not (yet/any more) initialised.
 static GLOBAL: AtomicPtr<Global> = AtomicPtr::new(null_mut());
@@ -211,6 +223,22 @@ extern "C" fn st_rs_task_exit(tid: c_int, tgid: c_int) {
     }
 }
 
+/// A tracked thread completed an execve (`old_tid` is the pid it had; `tid` the one it has
+/// now, the tgid if it was not the main thread). The process stays registered; see
+/// `Tracker::exec_thread`.
+#[no_mangle]
+extern "C" fn st_rs_exec(old_tid: c_int, tid: c_int, tgid: c_int) {
+    let Some(g) = global() else { return };
+    let mut l = g.lock();
+    let t = l.tracker();
+    if t.exec_thread(old_tid as u32, tid as u32) {
+        retire_process(g, t, tgid as u32);
+        drop(l);
+        // SAFETY: schedules the reap work (allowed in atomic context).
+        unsafe { fac::st_schedule_reap() };
+    }
+}
+
 #[no_mangle]
 extern "C" fn st_rs_new_thread(tid: c_int, tgid: c_int) {
     let Some(g) = global() else { return };
@@ -247,9 +275,20 @@ fn retire_process(g: &Global, t: &mut Tracker<'static>, tgid: u32) {
     }
 }
 
+/// The reap work: closes the parked channels, under the registration mutex (so that a
+/// channel found under that mutex, parked or not, stays open until it is released).
 #[no_mangle]
 extern "C" fn st_rs_reap() {
     let Some(g) = global() else { return };
+    // SAFETY: work-item context, may sleep; released below.
+    unsafe { fac::st_reg_lock() };
+    reap_parked(g);
+    // SAFETY: taken above.
+    unsafe { fac::st_reg_unlock() };
+}
+
+/// Closes the channels parked by `retire_process`. Runs under `st_reg_lock`.
+fn reap_parked(g: &Global) {
     for slot in g.closing.iter() {
         if let Some(p) = NonNull::new(slot.swap(null_mut(), Ordering::AcqRel)) {
             // SAFETY: parked by `retire_process` from `into_raw`; the swap gives sole
@@ -277,21 +316,27 @@ extern "C" fn st_rs_span_write(
     _tgid: c_int,
     buf: *const u8,
     len: usize,
-    mono: u64,
-    real: u64,
 ) -> c_long {
     let Some(g) = global() else { return -(ENOENT as c_long) };
+    if UNLOADING.load(Ordering::Acquire) {
+        return -(EIO as c_long);
+    }
     // SAFETY: glue.c passes its kernel copy of the user's bytes, `len` long.
     let line = unsafe { core::slice::from_raw_parts(buf, len) };
     let tid = tid as u32;
     if is_end == 0 {
-        return match g.lock().tracker().begin_line(tid, line, mono, real) {
+        let mut l = g.lock();
+        let (mono, real) = now();
+        return match l.tracker().begin_line(tid, line, mono, real) {
             Ok(()) => 0,
             Err(e) => -(e as c_long),
         };
     }
     let threshold = g.threshold_ns.load(Ordering::Relaxed);
     let mut l = g.lock();
+    // Stamped with the lock held: a call of the span's thread applied before this end
+    // (another thread may end it) was stamped before it.
+    let (mono, real) = now();
     let (t, out) = l.tracker_and_buf();
     match t.end_line(tid, line, mono, real, threshold, out) {
         Ok(EndOutcome::Fast) => 0,
@@ -327,45 +372,87 @@ extern "C" fn st_rs_span_write(
     }
 }
 
-struct RegisterCtx<'g> {
-    g: &'g Global,
+/// CLOCK_MONOTONIC and CLOCK_REALTIME now (read with the spinlock held by the callers).
+fn now() -> (u64, u64) {
+    let (mut mono, mut real) = (0u64, 0u64);
+    // SAFETY: the C side writes both through valid pointers; callable with irqs off.
+    unsafe { fac::st_clocks(&mut mono, &mut real) };
+    (mono, real)
+}
+
+struct RegisterCtx<'t> {
+    tracker: &'t mut Tracker<'static>,
     failed: bool,
 }
 
-unsafe extern "C" fn add_thread_cb(ctx: *mut c_void, tid: c_int, tgid: c_int) {
-    // SAFETY: `ctx` is the RegisterCtx passed by `register`, alive during the walk.
+/// Adds one thread of the registering process; nonzero stops the walk (table full).
+unsafe extern "C" fn add_thread_cb(ctx: *mut c_void, tid: c_int, tgid: c_int) -> c_int {
+    // SAFETY: `ctx` is the RegisterCtx passed by `register`, alive during the walk, whose
+    // tracker reference is valid because `register` holds the spinlock around the walk.
     let ctx = unsafe { &mut *(ctx as *mut RegisterCtx<'_>) };
-    let mut l = ctx.g.lock();
-    let t = l.tracker();
+    let t = &mut *ctx.tracker;
     if !t.is_tracked(tid as u32) && t.add_thread(tgid as u32, tid as u32).is_err() {
         ctx.failed = true;
+        return 1;
     }
+    0
 }
 
 /// IOCTL_REGISTER for the calling process. Runs under `st_reg_lock`.
+///
+/// The channel is opened first (it sleeps); then, in one critical section of the spinlock,
+/// the process is registered, its channel published and its live threads added. No exit
+/// or new-thread probe can interleave with that section, so a thread that exits while the
+/// process registers is either never added (already exiting) or removed by its exit probe
+/// afterwards, and the process is never retired half-registered (when the exit of the only
+/// thread added so far emptied it).
 fn register(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
     // Close parked channels first (see `retire_process`).
-    st_rs_reap();
-    let idx = g.lock().tracker().register_process(tgid)?;
-    let chan = match RelayChannel::open(tgid as i32) {
-        Ok(c) => c,
-        Err(_) => {
-            let _ = g.lock().tracker().unregister_process(tgid);
-            return Err(ENOMEM);
+    reap_parked(g);
+    // Registration only happens here, under `st_reg_lock`: this answer holds below, and no
+    // channel of this tgid (debugfs directory of the same name) is open or parked.
+    if g.lock().tracker().process_of(tgid).is_some() {
+        return Err(crate::tracker::EALREADY);
+    }
+    // SAFETY: plain call; we hold `st_reg_lock`, as it requires.
+    if unsafe { fac::st_chan_may_open() } < 0 {
+        g.lock().tracker().note_process_refused();
+        return Err(uapi::ERR_TABLE_FULL);
+    }
+    let chan = RelayChannel::open(tgid as i32).map_err(|_| ENOMEM)?;
+    let mut l = g.lock();
+    let idx = match l.tracker().register_process(tgid) {
+        Ok(i) => i,
+        Err(e) => {
+            drop(l);
+            drop(chan);
+            return Err(e);
         }
     };
-    let slot = g.channels.get(idx.index()).ok_or(ENOMEM)?;
+    let Some(slot) = g.channels.get(idx.index()) else {
+        let _ = l.tracker().unregister_process(tgid);
+        drop(l);
+        drop(chan);
+        return Err(ENOMEM);
+    };
     slot.store(chan.into_raw(), Ordering::Release);
-    let mut ctx = RegisterCtx { g, failed: false };
-    // SAFETY: the callback only takes the spinlock; ctx outlives the call.
+    let mut ctx = RegisterCtx { tracker: l.tracker(), failed: false };
+    // SAFETY: the callback neither sleeps nor takes the lock (we hold it); ctx outlives
+    // the call.
     unsafe {
         fac::st_for_each_thread_of_current(add_thread_cb, &mut ctx as *mut _ as *mut c_void)
     };
-    if ctx.failed {
-        unregister(g, tgid)?;
-        return Err(uapi::ERR_TABLE_FULL);
+    if !ctx.failed {
+        return Ok(0);
     }
-    Ok(0)
+    let _ = l.tracker().unregister_process(tgid);
+    let p = slot.swap(null_mut(), Ordering::AcqRel);
+    drop(l);
+    if let Some(p) = NonNull::new(p) {
+        // SAFETY: taken out of `channels` under the lock: no writer can use it any more.
+        drop(unsafe { RelayChannel::from_raw(p) });
+    }
+    Err(uapi::ERR_TABLE_FULL)
 }
 
 /// IOCTL_UNREGISTER for the calling process. Runs under `st_reg_lock`.
@@ -384,9 +471,37 @@ fn unregister(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
     Ok(0)
 }
 
+/// IOCTL_RELAY_FDS for the calling process. Runs under `st_reg_lock`.
+fn relay_fds(g: &Global, tgid: u32, arg: *mut c_void) -> core::result::Result<c_long, c_int> {
+    let p = {
+        let mut l = g.lock();
+        let idx = l.tracker().process_of(tgid).ok_or(ENOENT)?;
+        g.channels.get(idx.index()).map_or(null_mut(), |c| c.load(Ordering::Acquire))
+    };
+    let p = NonNull::new(p).ok_or(ENOENT)?;
+    // SAFETY: a channel is closed only by UNREGISTER and the reap work, both under
+    // `st_reg_lock`, which we hold, and at unload, after the proc entries (and so this
+    // ioctl) are gone: it stays open while we use it. ManuallyDrop: we do not own it.
+    let ch = core::mem::ManuallyDrop::new(unsafe { RelayChannel::from_raw(p) });
+    match ch.give_fds(arg) {
+        r if r < 0 => Err(-r),
+        _ => Ok(0),
+    }
+}
+
 #[no_mangle]
-extern "C" fn st_rs_ioctl(cmd: c_uint, tid: c_int, tgid: c_int, out: *mut c_void, out_len: usize) -> c_long {
+extern "C" fn st_rs_ioctl(
+    cmd: c_uint,
+    tid: c_int,
+    tgid: c_int,
+    out: *mut c_void,
+    out_len: usize,
+    arg: *mut c_void,
+) -> c_long {
     let Some(g) = global() else { return -(ENOENT as c_long) };
+    if UNLOADING.load(Ordering::Acquire) {
+        return -(ENOTTY as c_long);
+    }
     let (tid, tgid) = (tid as u32, tgid as u32);
     let r = match cmd {
         uapi::IOCTL_REGISTER => {
@@ -401,6 +516,14 @@ extern "C" fn st_rs_ioctl(cmd: c_uint, tid: c_int, tgid: c_int, out: *mut c_void
             // SAFETY: as above.
             unsafe { fac::st_reg_lock() };
             let r = unregister(g, tgid);
+            // SAFETY: taken above.
+            unsafe { fac::st_reg_unlock() };
+            r
+        }
+        uapi::IOCTL_RELAY_FDS => {
+            // SAFETY: as above.
+            unsafe { fac::st_reg_lock() };
+            let r = relay_fds(g, tgid, arg);
             // SAFETY: taken above.
             unsafe { fac::st_reg_unlock() };
             r

@@ -272,7 +272,7 @@ pub fn init() -> Result<(), String> {
         }
     }
     let tgid = sys::getpid();
-    let relay = match RelayReader::open_dir(&RelayReader::dir_of(tgid)) {
+    let relay = match RelayReader::open_own(control, tgid) {
         Ok(r) => r,
         Err(e) => return fail(&opened, format!("relay: {e}")),
     };

@@ -1,9 +1,12 @@
-//! Reading the process's relay channel `RELAY_DIR/<tgid>/cpu<N>`: non-blocking `read()`s of
-//! every per-CPU file, a partial-record tail kept per file, whole records decoded with
+//! Reading the process's relay channel: the per-CPU buffer descriptors the module hands
+//! out (`IOCTL_RELAY_FDS`, which needs no privilege), or with an older module the debugfs
+//! files `RELAY_DIR/<tgid>/cpu<N>` (root only); non-blocking `read()`s of every per-CPU
+//! buffer, a partial-record tail kept per buffer, whole records decoded with
 //! `uapi::decode_record` and handed out as raw bytes with their span ids.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use spantrack_uapi as uapi;
@@ -48,7 +51,59 @@ pub fn cpu_files(dir: &str) -> std::io::Result<Vec<(u32, String)>> {
     Ok(v)
 }
 
+/// `IOCTL_RELAY_FDS` on the control file: the calling process's relay buffers, as
+/// `(cpu, file)` pairs, or the errno.
+pub fn own_buffers(control: RawFd) -> Result<Vec<(u32, File)>, i32> {
+    let mut out = uapi::RelayFds::default();
+    // SAFETY: IOCTL_RELAY_FDS writes one `RelayFds` (its size is in the request number).
+    let r = unsafe { libc::ioctl(control, uapi::IOCTL_RELAY_FDS as _, &mut out as *mut uapi::RelayFds) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    }
+    let mut v = Vec::new();
+    for (cpu, &fd) in out.fds.iter().enumerate() {
+        if fd >= 0 {
+            // SAFETY: the kernel installed `fd` for us just now; we own it from here on.
+            v.push((cpu as u32, unsafe { File::from_raw_fd(fd) }));
+        }
+    }
+    Ok(v)
+}
+
 impl RelayReader {
+    /// The calling process's relay buffers: the descriptors of `IOCTL_RELAY_FDS` on
+    /// `control` (the process must be registered), or, from a module without that ioctl
+    /// (`ENOTTY`), the debugfs files of `tgid`.
+    pub fn open_own(control: RawFd, tgid: u32) -> Result<RelayReader, String> {
+        match own_buffers(control) {
+            Ok(files) => {
+                // The descriptors are blocking: make them non-blocking as `open_dir` does.
+                for (_, f) in &files {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: fcntl on a descriptor we own.
+                    unsafe {
+                        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+                    }
+                }
+                Self::from_files(files)
+            }
+            Err(libc::ENOTTY) => Self::open_dir(&Self::dir_of(tgid)),
+            Err(e) => Err(format!("ioctl RELAY_FDS: {}", std::io::Error::from_raw_os_error(e))),
+        }
+    }
+
+    /// A reader of already-open per-CPU buffers.
+    pub fn from_files(files: Vec<(u32, File)>) -> Result<RelayReader, String> {
+        if files.is_empty() {
+            return Err("no relay buffers".into());
+        }
+        Ok(RelayReader {
+            files: files.into_iter().map(|(cpu, file)| RelayFile { cpu, file, tail: Vec::new() }).collect(),
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
     /// The relay directory of process `tgid`.
     pub fn dir_of(tgid: u32) -> String {
         format!("{}/{}", uapi::RELAY_DIR, tgid)
@@ -160,6 +215,24 @@ pub(crate) mod tests {
             b[o..o + 4].copy_from_slice(&39u32.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn already_open_files_are_read_like_the_directory() {
+        let dir = std::env::temp_dir().join(format!("spanhook-relayfd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = ([7; 16], [7; 8]);
+        let r = record_bytes(k, 1);
+        std::fs::write(dir.join("a"), &r).unwrap();
+        let f = std::fs::File::open(dir.join("a")).unwrap();
+        assert!(RelayReader::from_files(Vec::new()).is_err());
+        let mut relay = RelayReader::from_files(vec![(3, f)]).unwrap();
+        let mut got = Vec::new();
+        let p = relay.read_available(|ids, b| got.push((ids, b)));
+        assert_eq!((p.records, p.errors), (1, 0));
+        assert_eq!(got, vec![(k, r)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -411,7 +411,8 @@ stats_struct! {
     max_calls,
     /// Processes registered so far.
     processes_registered,
-    /// Registrations refused: process table full.
+    /// Registrations refused: process table full (or, in the kernel, too many closed relay
+    /// channels still held by descriptors).
     processes_refused,
     /// Threads added so far.
     threads_added,
@@ -703,6 +704,12 @@ impl<'a> Tracker<'a> {
         Ok(ProcIdx(i as u32))
     }
 
+    /// Counts a registration the kernel refused for a reason of its own (relay channels
+    /// still held open by descriptors), as `processes_refused`.
+    pub fn note_process_refused(&mut self) {
+        bump(&mut self.stats.processes_refused);
+    }
+
     /// Unregisters process `tgid`: removes its threads, dropping their open spans (counted
     /// as abandoned). Errors: `ENOENT` if not registered.
     pub fn unregister_process(&mut self, tgid: u32) -> Result<(), i32> {
@@ -788,6 +795,30 @@ impl<'a> Tracker<'a> {
         self.processes
             .get(pi as usize)
             .is_some_and(|p| p.n_threads == 0)
+    }
+
+    /// Thread `old_tid` of a registered process completed an `execve` and is now
+    /// `new_tid` (a non-main thread that execs takes the thread-group leader's pid, so
+    /// `new_tid` is the tgid; from the main thread the two are equal). The process stays
+    /// registered and the thread stays tracked, under `new_tid`; its open spans belonged
+    /// to the old image, which can no longer end them: they are dropped and counted as
+    /// abandoned. Returns true if the process is left without a tracked thread (only if
+    /// `new_tid` could not be tracked; the caller then retires it, as after an exit).
+    /// Does nothing (false) if `old_tid` is not tracked.
+    pub fn exec_thread(&mut self, old_tid: u32, new_tid: u32) -> bool {
+        if !self.tracked.contains(old_tid) {
+            return false;
+        }
+        let Some(tgid) = self.thread_tgid(old_tid) else {
+            return false;
+        };
+        let Some(ti) = self.thread_index.get(&old_tid) else {
+            return false;
+        };
+        self.drop_thread(ti);
+        // Cannot fail for want of room (a slot was just freed); a failure is counted.
+        let _ = self.add_thread(tgid, new_tid);
+        self.process_info(tgid).is_some_and(|p| p.threads == 0)
     }
 
     /// Frees thread slot `ti` and everything it holds. False if `ti` is not a valid slot.

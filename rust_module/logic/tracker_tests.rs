@@ -367,6 +367,43 @@ fn threads_add_and_remove() {
 }
 
 #[test]
+fn exec_keeps_the_thread_under_its_new_tid_and_drops_its_spans() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    for tid in [10, 11, 12] {
+        tr.add_thread(10, tid).unwrap();
+    }
+    tr.begin(10, key(0), 1, 0).unwrap();
+    tr.begin(12, key(1), 1, 0).unwrap();
+    tr.begin(12, key(2), 2, 0).unwrap();
+    assert!(!tr.exec_thread(55, 10), "untracked thread: nothing");
+    // Thread 12 execs: the leader and 11 exit first (de_thread), then 12 becomes 10.
+    assert!(!tr.remove_thread(10));
+    assert!(!tr.remove_thread(11));
+    assert_eq!(tr.stats().spans_abandoned, 1);
+    assert!(!tr.exec_thread(12, 10));
+    assert!(tr.is_tracked(10) && !tr.is_tracked(12) && !tr.is_tracked(11));
+    assert_eq!(tr.thread_tgid(10), Some(10));
+    assert_eq!(tr.process_info(10).unwrap().threads, 1);
+    let s = tr.stats();
+    assert_eq!((s.spans_abandoned, s.open_spans), (3, 0));
+    assert_eq!(tr.end(10, key(1), 5, 0, 0, &mut out), Err(ERR_UNKNOWN_SPAN));
+    // The new image's spans work; an exec from the main thread keeps its tid.
+    tr.begin(10, key(3), 6, 0).unwrap();
+    assert!(!tr.exec_thread(10, 10));
+    assert!(tr.is_tracked(10));
+    assert_eq!(tr.stats().spans_abandoned, 4);
+    tr.begin(10, key(4), 7, 0).unwrap();
+    assert!(tr.end(10, key(4), 8, 0, 0, &mut out).is_ok());
+    check_invariants(&tr);
+    assert!(tr.remove_thread(10), "the process's last thread");
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
 fn tracked_set_works_without_the_tracker() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();

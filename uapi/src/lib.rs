@@ -47,7 +47,8 @@ const fn ior(nr: u32, size: usize) -> u32 {
 }
 
 /// Track every thread of the calling process, existing and future; create its relay channel.
-/// Errors: `EALREADY` already registered, `ENOSPC` process or thread table full.
+/// Errors: `EALREADY` already registered, `ENOSPC` process or thread table full, or 64
+/// closed relay channels are still held by descriptors (see [`IOCTL_RELAY_FDS`]).
 pub const IOCTL_REGISTER: u32 = io(0x91);
 /// Stop tracking the calling thread only (the preload's own threads). Its open spans are
 /// dropped. Errors: `ENOENT` the thread is not tracked.
@@ -57,6 +58,40 @@ pub const IOCTL_UNREGISTER_THREAD: u32 = io(0x92);
 pub const IOCTL_UNREGISTER: u32 = io(0x93);
 /// Fill an [`Info`] for the calling process. Works whether or not it is registered.
 pub const IOCTL_INFO: u32 = ior(0x94, core::mem::size_of::<Info>());
+
+/// Hand the calling process already-open, read-only descriptors (`O_CLOEXEC`, not seekable)
+/// for its own per-CPU relay buffers, filling a [`RelayFds`]. This is how a process reads
+/// its records without access to debugfs (root-only): it needs no privilege, and no other
+/// process can obtain them (only through the descriptors themselves, e.g. `SCM_RIGHTS` or
+/// `pidfd_getfd`, which needs ptrace rights over the process). Each descriptor reads, polls
+/// and `mmap`s (read-only) like the debugfs file `RELAY_DIR/<tgid>/cpu<N>` and keeps its
+/// buffer alive until closed: after UNREGISTER, the process's exit or the module's unload
+/// it still reads the records written before. Each call returns new descriptors; close
+/// them when done (an `exec` closes them): while 64 closed channels are still held by
+/// descriptors, REGISTER fails with `ENOSPC` (kernel memory pinned that way is bounded). Errors: `ENOENT` the process is not registered,
+/// `E2BIG` more than [`RELAY_FDS_MAX`] CPUs, `EMFILE` out of descriptors, `EFAULT`.
+pub const IOCTL_RELAY_FDS: u32 = ior(0x95, core::mem::size_of::<RelayFds>());
+
+/// Most CPUs [`IOCTL_RELAY_FDS`] serves.
+pub const RELAY_FDS_MAX: usize = 64;
+
+/// Answer of [`IOCTL_RELAY_FDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayFds {
+    /// Entries of `fds` that are meaningful: CPU ids `0 .. count` (possible CPUs).
+    pub count: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// `fds[cpu]`: descriptor of CPU `cpu`'s buffer, or -1 (no buffer for that CPU).
+    pub fds: [i32; RELAY_FDS_MAX],
+}
+
+impl Default for RelayFds {
+    fn default() -> Self {
+        RelayFds { count: 0, flags: 0, fds: [-1; RELAY_FDS_MAX] }
+    }
+}
 
 /// Answer of [`IOCTL_INFO`].
 #[repr(C)]
@@ -176,6 +211,7 @@ pub const SYSCALL_ENTRY_SIZE: usize = core::mem::size_of::<SyscallEntry>();
 const _: () = assert!(RECORD_HEADER_SIZE == 128);
 const _: () = assert!(SYSCALL_ENTRY_SIZE == 32);
 const _: () = assert!(core::mem::size_of::<Info>() == 40);
+const _: () = assert!(core::mem::size_of::<RelayFds>() == 8 + 4 * RELAY_FDS_MAX);
 
 // ---------------------------------------------------------------------------------------
 // Record decoding (user space)

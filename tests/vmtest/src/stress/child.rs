@@ -14,6 +14,9 @@ pub fn dispatch(mode: &str, args: &[String]) -> Option<i32> {
         "child-exec-image" => Some(exec_image(args)),
         "child-hold" => Some(super::reload::child_hold(args)),
         "child-churn" => Some(super::reload::child_churn(args)),
+        "child-users-service" => Some(super::users::service(args)),
+        "child-users-intruder" => Some(super::users::intruder(args)),
+        "child-users-pin" => Some(super::users::pin(args)),
         _ => None,
     }
 }

@@ -427,7 +427,7 @@ fn vfs_cmd(cmd: u32) -> bool {
     cmd <= 2 || matches!(ty, 0x54 | 0x66 | 0x58 | 0x94 | 0x15)
 }
 
-const KNOWN: [u32; 4] = [uapi::IOCTL_REGISTER, uapi::IOCTL_UNREGISTER_THREAD, uapi::IOCTL_UNREGISTER, uapi::IOCTL_INFO];
+const KNOWN: [u32; 5] = [uapi::IOCTL_REGISTER, uapi::IOCTL_UNREGISTER_THREAD, uapi::IOCTL_UNREGISTER, uapi::IOCTL_INFO, uapi::IOCTL_RELAY_FDS];
 
 // ---------------------------------------------------------------------------------------
 
@@ -560,7 +560,7 @@ fn run_inner(rep: &mut Report, seed: Option<u64>, iters: Option<u64>) -> Result<
         }
     }
     // Unregistered: the process-wide ones say ENOENT.
-    for cmd in [uapi::IOCTL_UNREGISTER, uapi::IOCTL_UNREGISTER_THREAD] {
+    for cmd in [uapi::IOCTL_UNREGISTER, uapi::IOCTL_UNREGISTER_THREAD, uapi::IOCTL_RELAY_FDS] {
         let r = raw_ioctl(control.raw(), cmd, KERNEL_PTR);
         if r != libc::ENOENT {
             fails.push("ioctl", format!("cmd {cmd:#x} unregistered: {} expected ENOENT", errno_name(r)));
@@ -579,6 +579,44 @@ fn run_inner(rep: &mut Report, seed: Option<u64>, iters: Option<u64>) -> Result<
     let r = raw_ioctl(control.raw(), uapi::IOCTL_REGISTER, KERNEL_PTR);
     if r != 0 {
         return Err(format!("REGISTER with a garbage argument: {}", errno_name(r)));
+    }
+    // RELAY_FDS, registered: a bad buffer gets EFAULT and leaves no descriptor behind; a
+    // good one gets one readable descriptor per possible CPU.
+    {
+        let open_fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+        let n0 = open_fds();
+        for (what, ptr) in [("NULL", 0usize), ("unmapped", mem.hole()), ("PROT_NONE", mem.none()), ("read-only", mem.ro()), ("straddling", mem.hole() - 8), ("kernel", KERNEL_PTR)] {
+            let r = raw_ioctl(control.raw(), uapi::IOCTL_RELAY_FDS, ptr);
+            if r != libc::EFAULT {
+                fails.push("RELAY_FDS", format!("{what} {ptr:#x}: {} expected EFAULT", errno_name(r)));
+            }
+            if open_fds() != n0 {
+                fails.push("RELAY_FDS", format!("{what}: {} descriptors open, {n0} before", open_fds()));
+            }
+        }
+        match super::reader::relay_fds(control.raw()) {
+            Ok(f) => {
+                let fds: Vec<i32> = f.fds.iter().copied().filter(|&fd| fd >= 0).collect();
+                let cpus = std::fs::read_dir(crate::relay::Relay::dir_of(sys::getpid())).map(|d| d.count()).unwrap_or(0);
+                if fds.len() != cpus || f.count as usize != cpus || open_fds() != n0 + cpus {
+                    fails.push("RELAY_FDS", format!("count {} fds {fds:?}, {cpus} relay files, {} descriptors open ({n0} before)", f.count, open_fds()));
+                }
+                let mut buf = [0u8; 64];
+                for fd in fds {
+                    // SAFETY: descriptors the kernel gave us; closed here.
+                    unsafe {
+                        let r = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                        let w = libc::write(fd, buf.as_ptr().cast(), 1);
+                        if r != 0 || w != -1 {
+                            fails.push("RELAY_FDS", format!("fd {fd}: read {r} (expected 0, nothing written yet), write {w} (expected -1)"));
+                        }
+                        libc::close(fd);
+                    }
+                }
+            }
+            Err(e) => fails.push("RELAY_FDS", format!("valid buffer: {}", errno_name(e))),
+        }
+        *counts.entry("RELAY_FDS calls").or_default() += 7;
     }
     let s_phase1 = Stats::read()?;
     let check_stats = |model: &Model, s: &Stats, when: &str, fails: &mut Fails| {

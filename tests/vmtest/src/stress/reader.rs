@@ -36,6 +36,37 @@ impl BulkReader {
         Self::open_dir(&crate::relay::Relay::dir_of(tgid))
     }
 
+    /// The calling process's own buffers, through `IOCTL_RELAY_FDS` on `control` (no
+    /// access to debugfs needed).
+    pub fn from_control(control: i32) -> Result<BulkReader, String> {
+        use std::os::fd::FromRawFd;
+        let fds = relay_fds(control).map_err(|e| format!("ioctl RELAY_FDS: {}", crate::sys::errno_name(e)))?;
+        let files: Vec<F> = fds
+            .fds
+            .iter()
+            .take(fds.count as usize)
+            .enumerate()
+            .filter(|(_, &fd)| fd >= 0)
+            // SAFETY: descriptors the kernel just installed for us; owned from here on.
+            .map(|(cpu, &fd)| F { cpu: cpu as u32, file: unsafe { File::from_raw_fd(fd) }, tail: Vec::new() })
+            .collect();
+        if files.is_empty() {
+            return Err("RELAY_FDS gave no descriptor".into());
+        }
+        Ok(Self::with_files(files))
+    }
+
+    fn with_files(files: Vec<F>) -> BulkReader {
+        BulkReader {
+            files,
+            errors: Vec::new(),
+            records: 0,
+            bytes: 0,
+            read_errnos: super::Hist::default(),
+            buf: vec![0u8; 256 * 1024],
+        }
+    }
+
     pub fn open_dir(dir: &str) -> Result<BulkReader, String> {
         let mut files = Vec::new();
         for (cpu, path) in cpu_files(dir)? {
@@ -131,6 +162,18 @@ impl BulkReader {
     /// Bytes held as partial records.
     pub fn partial_bytes(&self) -> usize {
         self.files.iter().map(|f| f.tail.len()).sum()
+    }
+}
+
+/// `IOCTL_RELAY_FDS` on `control`: the answer or the errno.
+pub fn relay_fds(control: i32) -> Result<uapi::RelayFds, i32> {
+    let mut out = uapi::RelayFds::default();
+    // SAFETY: the ioctl writes one RelayFds (its size is in the request number).
+    let r = unsafe { libc::ioctl(control, uapi::IOCTL_RELAY_FDS as _, &mut out as *mut uapi::RelayFds) };
+    if r < 0 {
+        Err(crate::sys::errno())
+    } else {
+        Ok(out)
     }
 }
 

@@ -106,6 +106,8 @@ impl HoldSummary {
 
 pub struct Holder {
     stop: Arc<AtomicBool>,
+    /// Threads blocked in poll() and epoll_wait() on control while the module goes away.
+    pollers: Vec<JoinHandle<()>>,
     hold: Vec<JoinHandle<(Hist, Hist)>>,
     churn: Option<JoinHandle<(Hist, u64, u64)>>,
     reader: Option<JoinHandle<(u64, Hist, u64)>>,
@@ -187,6 +189,38 @@ impl Holder {
             }
             (h, ok_before, ok_after)
         });
+        // Two threads that sit in poll() and in epoll_wait() on control (long timeouts), as
+        // libspanhook's reader does: the unload must get them off the module's wait queue.
+        let mut pollers = Vec::new();
+        for use_epoll in [false, true] {
+            let st = stop.clone();
+            pollers.push(std::thread::spawn(move || {
+                let Ok(c) = Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY) else { return };
+                // SAFETY: plain system calls on descriptors owned here.
+                unsafe {
+                    let ep = if use_epoll { libc::epoll_create1(libc::EPOLL_CLOEXEC) } else { -1 };
+                    if use_epoll {
+                        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.raw(), &mut ev);
+                    }
+                    let t0 = Instant::now();
+                    while !st.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(300) {
+                        if use_epoll {
+                            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+                            libc::epoll_wait(ep, &mut ev, 1, 5000);
+                        } else {
+                            let mut p = libc::pollfd { fd: c.raw(), events: libc::POLLIN, revents: 0 };
+                            libc::poll(&mut p, 1, 5000);
+                        }
+                        // After the unload both return at once: do not spin.
+                        sys::sleep_ms(1);
+                    }
+                    if ep >= 0 {
+                        libc::close(ep);
+                    }
+                }
+            }));
+        }
         let st = stop.clone();
         let mut relay = BulkReader::open(pid as u32)?;
         let reader = std::thread::spawn(move || {
@@ -210,6 +244,7 @@ impl Holder {
         });
         Ok(Holder {
             stop,
+            pollers,
             hold,
             churn: Some(churn),
             reader: Some(reader),
@@ -218,6 +253,9 @@ impl Holder {
 
     pub fn stop(mut self) -> HoldSummary {
         self.stop.store(true, Ordering::SeqCst);
+        for p in self.pollers.drain(..) {
+            let _ = p.join();
+        }
         let mut s = HoldSummary::default();
         for h in self.hold.drain(..) {
             if let Ok((b, e)) = h.join() {
