@@ -447,6 +447,21 @@ int st_chan_write(void *p, const void *data, size_t length)
 		goto out;
 	}
 	if (unlikely(buf->offset + length > c->rchan->subbuf_size)) {
+		/*
+		 * Never switch into a full buffer. relay_switch_subbuf() counts the old
+		 * sub-buffer as produced before it finds the buffer full, and a reader in
+		 * relay_file_read_avail() on another CPU at that moment sees produced -
+		 * consumed == n_subbufs with a valid offset and skips a whole unread
+		 * sub-buffer (overwrite-mode logic): records lost and a torn stream. So
+		 * when the current sub-buffer is the last free one, the record is dropped
+		 * here (and counted by the caller) instead. subbufs_consumed only grows
+		 * under us, so a stale read errs on the side of dropping.
+		 */
+		if (buf->subbufs_produced - READ_ONCE(buf->subbufs_consumed) >=
+		    c->rchan->n_subbufs - 1) {
+			ret = -ENOSPC;
+			goto out;
+		}
 		if (!relay_switch_subbuf(buf, length)) {
 			ret = -ENOSPC;
 			goto out;
