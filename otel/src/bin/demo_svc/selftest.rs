@@ -461,7 +461,12 @@ pub fn run(expect: Expect) -> bool {
                 && after.bad_records == 0
                 && after.queue_full == 0
                 && after.annotated - before.annotated == slow
-                && after.passed_fast - before.passed_fast == 1
+                // The fast span is passed through at once, or, when user space timed it at
+                // the threshold or above while the kernel (which leaves out the begin/end
+                // writes) did not (seen with the slow hpet clock on the debug kernel), it
+                // waits for a record that never comes and is exported unchanged: either way
+                // exactly one span, and "selftest.fast: exported unchanged" checks the rest.
+                && (after.passed_fast - before.passed_fast) + (after.no_record - before.no_record) == 1
             {
                 Ok(())
             } else {
