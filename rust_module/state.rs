@@ -345,9 +345,9 @@ extern "C" fn st_rs_span_write(
                 Some(ch) => {
                     let p = ch.load(Ordering::Acquire);
                     match NonNull::new(p) {
-                        // SAFETY: the channel stays open while it is in `channels` and we
-                        // hold the lock (closing takes it out under the lock first).
                         Some(p) => {
+                            // SAFETY: the channel stays open while it is in `channels` and
+                            // we hold the lock (closing takes it out under the lock first).
                             let ch = core::mem::ManuallyDrop::new(unsafe { RelayChannel::from_raw(p) });
                             out.get(..len).map_or(false, |r| len > 0 && ch.write(r).is_ok())
                         }

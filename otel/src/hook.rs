@@ -135,24 +135,14 @@ impl SpanHook {
     #[inline]
     pub fn begin(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
         // SAFETY: the pointers are valid for 16 and 8 bytes.
-        let r = unsafe { (self.begin)(trace_id.as_ptr(), span_id.as_ptr()) };
-        if r < 0 {
-            Err(-r)
-        } else {
-            Ok(())
-        }
+        errno_result(unsafe { (self.begin)(trace_id.as_ptr(), span_id.as_ptr()) })
     }
 
     /// Closes the span (any thread); `Err(errno)`.
     #[inline]
     pub fn end(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
         // SAFETY: as in `begin`.
-        let r = unsafe { (self.end)(trace_id.as_ptr(), span_id.as_ptr()) };
-        if r < 0 {
-            Err(-r)
-        } else {
-            Ok(())
-        }
+        errno_result(unsafe { (self.end)(trace_id.as_ptr(), span_id.as_ptr()) })
     }
 
     /// The module's threshold (`u64::MAX` when inactive).
@@ -213,5 +203,15 @@ impl SpanHook {
         let n = unsafe { (self.stats)(v.as_mut_ptr(), v.len()) };
         v.truncate(n.min(16));
         v
+    }
+}
+
+/// The C ABI's "0 or -errno" as a `Result`.
+#[inline]
+fn errno_result(r: i32) -> Result<(), i32> {
+    if r < 0 {
+        Err(-r)
+    } else {
+        Ok(())
     }
 }
