@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: builds what it needs (guest kernel, spantrack.ko, libspanhook.so, the demo
-# services, the Python venv), boots the VM, loads the module and runs two traced services
+# services; setup.sh makes the Python venv), boots the VM, loads the module and runs two traced services
 # (Python frontend, Rust currency service) under LD_PRELOAD=libspanhook.so; prints each slow
 # trace as a tree with the system-call spans spantrack attached, and saves everything the
 # OTLP receiver got in demo-output/ (traces.json, spans.jsonl, requests.json).
@@ -13,7 +13,6 @@ cd "$root"
 t0=$(now)
 ko=$("$here/build-module.sh")
 cargo build --release --workspace --quiet
-"$here/python-env.sh" >/dev/null
 stage "built in $(elapsed "$t0"); booting the VM"
 keep="$root/build/demo-vm"
 rm -rf "$keep"
