@@ -533,8 +533,15 @@ pub struct Tracker<'a> {
     active: TrackedSet<'a>,
     filter: SyscallFilter,
     max_calls: u32,
+    /// The system-call probes' shortcut to a thread's slot: `hints[tid % HINTS]` is the
+    /// slot last found for a tid with those low bits (checked before use, so never wrong,
+    /// only sometimes missing). Saves the seeded hash and the probe loop on both probes.
+    hints: [u32; HINTS],
     stats: Stats,
 }
+
+/// Entries of [`Tracker`]'s direct-mapped thread-slot hints.
+const HINTS: usize = 64;
 
 impl<'a> Tracker<'a> {
     /// Builds an empty tracker over `storage`, initialising all of it (O(size), at load).
@@ -590,6 +597,7 @@ impl<'a> Tracker<'a> {
             active,
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
+            hints: [NIL; HINTS],
             stats: Stats::default(),
         }
     }
@@ -1170,10 +1178,28 @@ impl<'a> Tracker<'a> {
 
     // ---- system calls (hot path) ------------------------------------------------------
 
+    /// Slot of tracked thread `tid`, through the hints first.
+    #[inline(always)]
+    fn hot_thread(&mut self, tid: u32) -> Option<u32> {
+        let h = (tid as usize) % HINTS;
+        let hint = self.hints.get(h).copied().unwrap_or(NIL);
+        // A freed slot is EMPTY (proc NIL), and a live slot holds one tid: exact.
+        if let Some(t) = self.threads.get(hint as usize) {
+            if t.tid == tid && t.proc != NIL {
+                return Some(hint);
+            }
+        }
+        let ti = self.thread_index.get(&tid)?;
+        if let Some(x) = self.hints.get_mut(h) {
+            *x = ti;
+        }
+        Some(ti)
+    }
+
     /// Thread `tid` enters system call `nr` (the raw number, `u32::MAX` for `-1`).
     #[inline]
     pub fn sys_enter(&mut self, tid: u32, nr: u32, now_mono: u64) {
-        let Some(ti) = self.thread_index.get(&tid) else {
+        let Some(ti) = self.hot_thread(tid) else {
             return;
         };
         if let Some(t) = slot_mut(self.threads, ti) {
@@ -1187,7 +1213,7 @@ impl<'a> Tracker<'a> {
     /// span of the thread, unless excluded, filtered out, or without a matching enter.
     #[inline]
     pub fn sys_exit(&mut self, tid: u32, ret: i64, now_mono: u64) {
-        let Some(ti) = self.thread_index.get(&tid) else {
+        let Some(ti) = self.hot_thread(tid) else {
             return;
         };
         let Some(t) = slot_mut(self.threads, ti) else {

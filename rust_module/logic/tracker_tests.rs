@@ -525,6 +525,50 @@ fn begin_end_records_the_calls_in_between() {
 }
 
 #[test]
+fn thread_hints_never_misattribute() {
+    // Tids 100 and 164 share a hint; 100 leaves and a new thread takes its slot.
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 164).unwrap();
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let mut out = vec![0u8; BIG];
+    tr.begin(100, ka, 0, 0).unwrap();
+    tr.begin(164, kb, 0, 0).unwrap();
+    for i in 0..3u64 {
+        tr.sys_enter(100, 1, 10 * i);
+        tr.sys_enter(164, 2, 10 * i + 1);
+        tr.sys_exit(100, 0, 10 * i + 2);
+        tr.sys_exit(164, 0, 10 * i + 3);
+    }
+    let r = tr.end(100, ka, 100, 0, 1, &mut out).unwrap();
+    let (ha, ea) = decode(&out, r);
+    assert_eq!((ha.tid, ea.len()), (100, 3));
+    assert!(ea.iter().all(|e| e.nr == 1));
+    assert!(!tr.remove_thread(100)); // false: 164 is left
+    // The hint for 100 now points at a free slot, then at 228's slot: both refused.
+    tr.sys_enter(100, 9, 200);
+    tr.sys_exit(100, 0, 201);
+    tr.add_thread(10, 228).unwrap();
+    tr.begin(228, kc, 300, 0).unwrap();
+    tr.sys_enter(100, 9, 310);
+    tr.sys_exit(100, 0, 311);
+    tr.sys_enter(228, 3, 320);
+    tr.sys_exit(228, 0, 321);
+    let r = tr.end(228, kc, 400, 0, 1, &mut out).unwrap();
+    let (hc, ec) = decode(&out, r);
+    assert_eq!((hc.tid, hc.total_calls), (228, 1));
+    assert_eq!((ec[0].nr, ec[0].start_mono_ns), (3, 320));
+    let r = tr.end(164, kb, 500, 0, 1, &mut out).unwrap();
+    let (hb, eb) = decode(&out, r);
+    assert_eq!((hb.tid, eb.len()), (164, 3));
+    assert!(eb.iter().all(|e| e.nr == 2));
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
 fn errors_are_counted() {
     let mut mem = Mem::new(Caps { spans: 2, ..CAPS });
     let mut tr = mem.tracker();
