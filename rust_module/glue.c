@@ -583,14 +583,28 @@ void st_debugfs_remove(void)
 
 /* ---------------------------------------------------------------------------------------
  * Readers: poll() on /proc/spantrack/control wakes when the caller's process has new
- * records. Span ends run in process context, so the wake-up is direct.
+ * records. Wake-ups are batched: the first record arms a one-jiffy timer and the timer
+ * wakes the readers once for every record written meanwhile, so a busy service pays one
+ * reader wake-up (and one pass of its annotation worker) per tick, not per slow span. A
+ * record waits at most a tick plus timer slack (4 ms at HZ=250) before its reader runs.
  */
 
 static DECLARE_WAIT_QUEUE_HEAD(st_readers);
 
-void st_wake_readers(void)
+static void st_wake_fn(struct timer_list *t)
 {
 	wake_up_interruptible(&st_readers);
+}
+
+static DEFINE_TIMER(st_wake_timer, st_wake_fn);
+
+void st_wake_readers(void)
+{
+	/* Not pending also while st_wake_fn runs: a record written then re-arms the timer,
+	 * so no record is left without a wake-up. After timer_shutdown_sync() (unload) this
+	 * is a no-op. */
+	if (!timer_pending(&st_wake_timer))
+		mod_timer(&st_wake_timer, jiffies + 1);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -691,6 +705,9 @@ void st_proc_remove(void)
 	/* Removes the subtree and waits for handlers still running. */
 	proc_remove(st_proc_dir);
 	st_proc_dir = NULL;
+	/* No record can be written any more: stop the batched wake-up (the loop below wakes
+	 * everyone directly). */
+	timer_shutdown_sync(&st_wake_timer);
 	/*
 	 * st_readers is module memory, and pollers of control may still be queued on it:
 	 * poll() and select() callers leave when woken (their next ->poll() finds the entry
