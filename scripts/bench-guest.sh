@@ -10,15 +10,19 @@
 #   st1       otel + SpantrackProcessor + LD_PRELOAD=libspanhook.so + spantrack.ko, threshold_ns=1
 #             (every sampled span annotated, as the paper's Fig. 4)
 #   stdef     the same with the module's default threshold (1 ms: almost no span of this service is slow)
+#   st1sum    st1 with SpantrackProcessor's min_child_call = 1 ms: the record's attributes on
+#             every sampled span, child spans only for calls of 1 ms or more (none here)
+#   otelko    otel with spantrack.ko loaded but the service not registered: the floor, what
+#             the module's system-call tracepoints cost every process on the machine
 #   strace    otel + `strace -f -tt -T -o FILE` around the service (what a user would pick instead)
 #   perf      otel + `perf trace -o FILE` around the service (only if it works in the guest)
 #
 # Environment (defaults in brackets):
 #   BENCH_OUT [/run/spout]  BENCH_NS ["1000 10000 100000"]  BENCH_REPS [3]
-#   BENCH_CONFIGS ["none otel st1 stdef strace perf"]   BENCH_PEER_MAX_N [10000]: strace/perf
+#   BENCH_CONFIGS ["none otel otelko st1 st1sum stdef strace perf"]   BENCH_PEER_MAX_N [10000]: strace/perf
 #   only up to this N (they are orders of magnitude slower under emulation)
 #   BENCH_KS ["5 10 20"] extra getpid per span for Fig. 5 (k=0 is the Fig. 4 run)
-#   BENCH_K_CONFIGS ["otel st1"]   BENCH_K_NS [= BENCH_NS]
+#   BENCH_K_CONFIGS ["otel otelko st1 st1sum"]   BENCH_K_NS [= BENCH_NS]
 #   BENCH_MICRO [1]: run spantrack-microbench first   BENCH_CLOCK [icount]: label of the runs
 #   BENCH_WARMUP [200]   BENCH_K_REPS [1] repetitions of the Fig. 5 runs
 #   BENCH_PROFILE [1]: perf profiles of a getpid() loop, tracked / in a span (spantrack-bench spin)
@@ -29,10 +33,10 @@ root=$(pwd)
 out=${BENCH_OUT:-/run/spout}
 ns=${BENCH_NS:-"1000 10000 100000"}
 reps=${BENCH_REPS:-3}
-configs=${BENCH_CONFIGS:-"none otel st1 stdef strace perf"}
+configs=${BENCH_CONFIGS:-"none otel otelko st1 st1sum stdef strace perf"}
 peer_max=${BENCH_PEER_MAX_N:-10000}
 ks=${BENCH_KS:-"5 10 20"}
-kconfigs=${BENCH_K_CONFIGS:-"otel st1"}
+kconfigs=${BENCH_K_CONFIGS:-"otel otelko st1 st1sum"}
 kns=${BENCH_K_NS:-$ns}
 micro=${BENCH_MICRO:-1}
 clock=${BENCH_CLOCK:-icount}
@@ -91,13 +95,15 @@ sink_pid=$!
 # whole guest is sampled with perf (cpu-clock) during the run instead and the run is not
 # counted: the report goes to profile-CONFIG-kK-nN.txt.
 run() {
-  local cfg=$1 k=$2 n=$3 rep=$4 prof=${5:-} pre=() env=() trace=otel peer_out="" mstats="null" t0 t1 line perf_pid=
+  local cfg=$1 k=$2 n=$3 rep=$4 prof=${5:-} pre=() env=() extra=() trace=otel peer_out="" mstats="null" t0 t1 line perf_pid=
   case "$cfg" in
     none) module_off; trace=none;;
     otel) module_off;;
-    st1|stdef)
+    otelko) module_off; module_on;;
+    st1|st1sum|stdef)
       module_off; module_on   # fresh module: its stats are this run's
-      if [ "$cfg" = st1 ]; then echo 1 > $sysfs/threshold_ns; else echo "$default_threshold" > $sysfs/threshold_ns; fi
+      if [ "$cfg" = stdef ]; then echo "$default_threshold" > $sysfs/threshold_ns; else echo 1 > $sysfs/threshold_ns; fi
+      if [ "$cfg" = st1sum ]; then extra=(--min-child-us 1000); fi
       env=(LD_PRELOAD="$hook" SPANHOOK_QUIET=1); trace=spantrack;;
     strace) module_off; peer_out=$work/strace.out; pre=(strace -f -qq -tt -T -o "$peer_out");;
     perf) module_off; peer_out=$work/perf.out; pre=(perf trace -o "$peer_out" --);;
@@ -110,7 +116,7 @@ run() {
     sleep 1
   fi
   env "${env[@]}" "${pre[@]}" "$bench" serve --port-file "$work/svc.port" --trace "$trace" --getpid "$k" \
-    --sink-port-file "$work/sink.port" 2> "$work/svc.err" &
+    --sink-port-file "$work/sink.port" "${extra[@]}" 2> "$work/svc.err" &
   local svc=$!
   t0=$(date +%s%N)
   line=$(timeout 1800 "$bench" client --port-file "$work/svc.port" --n "$n" --warmup "$warmup" 2> "$work/client.err")

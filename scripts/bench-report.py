@@ -11,21 +11,25 @@ import statistics
 import sys
 from collections import defaultdict
 
-CFG_ORDER = ["none", "otel", "st1", "stdef", "strace", "perf"]
+CFG_ORDER = ["none", "otel", "otelko", "st1", "st1sum", "stdef", "strace", "perf"]
 CFG_LABEL = {
     "none": "no tracing",
     "otel": "OTel only",
+    "otelko": "OTel only, spantrack.ko loaded (service not registered)",
     "st1": "OTel + spantrack, threshold_ns=1",
+    "st1sum": "OTel + spantrack, threshold_ns=1, child spans only for calls >= 1 ms",
     "stdef": "OTel + spantrack, default threshold",
     "strace": "OTel + strace -f",
     "perf": "OTel + perf trace",
 }
 CFG_SHORT = {
-    "none": "none", "otel": "OTel", "st1": "OTel+spantrack (thr 1 ns)",
+    "none": "none", "otel": "OTel", "otelko": "OTel, module loaded", "st1": "OTel+spantrack (thr 1 ns)",
+    "st1sum": "OTel+spantrack (thr 1 ns, summary)",
     "stdef": "OTel+spantrack (thr 1 ms)", "strace": "OTel+strace -f", "perf": "OTel+perf trace",
 }
 COLORS = {
-    "none": "#9e9e9e", "otel": "#1f77b4", "st1": "#d62728", "stdef": "#ff9896",
+    "none": "#9e9e9e", "otel": "#1f77b4", "otelko": "#17becf", "st1": "#d62728", "st1sum": "#ff7f0e",
+    "stdef": "#ff9896",
     "strace": "#2ca02c", "perf": "#9467bd",
 }
 
@@ -160,7 +164,7 @@ def fig4(g, ns, cfgs, path, title):
                 vals[(c, n)] = (med(xs), min(xs), max(xs))
     if not vals:
         return
-    core = [v[2] for (c, _), v in vals.items() if c in ("none", "otel", "st1", "stdef")]
+    core = [v[2] for (c, _), v in vals.items() if c in ("none", "otel", "otelko", "st1", "st1sum", "stdef")]
     ymax = max(core) * 1.08 if core else 150
     ymin = 0
     ph = H - T - B
@@ -264,7 +268,7 @@ def main():
     ns = sorted({r["n"] for r in runs if r["k"] == 0})
     ks = sorted({r["k"] for r in runs} | {0})
     cfgs = [c for c in CFG_ORDER if any(r["config"] == c for r in runs)]
-    kcfgs = [c for c in ["none", "otel", "st1"] if any(r["config"] == c and r["k"] > 0 for r in runs)]
+    kcfgs = [c for c in ["none", "otel", "otelko", "st1", "st1sum"] if any(r["config"] == c and r["k"] > 0 for r in runs)]
     reps = max((r["rep"] for r in runs if r["k"] == 0), default=0)
     kreps = max((r["rep"] for r in runs if r["k"] > 0), default=0)
     out = []

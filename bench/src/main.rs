@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! spantrack-bench serve  --port-file P [--trace none|otel|spantrack] [--getpid K]
-//!                        [--sink HOST:PORT] [--sampling 0.1]
+//!                        [--sink HOST:PORT] [--sampling 0.1] [--min-child-us 0]
 //! spantrack-bench client --port-file P --n N [--warmup W]
 //! spantrack-bench sink   --port-file P
-//! spantrack-bench spin   --calls N --mode plain|tracked|in-span
+//! spantrack-bench spin   --calls N --mode plain|tracked|in-span|pairs
 //! ```
 //!
 //! * `serve`: the currency converter. A request/response RPC over loopback TCP (one line per
@@ -16,7 +16,8 @@
 //!   and the reply's `write`. `--trace none`: no OpenTelemetry at all; `otel`: SDK with a
 //!   batch processor exporting OTLP/HTTP protobuf to the sink; `spantrack`: the same with
 //!   `SpantrackProcessor` at the head of the pipeline (needs `LD_PRELOAD=libspanhook.so`
-//!   and spantrack.ko loaded, refuses to run otherwise).
+//!   and spantrack.ko loaded, refuses to run otherwise); `--min-child-us U` sets its
+//!   `Config::min_child_call` (child spans only for calls of at least U µs).
 //! * `client`: sends `W` unmeasured and then `N` measured requests one after the other
 //!   (closed loop, one connection), then asks the service to flush and stop; prints one JSON
 //!   line: total time, mean and p50/p90/p99 latency (guest CLOCK_MONOTONIC) and the

@@ -20,7 +20,7 @@ use opentelemetry_sdk::trace::{
     BatchSpanProcessor, IdGenerator, Sampler, SdkTracer, SdkTracerProvider,
 };
 use opentelemetry_sdk::Resource;
-use spantrack_otel::{ProcessorStats, SpantrackProcessor};
+use spantrack_otel::{Config, ProcessorStats, SpantrackProcessor};
 
 use crate::otlp::{CountingExporter, Counts, LoopbackHttpClient};
 use crate::{die, read_port, write_file, Opts};
@@ -84,6 +84,7 @@ fn provider(
     mode: &str,
     sink: SocketAddr,
     sampling: f64,
+    min_child_us: u64,
     counts: Arc<Counts>,
 ) -> (SdkTracerProvider, Option<Arc<ProcessorStats>>) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -110,7 +111,11 @@ fn provider(
     match mode {
         "otel" => (builder.with_span_processor(batch).build(), None),
         "spantrack" => {
-            let p = SpantrackProcessor::new(batch);
+            let config = Config {
+                min_child_call: Duration::from_micros(min_child_us),
+                ..Config::default()
+            };
+            let p = SpantrackProcessor::with_config(batch, config);
             if !p.is_active() {
                 die(&format!(
                     "--trace spantrack: {} (run with LD_PRELOAD=libspanhook.so and spantrack.ko loaded)",
@@ -129,6 +134,7 @@ pub fn run(opts: &Opts) {
     let mode = opts.get("trace").unwrap_or("otel");
     let getpid: u32 = opts.num("getpid", 0);
     let sampling: f64 = opts.num("sampling", 0.1);
+    let min_child_us: u64 = opts.num("min-child-us", 0);
     let counts = Arc::new(Counts::default());
     let (provider, st) = if mode == "none" {
         (None, None)
@@ -141,6 +147,7 @@ pub fn run(opts: &Opts) {
             mode,
             SocketAddr::from(([127, 0, 0, 1], sink)),
             sampling,
+            min_child_us,
             Arc::clone(&counts),
         );
         (Some(p), st)

@@ -1,4 +1,4 @@
-//! `spantrack-bench spin --calls N [--mode plain|tracked|in-span]`: a tight loop of `getpid()`
+//! `spantrack-bench spin --calls N [--mode plain|tracked|in-span|pairs]`: a tight loop of `getpid()`
 //! for profiling the system-call probe path with `perf record` (the microbench mixes all its
 //! phases in one process). `plain`: no registration; `tracked`: the process is registered,
 //! no span open; `in-span`: one span open around the whole loop (threshold set very high by
@@ -49,6 +49,25 @@ pub fn run(opts: &Opts) {
         if unsafe { libc::write(begin, line.as_ptr().cast(), line.len()) } != line.len() as isize {
             die("begin write failed");
         }
+    }
+    if mode == "pairs" {
+        // Span begin+end pairs (fast spans): what a sampled span costs the service thread.
+        let begin = open(uapi::PROC_BEGIN, libc::O_WRONLY);
+        let end = open(uapi::PROC_END, libc::O_WRONLY);
+        let t0 = mono_ns();
+        for _ in 0..calls {
+            // SAFETY: valid buffers.
+            let ok = unsafe {
+                libc::write(begin, line.as_ptr().cast(), line.len()) == line.len() as isize
+                    && libc::write(end, line.as_ptr().cast(), line.len()) == line.len() as isize
+            };
+            if !ok {
+                die("begin/end write failed");
+            }
+        }
+        let dt = mono_ns() - t0;
+        println!("span pairs: {:.1} ns per begin+end pair", dt as f64 / calls as f64);
+        return;
     }
     let t0 = mono_ns();
     for _ in 0..calls {

@@ -18,8 +18,11 @@ pub mod attr {
     pub const SYSCALLS_COUNT: &str = "spantrack.syscalls.count";
     /// Nanoseconds spent in them.
     pub const SYSCALLS_DURATION_NS: &str = "spantrack.syscalls.duration_ns";
-    /// Calls with a child span.
+    /// Calls the kernel itemised (each has a child span unless [`SYSCALLS_SUMMARISED`]).
     pub const SYSCALLS_ITEMISED: &str = "spantrack.syscalls.itemised";
+    /// With a minimum child duration configured: itemised calls shorter than it, left
+    /// without a child span (still in the count, duration and top attributes).
+    pub const SYSCALLS_SUMMARISED: &str = "spantrack.syscalls.summarised";
     /// The calls that took most time: `"fsync:12.3ms(1), write:200.0us(4)"`.
     pub const SYSCALLS_TOP: &str = "spantrack.syscalls.top";
     /// Calls counted but not itemised (per-span limit or entry pool).
@@ -151,6 +154,17 @@ pub fn annotate(
     record: &Record,
     new_span_id: &mut dyn FnMut() -> SpanId,
 ) -> Result<Vec<SpanData>, BadRecord> {
+    annotate_with(span, record, new_span_id, 0)
+}
+
+/// [`annotate`], with child spans only for the calls that lasted at least `min_child_ns`
+/// (0: every call); the others are counted in [`attr::SYSCALLS_SUMMARISED`].
+pub fn annotate_with(
+    span: &mut SpanData,
+    record: &Record,
+    new_span_id: &mut dyn FnMut() -> SpanId,
+    min_child_ns: u64,
+) -> Result<Vec<SpanData>, BadRecord> {
     let h = &record.header;
     let sc = &span.span_context;
     if h.trace_id != sc.trace_id().to_bytes() || h.span_id != sc.span_id().to_bytes() {
@@ -167,9 +181,15 @@ pub fn annotate(
         KeyValue::new(attr::ENDED_ELSEWHERE, h.flags & uapi::REC_ENDED_ELSEWHERE != 0),
         KeyValue::new(attr::THREAD_ID, i64::from(h.tid)),
     ]);
+    let long_enough = |e: &&SyscallEntry| e.end_mono_ns.saturating_sub(e.start_mono_ns) >= min_child_ns;
+    if min_child_ns > 0 {
+        let short = record.entries.iter().filter(|e| !long_enough(e)).count();
+        span.attributes.push(KeyValue::new(attr::SYSCALLS_SUMMARISED, int(short as u64)));
+    }
     let children = record
         .entries
         .iter()
+        .filter(long_enough)
         .map(|e| {
             let (start_time, end_time) = call_interval(h, e, span.start_time, span.end_time);
             let mut attributes = vec![
@@ -338,6 +358,29 @@ pub(crate) mod tests {
             n += 1;
             SpanId::from_bytes(n.to_be_bytes())
         }
+    }
+
+    #[test]
+    fn min_child_duration_keeps_only_long_calls_as_children() {
+        let entries = [
+            entry(1, 4096, 100, 300),        // write 200 us
+            entry(74, 0, 400, 12_400),       // fsync 12 ms
+            entry(202, -11, 13_000, 14_000), // futex 1 ms exactly: kept (inclusive)
+            entry(39, 7, 14_100, 14_101),    // getpid 1 us
+        ];
+        let h = header(entries.len() as u32);
+        let rec = Record::decode(&encode(&h, &entries)).unwrap();
+        let mut p = span_data(0, 20_000);
+        let kids = annotate_with(&mut p, &rec, &mut counter_ids(), 1_000_000).unwrap();
+        let names: Vec<_> = kids.iter().map(|k| k.name.to_string()).collect();
+        assert_eq!(names, ["fsync", "futex"]);
+        assert_eq!(attr(&p, attr::SYSCALLS_ITEMISED), Some(&Value::I64(4)));
+        assert_eq!(attr(&p, attr::SYSCALLS_SUMMARISED), Some(&Value::I64(2)));
+        assert!(attr(&p, attr::SYSCALLS_TOP).is_some_and(|v| v.as_str().contains("write:200.0us(1)")));
+        // Without the option: every call, and no summarised attribute.
+        let mut q = span_data(0, 20_000);
+        assert_eq!(annotate(&mut q, &rec, &mut counter_ids()).unwrap().len(), 4);
+        assert_eq!(attr(&q, attr::SYSCALLS_SUMMARISED), None);
     }
 
     #[test]

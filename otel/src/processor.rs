@@ -23,7 +23,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use crate::annotate::{annotate, Record};
+use crate::annotate::{annotate_with, Record};
 use crate::hook::{Absent, SpanHook, RECORD_MAX};
 
 /// Tunables of a [`SpantrackProcessor`].
@@ -40,6 +40,11 @@ pub struct Config {
     /// the service threads: a wake-up would be a `futex` call on the service thread, inside
     /// whatever span encloses the one that ended.
     pub idle_poll: Duration,
+    /// Child spans only for system calls at least this long (zero: one child per call, the
+    /// default). Shorter calls stay in the slow span's count, duration and top-calls
+    /// attributes, and `spantrack.syscalls.summarised` counts them: for services whose slow
+    /// spans make hundreds of small calls, this keeps the export small.
+    pub min_child_call: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +54,7 @@ impl Default for Config {
             queue_capacity: 1024,
             recheck: Duration::from_millis(2),
             idle_poll: Duration::from_millis(10),
+            min_child_call: Duration::ZERO,
         }
     }
 }
@@ -369,6 +375,7 @@ fn run_worker<P: SpanProcessor>(
     let mut buf = Vec::with_capacity(RECORD_MAX);
     let mut waiting: VecDeque<Waiting<P>> = VecDeque::new();
     let cap = config.queue_capacity.max(1);
+    let min_child_ns = u64::try_from(config.min_child_call.as_nanos()).unwrap_or(u64::MAX);
     loop {
         // Take what the service threads queued (never blocking: they never wake us).
         let mut barrier: Option<(SyncSender<()>, bool)> = None;
@@ -389,7 +396,7 @@ fn run_worker<P: SpanProcessor>(
                 }
             }
         }
-        resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats);
+        resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats, min_child_ns);
         // Wait for the oldest span's record (woken when it arrives), then look at all of
         // them again; before a barrier, until none is left.
         while !waiting.is_empty() {
@@ -401,12 +408,12 @@ fn run_worker<P: SpanProcessor>(
                     let got = hook.take_record(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes(), &mut buf, wait);
                     if got == Ok(true) {
                         if let Some(w) = waiting.pop_front() {
-                            emit(w, Some(&buf), &mut new_id, &stats);
+                            emit(w, Some(&buf), &mut new_id, &stats, min_child_ns);
                         }
                     }
                 }
             }
-            resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats);
+            resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats, min_child_ns);
             if barrier.is_none() {
                 break; // back to the queue: new spans may have come
             }
@@ -440,6 +447,7 @@ fn resolve<P: SpanProcessor>(
     buf: &mut Vec<u8>,
     new_id: &mut dyn FnMut() -> opentelemetry::trace::SpanId,
     stats: &ProcessorStats,
+    min_child_ns: u64,
 ) {
     let now = Instant::now();
     let mut i = 0;
@@ -462,7 +470,7 @@ fn resolve<P: SpanProcessor>(
                     if rec.is_none() && !counted_bad {
                         bump(&stats.no_record);
                     }
-                    emit(w, rec, new_id, stats);
+                    emit(w, rec, new_id, stats, min_child_ns);
                 }
             }
             None => i += 1,
@@ -476,12 +484,13 @@ fn emit<P: SpanProcessor>(
     record: Option<&[u8]>,
     new_id: &mut dyn FnMut() -> opentelemetry::trace::SpanId,
     stats: &ProcessorStats,
+    min_child_ns: u64,
 ) {
     let Waiting { mut span, inner, .. } = w;
     let Some(bytes) = record else {
         return inner.on_end(span);
     };
-    match Record::decode(bytes).and_then(|rec| annotate(&mut span, &rec, new_id)) {
+    match Record::decode(bytes).and_then(|rec| annotate_with(&mut span, &rec, new_id, min_child_ns)) {
         Ok(children) => {
             bump(&stats.annotated);
             stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
