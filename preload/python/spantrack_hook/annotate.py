@@ -73,10 +73,12 @@ def _new_span_id(taken: set) -> int:
             return sid
 
 
-def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None
-             ) -> Iterator[ReadableSpan]:
+def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
+             min_child_ns: int = 0) -> Iterator[ReadableSpan]:
     """Yields the annotated copy of `span`, then one child span per itemised system call
-    (built one at a time, so that the caller can pause between them)."""
+    that lasted at least `min_child_ns` (built one at a time, so that the caller can pause
+    between them); with `min_child_ns` > 0 the others are counted in
+    spantrack.syscalls.summarised."""
     ctx = span.context
     attrs = dict(span.attributes or {})
     attrs["spantrack.syscalls.count"] = rec.total_calls
@@ -95,6 +97,9 @@ def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = N
         attrs["spantrack.dropped.reason"] = ",".join(why)
     if rec.flags & REC_ENDED_ELSEWHERE:
         attrs["spantrack.ended_elsewhere"] = True
+    if min_child_ns > 0:
+        attrs["spantrack.syscalls.summarised"] = sum(
+            1 for e in rec.entries if e.end_mono_ns - e.start_mono_ns < min_child_ns)
     attrs["thread.id"] = rec.tid
     if thread_name and "thread.name" not in attrs:
         attrs["thread.name"] = thread_name
@@ -113,6 +118,8 @@ def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = N
     lo, hi = span.start_time, span.end_time
     taken = {ctx.span_id}
     for e in rec.entries:
+        if e.end_mono_ns - e.start_mono_ns < min_child_ns:
+            continue
         start = min(max(rec.mono_to_real(e.start_mono_ns), lo), hi)
         end = min(max(rec.mono_to_real(e.end_mono_ns), start), hi)
         child_ctx = trace_api.SpanContext(ctx.trace_id, _new_span_id(taken), is_remote=False,

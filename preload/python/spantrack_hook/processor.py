@@ -46,6 +46,9 @@ class SpantrackSpanProcessor(SpanProcessor):
     TAKE_TIMEOUT_MS = _env_int("SPANTRACK_TAKE_TIMEOUT_MS", 100)
     TAKE_TIMEOUT_BORDERLINE_MS = _env_int("SPANTRACK_TAKE_TIMEOUT_BORDERLINE_MS", 10)
     QUEUE_SIZE = _env_int("SPANTRACK_QUEUE_SIZE", 2048)
+    # Child spans only for system calls at least this long (0: one per call); the others
+    # stay in the slow span's attributes and are counted in spantrack.syscalls.summarised.
+    MIN_CHILD_NS = max(0, _env_int("SPANTRACK_MIN_CHILD_US", 0)) * 1000
     # The annotator gives the GIL away after this many spans handed on.
     YIELD_EVERY = 8
     # The threshold is read from the library at most this often (seconds).
@@ -229,8 +232,9 @@ class SpantrackSpanProcessor(SpanProcessor):
         if rec.trace_id != trace_id or rec.span_id != span_id:
             raise record.RecordError("the record is another span's")
         self.counters["annotated"] += 1
-        self.counters["syscall_spans"] += len(rec.entries)
-        for i, s in enumerate(annotate.annotate(span, rec, thread_name)):
+        for i, s in enumerate(annotate.annotate(span, rec, thread_name, self.MIN_CHILD_NS)):
+            if i > 0:
+                self.counters["syscall_spans"] += 1
             self._inner.on_end(s)
             if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
                 # Hand the GIL to a waiting service thread now rather than after the

@@ -173,6 +173,21 @@ class ProcessorTest(unittest.TestCase):
         self.assertNotEqual(self.fake.unregistered[0], threading.get_ident())
         self.assertEqual(self.fake.take_calls[0][2], SpantrackSpanProcessor.TAKE_TIMEOUT_MS)
 
+    def test_min_child_duration_leaves_short_calls_without_children(self):
+        self.p.head.MIN_CHILD_NS = 1 * MS
+        entries = [(NR["write"], 4096, 1_000, 200_000), (NR["fsync"], 0, 300_000, 12_300_000),
+                   (NR["futex"], -110, 13 * MS, 1 * MS)]
+        self.p.span("slow", 20 * MS, entries)
+        self.assertTrue(self.p.provider.force_flush(5000))
+        spans = {x.name: x for x in self.p.finished()}
+        # futex lasted exactly 1 ms: kept; write (0.2 ms) summarised.
+        self.assertEqual(sorted(spans), ["fsync", "futex", "slow"])
+        a = spans["slow"].attributes
+        self.assertEqual(a["spantrack.syscalls.itemised"], 3)
+        self.assertEqual(a["spantrack.syscalls.summarised"], 1)
+        self.assertIn("write:0.2ms(1)", a["spantrack.syscalls.top"])
+        self.assertEqual(self.p.head.counters["syscall_spans"], 2)
+
     def test_children_are_clamped_inside_the_parent(self):
         # A call that (by clock skew) starts before the span and one that ends after it.
         self.p.span("skewed", 5 * MS, [(NR["read"], 1, -1 * MS, 2 * MS),
