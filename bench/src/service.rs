@@ -22,7 +22,8 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use spantrack_otel::{Config, ProcessorStats, SpantrackProcessor};
 
-use crate::otlp::{CountingExporter, Counts, LoopbackHttpClient};
+use crate::otlp::{CountingExporter, Counts};
+use spantrack_otel::http_client::StdHttpClient;
 use crate::{die, read_port, write_file, Opts};
 
 /// Rates against EUR (the OpenTelemetry demo's currency service has the same table shape).
@@ -89,7 +90,7 @@ fn provider(
 ) -> (SdkTracerProvider, Option<Arc<ProcessorStats>>) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(LoopbackHttpClient { addr: sink })
+        .with_http_client(StdHttpClient { timeout: Duration::from_secs(30) })
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(format!("http://{sink}/v1/traces"))
         .with_timeout(Duration::from_secs(30))

@@ -21,6 +21,8 @@
 pub mod annotate;
 pub mod errno;
 pub mod hook;
+#[cfg(feature = "http-client")]
+pub mod http_client;
 pub mod processor;
 
 pub use hook::SpanHook;

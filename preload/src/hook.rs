@@ -166,7 +166,7 @@ impl Hook {
 
     /// `IOCTL_UNREGISTER_THREAD` for the calling thread: 0 or `-errno`.
     pub fn unregister_thread(&self) -> i32 {
-        sys::ioctl_plain(self.control, uapi::IOCTL_UNREGISTER_THREAD)
+        sys::ioctl_plain(self.control, uapi::IOCTL_UNREGISTER_THREAD).map_or_else(|e| -e, |()| 0)
     }
 
     /// Waits up to `timeout` for the record of the span and moves it out of the store if it
@@ -250,14 +250,15 @@ pub fn init() -> Result<(), String> {
             return Err(e);
         }
     };
-    let r = sys::ioctl_plain(control, uapi::IOCTL_REGISTER);
     // EALREADY: this process registered before an exec (same tgid): keep using that.
-    if r < 0 && r != -libc::EALREADY {
-        close_all(&opened);
-        return Err(format!("ioctl REGISTER: {}", sys::errno_text(-r)));
+    if let Err(e) = sys::ioctl_plain(control, uapi::IOCTL_REGISTER) {
+        if e != libc::EALREADY {
+            close_all(&opened);
+            return Err(format!("ioctl REGISTER: {}", sys::errno_text(e)));
+        }
     }
     let fail = |opened: &[RawFd], msg: String| -> Result<(), String> {
-        sys::ioctl_plain(control, uapi::IOCTL_UNREGISTER);
+        let _ = sys::ioctl_plain(control, uapi::IOCTL_UNREGISTER);
         close_all(opened);
         Err(msg)
     };

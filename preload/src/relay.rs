@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use spantrack_uapi as uapi;
@@ -36,39 +36,11 @@ pub struct Pass {
     pub first_error: Option<String>,
 }
 
-/// The `cpu<N>` files of a relay directory, sorted by N.
-pub fn cpu_files(dir: &str) -> std::io::Result<Vec<(u32, String)>> {
-    let mut v = Vec::new();
-    for ent in std::fs::read_dir(dir)? {
-        let name = ent?.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix(uapi::RELAY_FILE_BASE) {
-            if let Ok(cpu) = n.parse::<u32>() {
-                v.push((cpu, format!("{dir}/{name}")));
-            }
-        }
-    }
-    v.sort();
-    Ok(v)
-}
+pub use spantrack_sys::cpu_files;
 
 /// `IOCTL_RELAY_FDS` on the control file: the calling process's relay buffers, as
 /// `(cpu, file)` pairs, or the errno.
-pub fn own_buffers(control: RawFd) -> Result<Vec<(u32, File)>, i32> {
-    let mut out = uapi::RelayFds::default();
-    // SAFETY: IOCTL_RELAY_FDS writes one `RelayFds` (its size is in the request number).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_RELAY_FDS as _, &mut out as *mut uapi::RelayFds) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
-    }
-    let mut v = Vec::new();
-    for (cpu, &fd) in out.fds.iter().enumerate() {
-        if fd >= 0 {
-            // SAFETY: the kernel installed `fd` for us just now; we own it from here on.
-            v.push((cpu as u32, unsafe { File::from_raw_fd(fd) }));
-        }
-    }
-    Ok(v)
-}
+pub use spantrack_sys::relay_fds as own_buffers;
 
 impl RelayReader {
     /// The calling process's relay buffers: the descriptors of `IOCTL_RELAY_FDS` on

@@ -1,16 +1,11 @@
-//! Thin wrappers over the system calls the library makes: open, one-shot write, the
-//! control file's ioctls, poll, and errno. Nothing here allocates on the span paths.
+//! Thin wrappers over the system calls the library makes: open, one-shot write, and (from
+//! `spantrack-sys`, shared with the in-VM tests) the control file's ioctls, poll and errno.
+//! Nothing here allocates on the span paths.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-use spantrack_uapi as uapi;
-
-/// The calling thread's `errno` (no system call).
-pub fn errno() -> i32 {
-    // SAFETY: `__errno_location` returns the calling thread's errno slot, always valid.
-    unsafe { *libc::__errno_location() }
-}
+pub use spantrack_sys::{errno, ioctl_info, ioctl_plain, poll_in};
 
 /// `open(path, flags | O_CLOEXEC)`: the descriptor or the errno.
 pub fn open(path: &str, flags: i32) -> Result<RawFd, i32> {
@@ -42,47 +37,6 @@ pub fn write_all_once(fd: RawFd, bytes: &[u8]) -> i32 {
         -libc::EIO
     } else {
         0
-    }
-}
-
-/// An argument-less ioctl on the control file: 0 or `-errno`.
-pub fn ioctl_plain(fd: RawFd, req: u32) -> i32 {
-    // SAFETY: the spantrack ioctls without a payload take no argument.
-    let r = unsafe { libc::ioctl(fd, req as _, 0usize) };
-    if r < 0 {
-        -errno()
-    } else {
-        0
-    }
-}
-
-/// `IOCTL_INFO` on the control file.
-pub fn ioctl_info(fd: RawFd) -> Result<uapi::Info, i32> {
-    let mut info = uapi::Info::default();
-    // SAFETY: IOCTL_INFO writes one `Info` (its size is encoded in the request number).
-    let r = unsafe { libc::ioctl(fd, uapi::IOCTL_INFO as _, &mut info as *mut uapi::Info) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(info)
-    }
-}
-
-/// `poll()` one descriptor for POLLIN: its `revents` (0 on timeout) or the errno.
-pub fn poll_in(fd: RawFd, timeout_ms: i32) -> Result<i16, i32> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if r < 0 {
-        Err(errno())
-    } else if r == 0 {
-        Ok(0)
-    } else {
-        Ok(p.revents)
     }
 }
 

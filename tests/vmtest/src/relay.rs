@@ -98,19 +98,7 @@ pub struct Relay {
 
 /// The `cpu<N>` files of a relay directory, sorted by N.
 pub fn cpu_files(dir: &str) -> Result<Vec<(u32, String)>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("read_dir {dir}: {e}"))?;
-    let mut v = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| format!("read_dir {dir}: {e}"))?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix(uapi::RELAY_FILE_BASE) {
-            if let Ok(cpu) = n.parse::<u32>() {
-                v.push((cpu, format!("{dir}/{name}")));
-            }
-        }
-    }
-    v.sort();
-    Ok(v)
+    spantrack_sys::cpu_files(dir).map_err(|e| format!("read_dir {dir}: {e}"))
 }
 
 impl Relay {

@@ -2,14 +2,11 @@
 //! clocks, ioctls on the control file, poll, errno names. Inside spans the test uses only
 //! the raw calls of `span::run_ops`.
 
-use spantrack_uapi as uapi;
 use std::ffi::CString;
 
-/// The calling thread's `errno`.
-pub fn errno() -> i32 {
-    // SAFETY: `__errno_location` returns the calling thread's errno slot, always valid.
-    unsafe { *libc::__errno_location() }
-}
+// Not every binary including this file uses all of them.
+#[allow(unused_imports)]
+pub use spantrack_sys::{errno, ioctl_info, ioctl_plain, poll_in};
 
 /// Symbolic name of an errno value (the ones the module's interface uses, plus a few).
 pub fn errno_name(e: i32) -> String {
@@ -114,46 +111,6 @@ pub fn write_once(fd: i32, bytes: &[u8]) -> Result<usize, i32> {
         Err(errno())
     } else {
         Ok(r as usize)
-    }
-}
-
-/// An argument-less ioctl on the control file.
-pub fn ioctl_plain(fd: i32, req: u32) -> Result<(), i32> {
-    // SAFETY: the spantrack ioctls without a payload take no argument.
-    let r = unsafe { libc::ioctl(fd, req as _, 0usize) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
-pub fn ioctl_info(fd: i32) -> Result<uapi::Info, i32> {
-    let mut info = uapi::Info::default();
-    // SAFETY: IOCTL_INFO writes one `Info` (its size is encoded in the request number).
-    let r = unsafe { libc::ioctl(fd, uapi::IOCTL_INFO as _, &mut info as *mut uapi::Info) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(info)
-    }
-}
-
-/// `poll()` one descriptor for POLLIN: its `revents` (0 on timeout) or the errno.
-pub fn poll_in(fd: i32, timeout_ms: i32) -> Result<i16, i32> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if r < 0 {
-        Err(errno())
-    } else if r == 0 {
-        Ok(0)
-    } else {
-        Ok(p.revents)
     }
 }
 

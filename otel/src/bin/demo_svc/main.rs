@@ -53,7 +53,7 @@ fn provider(export: &str) -> SdkTracerProvider {
             // The builder reads OTEL_EXPORTER_OTLP_ENDPOINT (and _TRACES_ENDPOINT) itself.
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_http_client(exporters::StdHttpClient {
+                .with_http_client(spantrack_otel::http_client::StdHttpClient {
                     timeout: Duration::from_secs(10),
                 })
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
