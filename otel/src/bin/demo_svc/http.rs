@@ -47,6 +47,10 @@ pub fn install_signal_handlers() {
 static CONTENDED: Mutex<()> = Mutex::new(());
 /// Set by the holder thread once it holds [`CONTENDED`].
 static HELD: AtomicBool = AtomicBool::new(false);
+/// Set by the requester just before it takes [`CONTENDED`]: the holder's 20 ms count from
+/// then, so that the wait is ~20 ms however late the requester saw [`HELD`] (a loaded,
+/// emulated machine can deschedule it for longer than that).
+static WAITING: AtomicBool = AtomicBool::new(false);
 /// Asks the holder thread to take [`CONTENDED`] for 20 ms.
 static HOLD: Mutex<Option<mpsc::Sender<()>>> = Mutex::new(None);
 
@@ -58,8 +62,13 @@ fn start_lock_holder() {
         while rx.recv().is_ok() {
             let g = CONTENDED.lock().unwrap_or_else(|e| e.into_inner());
             HELD.store(true, Ordering::Release);
+            let t = Instant::now();
+            while !WAITING.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
             std::thread::sleep(Duration::from_millis(20));
             HELD.store(false, Ordering::Release);
+            WAITING.store(false, Ordering::Release);
             drop(g);
         }
     });
@@ -80,6 +89,7 @@ fn contend() -> Duration {
             std::hint::spin_loop();
             spins += 1;
         }
+        WAITING.store(true, Ordering::Release);
     }
     drop(CONTENDED.lock().unwrap_or_else(|e| e.into_inner()));
     t.elapsed()
