@@ -355,30 +355,8 @@ fn full_queue_passes_spans_through_and_flush_drains() {
     provider.shutdown().unwrap();
 }
 
-#[test]
-fn shutdown_drains_the_worker_first() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (provider, exporter, stats) = setup(1_000_000, Config::default());
-    let tracer = provider.tracer("t");
-    for _ in 0..3 {
-        let mut s = tracer.start("slow");
-        std::thread::sleep(Duration::from_millis(3));
-        s.end();
-    }
-    provider.shutdown().unwrap();
-    let s = stats.snapshot();
-    assert_eq!((s.queued, s.annotated, s.children), (3, 3, 3), "{s:?}");
-    let spans = exporter.get_finished_spans().unwrap();
-    assert_eq!(spans.len(), 6);
-}
-
-#[test]
-fn min_child_call_leaves_short_calls_without_children() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let config = Config {
-        min_child_call: Duration::from_secs(1),
-        ..Config::default()
-    };
+/// Three spans of 3 ms (threshold 1 ms), then shutdown: what the exporter got, and the stats.
+fn three_slow_spans(config: Config) -> (Vec<SpanData>, crate::processor::StatsSnapshot) {
     let (provider, exporter, stats) = setup(1_000_000, config);
     let tracer = provider.tracer("t");
     for _ in 0..3 {
@@ -387,9 +365,25 @@ fn min_child_call_leaves_short_calls_without_children() {
         s.end();
     }
     provider.shutdown().unwrap();
-    let s = stats.snapshot();
+    (exporter.get_finished_spans().unwrap(), stats.snapshot())
+}
+
+#[test]
+fn shutdown_drains_the_worker_first() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (spans, s) = three_slow_spans(Config::default());
+    assert_eq!((s.queued, s.annotated, s.children), (3, 3, 3), "{s:?}");
+    assert_eq!(spans.len(), 6);
+}
+
+#[test]
+fn min_child_call_leaves_short_calls_without_children() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (spans, s) = three_slow_spans(Config {
+        min_child_call: Duration::from_secs(1),
+        ..Config::default()
+    });
     assert_eq!((s.queued, s.annotated, s.children), (3, 3, 0), "{s:?}");
-    let spans = exporter.get_finished_spans().unwrap();
     assert_eq!(spans.len(), 3);
     for sp in &spans {
         assert_eq!(attr_of(sp, attr::SYSCALLS_ITEMISED), Some(&Value::I64(1)));
