@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use crate::{die, read_port, Opts};
+use crate::{die, mono_ns, read_port, Opts};
 
 const PAIRS: &[(&str, &str)] = &[
     ("EUR", "USD"),
@@ -17,16 +17,6 @@ const PAIRS: &[(&str, &str)] = &[
     ("PLN", "CZK"),
     ("INR", "EUR"),
 ];
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {

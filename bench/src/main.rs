@@ -32,6 +32,17 @@ mod service;
 mod sink;
 mod spin;
 
+/// Guest CLOCK_MONOTONIC in ns (the client's and the spin loop's clock).
+pub(crate) fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub(crate) fn die(msg: &str) -> ! {
     eprintln!("spantrack-bench: {msg}");
     std::process::exit(2);

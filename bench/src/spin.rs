@@ -8,7 +8,7 @@ use std::ffi::CString;
 
 use spantrack_uapi as uapi;
 
-use crate::{die, Opts};
+use crate::{die, mono_ns, Opts};
 
 fn open(path: &str, flags: i32) -> i32 {
     let c = CString::new(path).unwrap_or_else(|_| die("path"));
@@ -18,16 +18,6 @@ fn open(path: &str, flags: i32) -> i32 {
         die(&format!("open {path}: {}", std::io::Error::last_os_error()));
     }
     fd
-}
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn run(opts: &Opts) {

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::os::fd::RawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use spantrack_sys::{cpu_files, relay_fds};
 use spantrack_uapi as uapi;
 
 use crate::store::SpanIds;
@@ -36,18 +37,12 @@ pub struct Pass {
     pub first_error: Option<String>,
 }
 
-pub use spantrack_sys::cpu_files;
-
-/// `IOCTL_RELAY_FDS` on the control file: the calling process's relay buffers, as
-/// `(cpu, file)` pairs, or the errno.
-pub use spantrack_sys::relay_fds as own_buffers;
-
 impl RelayReader {
     /// The calling process's relay buffers: the descriptors of `IOCTL_RELAY_FDS` on
     /// `control` (the process must be registered), or, from a module without that ioctl
     /// (`ENOTTY`), the debugfs files of `tgid`.
     pub fn open_own(control: RawFd, tgid: u32) -> Result<RelayReader, String> {
-        match own_buffers(control) {
+        match relay_fds(control) {
             Ok(files) => {
                 // The descriptors are blocking: make them non-blocking as `open_dir` does.
                 for (_, f) in &files {

@@ -80,14 +80,7 @@ impl BulkReader {
         if files.is_empty() {
             return Err(format!("no cpu* files in {dir}"));
         }
-        Ok(BulkReader {
-            files,
-            errors: Vec::new(),
-            records: 0,
-            bytes: 0,
-            read_errnos: super::Hist::default(),
-            buf: vec![0u8; 256 * 1024],
-        })
+        Ok(Self::with_files(files))
     }
 
     /// Reads everything available; `piece` limits each read() (0: 256 KiB, else a

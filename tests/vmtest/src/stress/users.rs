@@ -19,6 +19,15 @@ use spantrack_uapi as uapi;
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
+/// The control, begin and end files, or None if one does not open.
+fn open_proc_files() -> Option<(Fd, Fd, Fd)> {
+    Some((
+        Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY).ok()?,
+        Fd::open(uapi::PROC_BEGIN, libc::O_WRONLY).ok()?,
+        Fd::open(uapi::PROC_END, libc::O_WRONLY).ok()?,
+    ))
+}
+
 fn res(e: i32) -> String {
     if e == 0 {
         "ok".into()
@@ -54,11 +63,7 @@ pub fn service(_args: &[String]) -> i32 {
     let tid = sys::gettid();
     // SAFETY: plain query.
     let mut out = vec![format!("uid={}", unsafe { libc::getuid() })];
-    let (Ok(control), Ok(b), Ok(e)) = (
-        Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY),
-        Fd::open(uapi::PROC_BEGIN, libc::O_WRONLY),
-        Fd::open(uapi::PROC_END, libc::O_WRONLY),
-    ) else {
+    let Some((control, b, e)) = open_proc_files() else {
         println!("result error=open_proc_files");
         return 1;
     };
@@ -135,11 +140,7 @@ pub fn intruder(args: &[String]) -> i32 {
     let me = sys::getpid();
     // SAFETY: plain query.
     let mut out = vec![format!("uid={}", unsafe { libc::getuid() })];
-    let (Ok(control), Ok(b), Ok(e)) = (
-        Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY),
-        Fd::open(uapi::PROC_BEGIN, libc::O_WRONLY),
-        Fd::open(uapi::PROC_END, libc::O_WRONLY),
-    ) else {
+    let Some((control, b, e)) = open_proc_files() else {
         println!("result error=open_proc_files");
         return 1;
     };
