@@ -8,6 +8,11 @@ use kernel::prelude::*;
 
 extern "C" {
     pub(crate) fn st_lock_irqsave() -> c_ulong;
+    /// Reads the current task's active-span slot at user address `addr` without faulting
+    /// (atomic context); 0 or `-EFAULT`.
+    pub(crate) fn st_read_slot(addr: u64, val: *mut u64) -> c_int;
+    /// Process context: 0 if the 8 bytes at user address `addr` are readable, else `-EFAULT`.
+    pub(crate) fn st_check_slot(addr: u64) -> c_int;
     pub(crate) fn st_unlock_irqrestore(flags: c_ulong);
     pub(crate) fn st_clocks(mono: *mut u64, real: *mut u64);
     pub(crate) fn st_reg_lock();

@@ -146,6 +146,34 @@ static __always_inline bool st_active(pid_t pid)
 	return st_bit(st_active_bits, pid);
 }
 
+/*
+ * The 8-byte active-span slot of the current task at user address addr (see
+ * IOCTL_SET_ACTIVE_SLOT), from the sys_enter probe: preemption is off there (6.12 runs
+ * tracepoint probes under preempt_disable), so the read must not fault in a page: with
+ * page faults disabled a missing page is an -EFAULT through the exception table.
+ * 0 or -EFAULT.
+ */
+int st_read_slot(u64 addr, u64 *val)
+{
+	const u64 __user *p = (const u64 __user *)(uintptr_t)addr;
+	int r;
+
+	if (unlikely(!access_ok(p, sizeof(*p))))
+		return -EFAULT;
+	pagefault_disable();
+	r = __get_user(*val, p);
+	pagefault_enable();
+	return r ? -EFAULT : 0;
+}
+
+/* Process context (the ioctl): is the slot at addr readable? 0 or -EFAULT. */
+int st_check_slot(u64 addr)
+{
+	u64 v;
+
+	return copy_from_user(&v, (const void __user *)(uintptr_t)addr, sizeof(v)) ? -EFAULT : 0;
+}
+
 static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
 	pid_t pid = current->pid;

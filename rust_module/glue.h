@@ -8,6 +8,8 @@
 unsigned long st_lock_irqsave(void);
 void st_unlock_irqrestore(unsigned long flags);
 void st_clocks(u64 *mono, u64 *real);
+int st_read_slot(u64 addr, u64 *val);
+int st_check_slot(u64 addr);
 void st_reg_lock(void);
 void st_reg_unlock(void);
 void *st_vzalloc(size_t size);

@@ -24,6 +24,7 @@ use crate::uapi;
 
 const EINVAL: i32 = 22;
 const EIO: i32 = 5;
+const EFAULT: i32 = 14;
 const ENOENT: i32 = 2;
 const ENOMEM: i32 = 12;
 const ENOTTY: i32 = 25;
@@ -200,7 +201,12 @@ impl Drop for Channels {
 #[no_mangle]
 extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64) {
     let Some(g) = global() else { return };
-    g.lock().tracker().sys_enter(tid as u32, nr as u32, mono);
+    g.lock().tracker().sys_enter_with(tid as u32, nr as u32, mono, |addr| {
+        let mut v = 0u64;
+        // SAFETY: `st_read_slot` reads the current task's memory without faulting and
+        // writes only `v`, a local.
+        (unsafe { fac::st_read_slot(addr, &mut v) } == 0).then_some(v)
+    });
 }
 
 #[no_mangle]
@@ -538,6 +544,17 @@ extern "C" fn st_rs_ioctl(
                 Ok(0)
             } else {
                 Err(ENOENT)
+            }
+        }
+        uapi::IOCTL_SET_ACTIVE_SLOT => {
+            let addr = arg as u64;
+            // Checked before the lock: a first touch of the page may fault (and sleep).
+            // SAFETY: reads 8 bytes of the caller's own memory in process context.
+            if addr != 0 && addr % 8 == 0 && unsafe { fac::st_check_slot(addr) } != 0 {
+                g.lock().tracker().exclude_call(tid);
+                Err(EFAULT)
+            } else {
+                g.lock().tracker().set_active_slot(tid, addr).map(|()| 0)
             }
         }
         uapi::IOCTL_INFO => {

@@ -82,6 +82,7 @@ pub fn encode_header(h: &RecordHeader, out: &mut [u8]) -> bool {
         &h.end_real_ns.to_le_bytes(),
     );
     put(o, offset_of!(RecordHeader, depth), &h.depth.to_le_bytes());
+    put(o, offset_of!(RecordHeader, n_threads), &h.n_threads.to_le_bytes());
     put(o, offset_of!(RecordHeader, flags), &h.flags.to_le_bytes());
     put(
         o,
@@ -117,7 +118,7 @@ pub fn encode_entry(e: &SyscallEntry, out: &mut [u8]) -> bool {
         return false;
     };
     put(o, offset_of!(SyscallEntry, nr), &e.nr.to_le_bytes());
-    put(o, offset_of!(SyscallEntry, flags), &e.flags.to_le_bytes());
+    put(o, offset_of!(SyscallEntry, tid), &e.tid.to_le_bytes());
     put(o, offset_of!(SyscallEntry, ret), &e.ret.to_le_bytes());
     put(
         o,
@@ -195,7 +196,8 @@ mod tests {
                 end_mono_ns: c.1,
                 begin_real_ns: c.2,
                 end_real_ns: c.3,
-                depth: c.4,
+                depth: c.4 as u16,
+                n_threads: (c.4 >> 16) as u16,
                 flags: c.5,
                 total_calls: d.0,
                 total_call_ns: d.1,
@@ -213,9 +215,9 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
         )
-            .prop_map(|(nr, flags, ret, s, e)| SyscallEntry {
+            .prop_map(|(nr, tid, ret, s, e)| SyscallEntry {
                 nr,
-                flags,
+                tid,
                 ret,
                 start_mono_ns: s,
                 end_mono_ns: e,

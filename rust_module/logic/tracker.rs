@@ -19,7 +19,8 @@ use crate::syscalls::SyscallFilter;
 use crate::table::{HashTable, IndexPool, TableKey, TableSlot};
 use crate::tunables::TextBuf;
 use crate::uapi::{
-    self, RecordHeader, SyscallEntry, MAX_DEPTH, RECORD_HEADER_SIZE, SYSCALL_ENTRY_SIZE,
+    self, RecordHeader, SyscallEntry, MAX_DEPTH, MAX_SPAN_THREADS, RECORD_HEADER_SIZE,
+    SYSCALL_ENTRY_SIZE,
 };
 
 /// `ENOENT`: the process is not registered.
@@ -30,6 +31,8 @@ pub const ENOSPC: i32 = 28;
 pub const ERANGE: i32 = 34;
 /// `EALREADY`: the process is already registered.
 pub const EALREADY: i32 = 114;
+/// `EINVAL`: a misaligned active-span slot.
+pub const EINVAL: i32 = 22;
 
 /// "No slot" in the `u32` links.
 pub const NIL: u32 = u32::MAX;
@@ -54,10 +57,29 @@ pub const TRACKED_WORDS: usize = PID_MAX_LIMIT / 64;
 const CALL_NONE: u32 = 0;
 const CALL_ACTIVE: u32 = 1;
 const CALL_EXCLUDED: u32 = 2;
+/// A call of a thread with an active-span slot that is charged to no span (slot 0, an
+/// unknown span id, an unreadable slot).
+const CALL_UNCHARGED: u32 = 3;
 
 #[inline]
 fn bump(c: &mut u64) {
     *c = c.wrapping_add(1);
+}
+
+/// Adds `tid` to the threads that made calls of span `s`.
+#[inline(always)]
+fn note_thread(s: &mut SpanSlot, tid: u32) {
+    let n = s.n_threads as usize;
+    if s.tids.get(..n.min(MAX_SPAN_THREADS)).is_some_and(|k| k.contains(&tid)) {
+        return;
+    }
+    match s.tids.get_mut(n) {
+        Some(x) => {
+            *x = tid;
+            s.n_threads = s.n_threads.wrapping_add(1);
+        }
+        None => s.flags |= uapi::REC_MANY_THREADS,
+    }
 }
 
 #[inline]
@@ -79,6 +101,9 @@ pub struct ProcessSlot {
     n_threads: u32,
     /// Head of the list of its threads (thread slot indices linked by `next`).
     first_thread: u32,
+    /// Its open spans (stacked or not).
+    open_spans: u32,
+    _pad: u32,
     records_written: u64,
     records_dropped: u64,
 }
@@ -90,6 +115,8 @@ impl ProcessSlot {
         tgid: 0,
         n_threads: 0,
         first_thread: NIL,
+        open_spans: 0,
+        _pad: 0,
         records_written: 0,
         records_dropped: 0,
     };
@@ -110,9 +137,19 @@ pub struct ThreadSlot {
     /// `CALL_*`: the call in progress, if any, and whether it is excluded.
     call_state: u32,
     call_nr: u32,
-    _pad: u32,
+    /// With an active-span slot: the span the call in progress is charged to.
+    call_span: u32,
     call_start_ns: u64,
     stack: [u32; MAX_DEPTH],
+    /// User address of the thread's active-span slot (`uapi::ActiveSlot`); 0: none, calls
+    /// go to the innermost span of `stack`.
+    slot_addr: u64,
+    /// The slot value last resolved, and its span (`NIL`: not an open span): the probes
+    /// look the span up again only when the value changes (a switch).
+    slot_value: u64,
+    slot_span: u32,
+    /// `Tracker::begins` when `slot_span` was found `NIL` (a later begin may open it).
+    slot_gen: u32,
 }
 
 impl ThreadSlot {
@@ -125,9 +162,13 @@ impl ThreadSlot {
         depth: 0,
         call_state: CALL_NONE,
         call_nr: 0,
-        _pad: 0,
+        call_span: NIL,
         call_start_ns: 0,
         stack: [NIL; MAX_DEPTH],
+        slot_addr: 0,
+        slot_value: 0,
+        slot_span: NIL,
+        slot_gen: 0,
     };
 }
 
@@ -136,7 +177,8 @@ impl ThreadSlot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanSlot {
     key: SpanKey,
-    /// Process slot and thread slot of the thread that began it.
+    /// Process slot, and the slot of the thread on whose stack it is (`NIL`: owned by the
+    /// process, begun by a thread with an active-span slot).
     proc: u32,
     thread: u32,
     tid: u32,
@@ -150,7 +192,9 @@ pub struct SpanSlot {
     n_entries: u32,
     first_chunk: u32,
     last_chunk: u32,
-    _pad: u32,
+    /// Distinct threads whose calls were charged to it: `tids[..min(n_threads, 8)]`.
+    n_threads: u32,
+    tids: [u32; MAX_SPAN_THREADS],
     begin_mono_ns: u64,
     begin_real_ns: u64,
     total_calls: u64,
@@ -172,7 +216,8 @@ impl SpanSlot {
         n_entries: 0,
         first_chunk: NIL,
         last_chunk: NIL,
-        _pad: 0,
+        n_threads: 0,
+        tids: [0; MAX_SPAN_THREADS],
         begin_mono_ns: 0,
         begin_real_ns: 0,
         total_calls: 0,
@@ -193,7 +238,7 @@ pub struct EntryChunk {
 
 const EMPTY_ENTRY: SyscallEntry = SyscallEntry {
     nr: 0,
-    flags: 0,
+    tid: 0,
     ret: 0,
     start_mono_ns: 0,
     end_mono_ns: 0,
@@ -232,6 +277,47 @@ impl TableKey for OpenSpanKey {
     }
 }
 
+/// Key of the activation index: an open span's id as an active-span slot holds it
+/// ([`uapi::slot_value`]) and its process. Unique within a process: a begin whose span id is
+/// open in the process under another trace id is refused as a duplicate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ActiveKey {
+    /// The span id as a slot holds it.
+    pub span_id: u64,
+    /// Process slot index.
+    pub proc: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+impl ActiveKey {
+    fn of(key: &SpanKey, proc: u32) -> Self {
+        ActiveKey {
+            span_id: uapi::slot_value(&key.span_id),
+            proc,
+            pad: 0,
+        }
+    }
+}
+
+impl TableKey for ActiveKey {
+    const ZERO: Self = ActiveKey {
+        span_id: 0,
+        proc: 0,
+        pad: 0,
+    };
+    #[inline]
+    fn table_hash(&self, seed: u64) -> u32 {
+        // splitmix64's finaliser over id, process and seed.
+        let mut x = self.span_id ^ seed ^ u64::from(self.proc).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        (x ^ (x >> 32)) as u32
+    }
+}
+
 /// The memory of a [`Tracker`], supplied by the caller. Every element type is valid as
 /// all-zero bytes; [`Tracker::new`] initialises all of it. Capacities are the slice lengths:
 /// - `threads` and `thread_free` (same length), `thread_index` about 2x that, a power of two
@@ -254,6 +340,8 @@ pub struct Storage<'a> {
     pub span_free: &'a mut [u32],
     /// Hash table (ids, process) -> span slot (about 2x `spans`, a power of two).
     pub span_index: &'a mut [TableSlot<OpenSpanKey>],
+    /// Hash table (span id, process) -> span slot, for the active-span slots (same size).
+    pub active_index: &'a mut [TableSlot<ActiveKey>],
     /// Chunks of itemised calls.
     pub chunks: &'a mut [EntryChunk],
     /// Free list of chunks (same length as `chunks`).
@@ -282,6 +370,8 @@ pub struct DefaultStorage {
     pub span_free: [u32; DEFAULT_SPANS],
     /// See [`Storage::span_index`].
     pub span_index: [TableSlot<OpenSpanKey>; 2 * DEFAULT_SPANS],
+    /// See [`Storage::active_index`].
+    pub active_index: [TableSlot<ActiveKey>; 2 * DEFAULT_SPANS],
     /// See [`Storage::chunks`].
     pub chunks: [EntryChunk; DEFAULT_CHUNKS],
     /// See [`Storage::chunk_free`].
@@ -302,6 +392,7 @@ impl DefaultStorage {
             spans: &mut self.spans,
             span_free: &mut self.span_free,
             span_index: &mut self.span_index,
+            active_index: &mut self.active_index,
             chunks: &mut self.chunks,
             chunk_free: &mut self.chunk_free,
             tracked: &self.tracked,
@@ -454,6 +545,18 @@ stats_struct! {
     calls_filtered,
     /// Call exits of tracked threads without a matching enter.
     calls_without_enter,
+    /// Threads that registered an active-span slot (`IOCTL_SET_ACTIVE_SLOT`).
+    slots_set,
+    /// Calls of threads with a slot made while no span was active on the thread (slot 0):
+    /// charged to no span.
+    calls_no_active_span,
+    /// Calls of threads with a slot whose span id is not open in the module (unsampled,
+    /// remote, already ended): charged to no span.
+    calls_unknown_active_span,
+    /// Calls of threads with a slot whose slot could not be read: charged to no span.
+    slot_faults,
+    /// Calls whose active span ended while the call was in progress: charged to no span.
+    calls_span_ended,
     /// Records whose itemised calls were cut to fit the output buffer.
     records_truncated,
     /// Records written to relay (noted by the kernel).
@@ -525,6 +628,9 @@ pub struct Tracker<'a> {
     spans: &'a mut [SpanSlot],
     span_pool: IndexPool<'a>,
     span_index: HashTable<'a, OpenSpanKey>,
+    active_index: HashTable<'a, ActiveKey>,
+    /// Spans begun so far (wrapping): validates the probes' cached "no such span" answers.
+    begins: u32,
     chunks: &'a mut [EntryChunk],
     chunk_pool: IndexPool<'a>,
     tracked: TrackedSet<'a>,
@@ -555,6 +661,7 @@ impl<'a> Tracker<'a> {
             spans,
             span_free,
             span_index,
+            active_index,
             chunks,
             chunk_free,
             tracked,
@@ -591,6 +698,8 @@ impl<'a> Tracker<'a> {
             spans,
             span_pool: IndexPool::new(span_free, n_spans),
             span_index: HashTable::new(span_index, seed.rotate_left(32) ^ 0x5bd1_e995),
+            active_index: HashTable::new(active_index, seed.rotate_left(17) ^ 0x2545_f491),
+            begins: 0,
             chunks,
             chunk_pool: IndexPool::new(chunk_free, n_chunks),
             tracked,
@@ -731,6 +840,7 @@ impl<'a> Tracker<'a> {
                 break;
             }
         }
+        self.drop_process_spans(pi);
         if let Some(p) = slot_mut(self.processes, pi) {
             *p = ProcessSlot::EMPTY;
         }
@@ -823,7 +933,9 @@ impl<'a> Tracker<'a> {
         let Some(ti) = self.thread_index.get(&old_tid) else {
             return false;
         };
+        let pi = self.threads.get(ti as usize).map_or(NIL, |t| t.proc);
         self.drop_thread(ti);
+        self.drop_process_spans(pi);
         // Cannot fail for want of room (a slot was just freed); a failure is counted.
         let _ = self.add_thread(tgid, new_tid);
         self.process_info(tgid).is_some_and(|p| p.threads == 0)
@@ -877,6 +989,8 @@ impl<'a> Tracker<'a> {
         let (key, proc, first, n) = (s.key, s.proc, s.first_chunk, s.n_entries);
         *s = SpanSlot::EMPTY;
         self.span_index.remove(&OpenSpanKey { key, proc });
+        self.active_index.remove(&ActiveKey::of(&key, proc));
+        self.count_open(proc, false);
         let mut c = first;
         for _ in 0..n.div_ceil(CHUNK_ENTRIES as u32) {
             let next = self.chunks.get(c as usize).map_or(NIL, |ch| ch.next);
@@ -885,6 +999,104 @@ impl<'a> Tracker<'a> {
         }
         self.span_pool.push(si);
         true
+    }
+
+    /// Frees the spans of process `pi` that are on no thread's stack (begun by threads with
+    /// an active-span slot), counted as abandoned. O(span capacity): unregistration and exec.
+    fn drop_process_spans(&mut self, pi: u32) {
+        for si in 0..self.spans.len() {
+            let owned = self
+                .spans
+                .get(si)
+                .is_some_and(|s| s.open != 0 && s.proc == pi && s.thread == NIL);
+            if owned && self.free_span(si as u32) {
+                bump(&mut self.stats.spans_abandoned);
+            }
+        }
+    }
+
+    /// Open spans of process `pi` went up or down by one. The first one switches the
+    /// system-call probes on for the process's threads with an active-span slot (a span
+    /// can be active on any of them), the last one off.
+    fn count_open(&mut self, pi: u32, up: bool) {
+        let Some(p) = slot_mut(self.processes, pi) else {
+            return;
+        };
+        let before = p.open_spans;
+        p.open_spans = if up {
+            before.wrapping_add(1)
+        } else {
+            before.saturating_sub(1)
+        };
+        let on = p.open_spans != 0;
+        if (before != 0) == on {
+            return;
+        }
+        let mut ti = p.first_thread;
+        for _ in 0..self.threads.len() {
+            let Some(t) = self.threads.get(ti as usize) else {
+                break;
+            };
+            if t.slot_addr != 0 {
+                self.active.set(t.tid, on);
+            }
+            ti = t.next;
+        }
+    }
+
+    /// Registers (`addr != 0`) or clears the active-span slot of tracked thread `tid`
+    /// (`uapi::IOCTL_SET_ACTIVE_SLOT`; the caller has checked that `addr` is readable).
+    /// The spans on the thread's stack become the process's. The writer's call in progress
+    /// is not recorded. Errors: `ERR_UNTRACKED`, `EINVAL` (misaligned).
+    pub fn set_active_slot(&mut self, tid: u32, addr: u64) -> Result<(), i32> {
+        let Some(ti) = self.thread_index.get(&tid) else {
+            return Err(uapi::ERR_UNTRACKED);
+        };
+        self.exclude_current_call(ti);
+        if addr % 8 != 0 {
+            return Err(EINVAL);
+        }
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return Err(uapi::ERR_UNTRACKED);
+        };
+        let depth = (t.depth as usize).min(MAX_DEPTH);
+        let stack = t.stack;
+        t.depth = 0;
+        t.stack = [NIL; MAX_DEPTH];
+        t.slot_addr = addr;
+        t.slot_value = 0;
+        t.slot_span = NIL;
+        let (tid, proc) = (t.tid, t.proc);
+        for &si in stack.get(..depth).unwrap_or(&[]) {
+            if let Some(s) = slot_mut(self.spans, si) {
+                s.thread = NIL;
+                s.depth = 0;
+                s.flags |= uapi::REC_ACTIVATION;
+            }
+        }
+        let on = addr != 0
+            && self
+                .processes
+                .get(proc as usize)
+                .is_some_and(|p| p.open_spans != 0);
+        self.active.set(tid, on);
+        if addr != 0 {
+            bump(&mut self.stats.slots_set);
+        }
+        Ok(())
+    }
+
+    /// The call `tid` is in (a failed `IOCTL_SET_ACTIVE_SLOT`) is not recorded.
+    pub fn exclude_call(&mut self, tid: u32) {
+        if let Some(ti) = self.thread_index.get(&tid) {
+            self.exclude_current_call(ti);
+        }
+    }
+
+    /// The active-span slot address of tracked thread `tid` (0: none).
+    pub fn active_slot(&self, tid: u32) -> Option<u64> {
+        let ti = self.thread_index.get(&tid)?;
+        self.threads.get(ti as usize).map(|t| t.slot_addr)
     }
 
     /// Removes span `si` from the stack of thread `ti` (anywhere in it).
@@ -943,12 +1155,15 @@ impl<'a> Tracker<'a> {
         };
         self.exclude_current_call(ti);
         let okey = OpenSpanKey { key, proc: t.proc };
-        if self.span_index.contains(&okey) {
+        let akey = ActiveKey::of(&key, t.proc);
+        if self.span_index.contains(&okey) || self.active_index.contains(&akey) {
             bump(&mut self.stats.begins_duplicate);
             return Err(uapi::ERR_DUPLICATE);
         }
-        let depth = t.depth;
-        if depth as usize >= MAX_DEPTH {
+        // A thread with an active-span slot does not stack its spans: they are the process's.
+        let stacked = t.slot_addr == 0;
+        let depth = if stacked { t.depth } else { 0 };
+        if stacked && depth as usize >= MAX_DEPTH {
             bump(&mut self.stats.begins_too_deep);
             return Err(uapi::ERR_TOO_DEEP);
         }
@@ -961,27 +1176,38 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.begins_table_full);
             return Err(uapi::ERR_TABLE_FULL);
         }
+        if self.active_index.insert(akey, si).is_err() {
+            self.span_index.remove(&okey);
+            self.span_pool.push(si);
+            bump(&mut self.stats.begins_table_full);
+            return Err(uapi::ERR_TABLE_FULL);
+        }
         if let Some(s) = slot_mut(self.spans, si) {
             *s = SpanSlot {
                 key,
                 proc: t.proc,
-                thread: ti,
+                thread: if stacked { ti } else { NIL },
                 tid,
                 depth,
+                flags: if stacked { 0 } else { uapi::REC_ACTIVATION },
                 open: 1,
                 begin_mono_ns: now_mono,
                 begin_real_ns: now_real,
                 ..SpanSlot::EMPTY
             };
         }
-        if let Some(t) = slot_mut(self.threads, ti) {
-            if let Some(top) = t.stack.get_mut(depth as usize) {
-                *top = si;
+        if stacked {
+            if let Some(t) = slot_mut(self.threads, ti) {
+                if let Some(top) = t.stack.get_mut(depth as usize) {
+                    *top = si;
+                }
+                t.depth = depth.wrapping_add(1);
+                let tid = t.tid;
+                self.active.set(tid, true);
             }
-            t.depth = depth.wrapping_add(1);
-            let tid = t.tid;
-            self.active.set(tid, true);
         }
+        self.count_open(t.proc, true);
+        self.begins = self.begins.wrapping_add(1);
         bump(&mut self.stats.spans_begun);
         Ok(())
     }
@@ -1142,7 +1368,8 @@ impl<'a> Tracker<'a> {
             end_mono_ns: end_mono,
             begin_real_ns: s.begin_real_ns,
             end_real_ns: end_real,
-            depth: s.depth,
+            depth: s.depth as u16,
+            n_threads: s.n_threads.min(u32::from(u16::MAX)) as u16,
             flags: s.flags,
             total_calls: s.total_calls,
             total_call_ns: s.total_call_ns,
@@ -1196,21 +1423,91 @@ impl<'a> Tracker<'a> {
         Some(ti)
     }
 
-    /// Thread `tid` enters system call `nr` (the raw number, `u32::MAX` for `-1`).
+    /// Thread `tid` enters system call `nr` (the raw number, `u32::MAX` for `-1`), for a
+    /// thread without an active-span slot (tests; the kernel uses [`Tracker::sys_enter_with`]).
     #[inline]
     pub fn sys_enter(&mut self, tid: u32, nr: u32, now_mono: u64) {
+        self.sys_enter_with(tid, nr, now_mono, |_| None);
+    }
+
+    /// Is span slot `si` open, in process `proc`, with slot value `v`?
+    #[inline(always)]
+    fn span_is(&self, si: u32, v: u64, proc: u32) -> bool {
+        self.spans.get(si as usize).is_some_and(|s| {
+            s.open != 0 && s.proc == proc && uapi::slot_value(&s.key.span_id) == v
+        })
+    }
+
+    /// Thread `tid` enters system call `nr`. A thread with an active-span slot reads it
+    /// through `read_slot(address)` (`None`: unreadable) and the call is charged to the
+    /// span the slot names, now; otherwise the call goes, at its exit, to the innermost
+    /// span of the thread's stack.
+    #[inline]
+    pub fn sys_enter_with(
+        &mut self,
+        tid: u32,
+        nr: u32,
+        now_mono: u64,
+        read_slot: impl FnOnce(u64) -> Option<u64>,
+    ) {
         let Some(ti) = self.hot_thread(tid) else {
             return;
         };
+        let Some(t) = self.threads.get(ti as usize) else {
+            return;
+        };
+        let (addr, cached, cached_si, cached_gen, proc) =
+            (t.slot_addr, t.slot_value, t.slot_span, t.slot_gen, t.proc);
+        let mut state = CALL_ACTIVE;
+        let mut span = NIL;
+        if addr != 0 {
+            state = CALL_UNCHARGED;
+            match read_slot(addr) {
+                None => bump(&mut self.stats.slot_faults),
+                Some(0) => bump(&mut self.stats.calls_no_active_span),
+                Some(v) => {
+                    let si = if v == cached
+                        && (self.span_is(cached_si, v, proc)
+                            || (cached_si == NIL && cached_gen == self.begins))
+                    {
+                        cached_si
+                    } else {
+                        let si = self
+                            .active_index
+                            .get(&ActiveKey {
+                                span_id: v,
+                                proc,
+                                pad: 0,
+                            })
+                            .unwrap_or(NIL);
+                        let begins = self.begins;
+                        if let Some(t) = slot_mut(self.threads, ti) {
+                            t.slot_value = v;
+                            t.slot_span = si;
+                            t.slot_gen = begins;
+                        }
+                        si
+                    };
+                    if si == NIL {
+                        bump(&mut self.stats.calls_unknown_active_span);
+                    } else {
+                        state = CALL_ACTIVE;
+                        span = si;
+                    }
+                }
+            }
+        }
         if let Some(t) = slot_mut(self.threads, ti) {
-            t.call_state = CALL_ACTIVE;
+            t.call_state = state;
             t.call_nr = nr;
             t.call_start_ns = now_mono;
+            t.call_span = span;
         }
     }
 
-    /// Thread `tid` leaves its system call with `ret`: the call goes to the innermost open
-    /// span of the thread, unless excluded, filtered out, or without a matching enter.
+    /// Thread `tid` leaves its system call with `ret`: the call goes to the span active at
+    /// its entry (a thread with an active-span slot) or to the innermost open span of the
+    /// thread, unless excluded, filtered out, or without a matching enter.
     #[inline]
     pub fn sys_exit(&mut self, tid: u32, ret: i64, now_mono: u64) {
         let Some(ti) = self.hot_thread(tid) else {
@@ -1221,18 +1518,30 @@ impl<'a> Tracker<'a> {
         };
         let state = core::mem::replace(&mut t.call_state, CALL_NONE);
         if state != CALL_ACTIVE {
-            if state == CALL_NONE {
+            // A thread with a slot is switched on and off by other threads' spans, so an
+            // exit without an enter is normal there.
+            if state == CALL_NONE && t.slot_addr == 0 {
                 bump(&mut self.stats.calls_without_enter);
             }
             return;
         }
-        let Some(top) = t.depth.checked_sub(1) else {
-            return;
+        let (nr, start, tid) = (t.call_nr, t.call_start_ns, t.tid);
+        let si = if t.slot_addr != 0 {
+            let (si, v, proc) = (t.call_span, t.slot_value, t.proc);
+            if !self.span_is(si, v, proc) {
+                bump(&mut self.stats.calls_span_ended);
+                return;
+            }
+            si
+        } else {
+            let Some(top) = t.depth.checked_sub(1) else {
+                return;
+            };
+            let Some(&si) = t.stack.get(top as usize) else {
+                return;
+            };
+            si
         };
-        let Some(&si) = t.stack.get(top as usize) else {
-            return;
-        };
-        let (nr, start) = (t.call_nr, t.call_start_ns);
         if !self.filter.allows(nr) {
             bump(&mut self.stats.calls_filtered);
             return;
@@ -1240,6 +1549,7 @@ impl<'a> Tracker<'a> {
         let Some(s) = slot_mut(self.spans, si) else {
             return;
         };
+        note_thread(s, tid);
         let dur = now_mono.saturating_sub(start);
         s.total_calls = s.total_calls.wrapping_add(1);
         s.total_call_ns = s.total_call_ns.saturating_add(dur);
@@ -1279,7 +1589,7 @@ impl<'a> Tracker<'a> {
         if let Some(e) = ch.entries.get_mut(slot) {
             *e = SyscallEntry {
                 nr,
-                flags: 0,
+                tid,
                 ret,
                 start_mono_ns: start,
                 end_mono_ns: now_mono,

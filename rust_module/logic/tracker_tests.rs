@@ -26,6 +26,7 @@ struct Mem {
     spans: Vec<SpanSlot>,
     span_free: Vec<u32>,
     span_index: Vec<TableSlot<OpenSpanKey>>,
+    active_index: Vec<TableSlot<ActiveKey>>,
     chunks: Vec<EntryChunk>,
     chunk_free: Vec<u32>,
     tracked: Vec<AtomicU64>,
@@ -87,6 +88,7 @@ impl Mem {
             spans: vec![junk_span; c.spans],
             span_free: vec![1; c.spans],
             span_index: vec![TableSlot::EMPTY; (2 * c.spans).next_power_of_two()],
+            active_index: vec![TableSlot::EMPTY; (2 * c.spans).next_power_of_two()],
             chunks: vec![
                 EntryChunk {
                     next: 3,
@@ -114,6 +116,7 @@ impl Mem {
                 spans: &mut self.spans,
                 span_free: &mut self.span_free,
                 span_index: &mut self.span_index,
+                active_index: &mut self.active_index,
                 chunks: &mut self.chunks,
                 chunk_free: &mut self.chunk_free,
                 tracked: &self.tracked,
@@ -142,6 +145,12 @@ fn decode(out: &[u8], outcome: EndOutcome) -> (RecordHeader, Vec<SyscallEntry>) 
     let (h, it, used) = decode_record(&out[..len]).expect("valid record");
     assert_eq!(used, len);
     (h, it.collect())
+}
+
+/// Should the system-call probes run for thread `t`: spans on its stack, or a slot and
+/// spans open in its process.
+fn probes_on(tr: &Tracker<'_>, t: &ThreadSlot) -> bool {
+    t.depth > 0 || (t.slot_addr != 0 && tr.processes[t.proc as usize].open_spans > 0)
 }
 
 /// Checks every structural invariant of the tracker.
@@ -175,13 +184,17 @@ fn check_invariants(tr: &Tracker<'_>) {
         assert!(tr.is_tracked(tid));
         assert!(tr.processes[t.proc as usize].in_use != 0);
         assert!(t.depth as usize <= MAX_DEPTH);
-        assert_eq!(tr.active.contains(tid), t.depth > 0, "active bit of {tid}");
+        assert!(t.slot_addr == 0 || t.depth == 0, "a thread with a slot stacks no span");
+        assert_eq!(tr.active.contains(tid), probes_on(tr, t), "active bit of {tid}");
     }
     let mut active_bits = 0;
     for word in tr.active.words.iter() {
         active_bits += word.load(Ordering::Relaxed).count_ones();
     }
-    let with_spans = index.values().filter(|&&ti| tr.threads[ti as usize].depth > 0).count();
+    let with_spans = index
+        .values()
+        .filter(|&&ti| probes_on(tr, &tr.threads[ti as usize]))
+        .count();
     assert_eq!(active_bits as usize, with_spans, "active bits without an open span");
     // Processes: thread lists.
     let mut listed = 0;
@@ -204,6 +217,12 @@ fn check_invariants(tr: &Tracker<'_>) {
             assert!(n <= tr.threads.len());
         }
         assert_eq!(n as u32, p.n_threads);
+        let open_here = tr
+            .spans
+            .iter()
+            .filter(|s| s.open != 0 && s.proc as usize == pi)
+            .count();
+        assert_eq!(p.open_spans as usize, open_here, "open spans of process {pi}");
         listed += n;
         assert_eq!(
             tr.processes
@@ -229,13 +248,23 @@ fn check_invariants(tr: &Tracker<'_>) {
         let s = &tr.spans[si as usize];
         assert!(s.open != 0);
         assert_eq!((s.key, s.proc), (k.key, k.proc));
-        assert!(used_threads.contains(&s.thread));
-        let t = &tr.threads[s.thread as usize];
-        assert_eq!((t.tid, t.proc), (s.tid, s.proc));
-        let stack = &t.stack[..t.depth as usize];
-        assert_eq!(stack.iter().filter(|&&x| x == si).count(), 1);
-        let pos = stack.iter().position(|&x| x == si).unwrap();
-        assert!(pos as u32 <= s.depth);
+        assert_eq!(tr.active_index.get(&ActiveKey::of(&s.key, s.proc)), Some(si));
+        assert!(s.n_threads as usize <= uapi::MAX_SPAN_THREADS);
+        if s.thread == NIL {
+            // The process's: on no stack.
+            assert!(used_threads
+                .iter()
+                .all(|&ti| !tr.threads[ti as usize].stack[..tr.threads[ti as usize].depth as usize]
+                    .contains(&si)));
+        } else {
+            assert!(used_threads.contains(&s.thread));
+            let t = &tr.threads[s.thread as usize];
+            assert_eq!((t.tid, t.proc), (s.tid, s.proc));
+            let stack = &t.stack[..t.depth as usize];
+            assert_eq!(stack.iter().filter(|&&x| x == si).count(), 1);
+            let pos = stack.iter().position(|&x| x == si).unwrap();
+            assert!(pos as u32 <= s.depth);
+        }
         assert_eq!(s.total_calls, u64::from(s.n_entries) + s.unitemised_calls);
         let mut c = s.first_chunk;
         for _ in 0..s.n_entries.div_ceil(CHUNK_ENTRIES as u32) {
@@ -256,6 +285,14 @@ fn check_invariants(tr: &Tracker<'_>) {
         }
     }
     assert_eq!(chunks_used.len() as u32, tr.chunk_pool.in_use());
+    let mut n_active_keys = 0;
+    tr.active_index.for_each(|k, si| {
+        let s = &tr.spans[si as usize];
+        assert!(s.open != 0);
+        assert_eq!(*k, ActiveKey::of(&s.key, s.proc));
+        n_active_keys += 1;
+    });
+    assert_eq!(n_active_keys, span_index.len());
     let st = tr.stats();
     assert!(st.spans_high_water >= st.open_spans);
     assert!(st.chunks_high_water >= st.chunks_in_use);
@@ -495,7 +532,7 @@ fn begin_end_records_the_calls_in_between() {
         (0..3u64)
             .map(|i| SyscallEntry {
                 nr: 39,
-                flags: 0,
+                tid: 100,
                 ret: -(i as i64),
                 start_mono_ns: 200 + i * 10,
                 end_mono_ns: 205 + i * 10
@@ -971,9 +1008,9 @@ fn stats_text() {
 #[test]
 fn default_storage_sizes() {
     use core::mem::size_of;
-    assert_eq!(size_of::<ProcessSlot>(), 32);
-    assert_eq!(size_of::<ThreadSlot>(), 104);
-    assert_eq!(size_of::<SpanSlot>(), 112);
+    assert_eq!(size_of::<ProcessSlot>(), 40);
+    assert_eq!(size_of::<ThreadSlot>(), 128);
+    assert_eq!(size_of::<SpanSlot>(), 144);
     assert_eq!(size_of::<EntryChunk>(), 1032);
     assert_eq!(size_of::<TableSlot<u32>>(), 12);
     assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
@@ -1045,6 +1082,7 @@ struct MSpan {
     unit_calls: u64,
     unit_ns: u64,
     flags: u32,
+    threads: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -1215,6 +1253,7 @@ impl Model {
                 unit_calls: 0,
                 unit_ns: 0,
                 flags: 0,
+                threads: Vec::new(),
             },
         );
         self.st.spans_begun += 1;
@@ -1283,7 +1322,8 @@ impl Model {
             end_mono_ns: mono,
             begin_real_ns: s.begin_real,
             end_real_ns: real,
-            depth: s.depth,
+            depth: s.depth as u16,
+            n_threads: s.threads.len().min(uapi::MAX_SPAN_THREADS) as u16,
             flags: s.flags,
             total_calls: s.total_calls,
             total_call_ns: s.total_ns,
@@ -1327,6 +1367,9 @@ impl Model {
             return;
         }
         let s = self.spans.get_mut(&(t.tgid, top)).unwrap();
+        if !s.threads.contains(&tid) {
+            s.threads.push(tid);
+        }
         let dur = now - start;
         s.total_calls += 1;
         s.total_ns += dur;
@@ -1345,7 +1388,7 @@ impl Model {
         } else {
             s.entries.push(SyscallEntry {
                 nr,
-                flags: 0,
+                tid,
                 ret,
                 start_mono_ns: start,
                 end_mono_ns: now,
@@ -1689,4 +1732,166 @@ proptest! {
         }
         assert_empty(&tr);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attribution by activation (active-span slots)
+// ---------------------------------------------------------------------------------------
+
+/// The slot value of span `key(i)`.
+fn sv(i: u64) -> u64 {
+    uapi::slot_value(&key(i).span_id)
+}
+
+/// One call of `tid` with its slot holding `slot` (`None`: unreadable).
+fn call_with(tr: &mut Tracker<'_>, tid: u32, slot: Option<u64>, nr: u32, at: u64) {
+    tr.sys_enter_with(tid, nr, at, |_| slot);
+    tr.sys_exit(tid, 0, at + 1);
+}
+
+#[test]
+fn activation_charges_the_span_in_the_slot() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap(); // the event loop
+    tr.add_thread(10, 101).unwrap(); // a pool thread
+    assert_eq!(tr.set_active_slot(100, 0x1001), Err(EINVAL));
+    assert_eq!(tr.set_active_slot(555, 0x1000), Err(ERR_UNTRACKED));
+    tr.set_active_slot(100, 0x1000).unwrap();
+    tr.set_active_slot(101, 0x2000).unwrap();
+    assert_eq!(tr.active_slot(100), Some(0x1000));
+    // No span open in the process: the probes stay off for both threads.
+    assert!(!tr.active_set().contains(100) && !tr.active_set().contains(101));
+    // Two requests begun on the loop thread; neither is on its stack.
+    tr.begin(100, key(0), 10, 10).unwrap();
+    tr.begin(100, key(1), 11, 11).unwrap();
+    assert!(tr.active_set().contains(100) && tr.active_set().contains(101));
+    check_invariants(&tr);
+    // Request 0 runs, then request 1, then 0 again; then the loop idles (slot 0).
+    call_with(&mut tr, 100, Some(sv(0)), 1, 20);
+    call_with(&mut tr, 100, Some(sv(1)), 2, 30);
+    call_with(&mut tr, 100, Some(sv(1)), 2, 40);
+    call_with(&mut tr, 100, Some(sv(0)), 3, 50);
+    call_with(&mut tr, 100, Some(0), 4, 60);
+    // Request 0 moved to a pool thread (to_thread): its calls there are its own.
+    call_with(&mut tr, 101, Some(sv(0)), 5, 70);
+    // Unknown ids (an unsampled span) and unreadable slots charge no span.
+    call_with(&mut tr, 100, Some(sv(9)), 6, 80);
+    call_with(&mut tr, 101, None, 7, 90);
+    let st = tr.stats();
+    assert_eq!(
+        (
+            st.calls_attributed,
+            st.calls_no_active_span,
+            st.calls_unknown_active_span,
+            st.slot_faults,
+            st.calls_without_enter
+        ),
+        (5, 1, 1, 1, 0)
+    );
+    check_invariants(&tr);
+    // Ended by the pool thread: only its own calls, from both threads.
+    let r = tr.end(101, key(0), 100, 100, 1, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!(
+        e.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(),
+        vec![(1, 100), (3, 100), (5, 101)]
+    );
+    assert_eq!((h.tid, h.n_threads, h.depth), (100, 2, 0));
+    assert_eq!(
+        h.flags,
+        uapi::REC_ACTIVATION | uapi::REC_ENDED_ELSEWHERE
+    );
+    let r = tr.end(100, key(1), 100, 100, 1, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!(e.iter().map(|e| e.nr).collect::<Vec<_>>(), vec![2, 2]);
+    assert_eq!((h.n_threads, h.flags), (1, uapi::REC_ACTIVATION));
+    // The last span closed: the probes are off again.
+    assert!(!tr.active_set().contains(100) && !tr.active_set().contains(101));
+    check_invariants(&tr);
+}
+
+#[test]
+fn activation_has_no_depth_limit_and_survives_its_threads() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    tr.set_active_slot(100, 0x1000).unwrap();
+    // More concurrent requests than a thread can stack.
+    for i in 0..(MAX_DEPTH as u64 + 4) {
+        tr.begin(100, key(i), i, i).unwrap();
+    }
+    check_invariants(&tr);
+    // The thread that began them exits: they stay open, another thread ends them.
+    tr.remove_thread(100);
+    check_invariants(&tr);
+    call_with(&mut tr, 101, None, 1, 50); // no slot on 101: stack mode, nothing open there
+    for i in 0..(MAX_DEPTH as u64 + 4) {
+        assert!(tr.end(101, key(i), 100, 100, 1_000, &mut out).is_ok(), "span {i}");
+    }
+    assert_eq!(tr.stats().open_spans, 0);
+    // Unregistering drops the process's spans.
+    tr.add_thread(10, 102).unwrap();
+    tr.set_active_slot(102, 0x3000).unwrap();
+    tr.begin(102, key(40), 1, 1).unwrap();
+    tr.begin(102, key(41), 1, 1).unwrap();
+    tr.unregister_process(10).unwrap();
+    assert_eq!(tr.stats().spans_abandoned, 2);
+    assert_empty(&tr);
+}
+
+#[test]
+fn activation_converts_stacks_and_checks_spans_at_exit() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    // Begun while the thread had no slot: on its stack; the slot makes it the process's.
+    tr.begin(100, key(0), 1, 1).unwrap();
+    tr.set_active_slot(100, 0x1000).unwrap();
+    check_invariants(&tr);
+    assert!(tr.active_set().contains(100));
+    call_with(&mut tr, 100, Some(sv(0)), 1, 10);
+    // A call in progress when its span ends is charged to no span.
+    tr.sys_enter_with(100, 2, 20, |_| Some(sv(0)));
+    let r = tr.end(101, key(0), 30, 30, 1, &mut out).unwrap();
+    tr.sys_exit(100, 0, 40);
+    let (h, e) = decode(&out, r);
+    assert_eq!((e.len(), h.flags & uapi::REC_ACTIVATION), (1, uapi::REC_ACTIVATION));
+    assert_eq!(tr.stats().calls_span_ended, 1);
+    // A span id the slot held before its begin is found once it is begun.
+    tr.begin(101, key(5), 50, 50).unwrap(); // keeps the probes on
+    call_with(&mut tr, 100, Some(sv(6)), 3, 60);
+    tr.begin(101, key(6), 70, 70).unwrap();
+    call_with(&mut tr, 100, Some(sv(6)), 4, 80);
+    let r = tr.end(101, key(6), 90, 90, 1, &mut out).unwrap();
+    let (_, e) = decode(&out, r);
+    assert_eq!(e.iter().map(|e| e.nr).collect::<Vec<_>>(), vec![4]);
+    // The same span id in another trace of the process is refused.
+    let mut other = key(5);
+    other.trace_id[0] ^= 0xff;
+    assert_eq!(tr.begin(101, other, 95, 95), Err(ERR_DUPLICATE));
+    // Clearing the slot puts the thread back on its (empty) stack.
+    tr.set_active_slot(100, 0).unwrap();
+    assert!(!tr.active_set().contains(100));
+    // More than MAX_SPAN_THREADS threads: counted up to the limit and flagged.
+    tr.begin(101, key(7), 100, 100).unwrap();
+    for tid in 200..(200 + uapi::MAX_SPAN_THREADS as u32 + 2) {
+        tr.add_thread(10, tid).unwrap_or(());
+        if tr.set_active_slot(tid, 0x8000).is_ok() {
+            call_with(&mut tr, tid, Some(sv(7)), 9, 110);
+        }
+    }
+    check_invariants(&tr);
+    let r = tr.end(101, key(7), 120, 120, 1, &mut out).unwrap();
+    let (h, _) = decode(&out, r);
+    assert_eq!(h.n_threads as usize, uapi::MAX_SPAN_THREADS);
+    assert_ne!(h.flags & uapi::REC_MANY_THREADS, 0);
 }

@@ -5,7 +5,7 @@
 #![no_std]
 
 /// Version of everything in this file. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------
 // Paths
@@ -58,6 +58,38 @@ pub const IOCTL_UNREGISTER_THREAD: u32 = io(0x92);
 pub const IOCTL_UNREGISTER: u32 = io(0x93);
 /// Fill an [`Info`] for the calling process. Works whether or not it is registered.
 pub const IOCTL_INFO: u32 = ior(0x94, core::mem::size_of::<Info>());
+
+/// Register (or, with address 0, clear) the calling thread's *active-span slot*: an aligned
+/// [`ActiveSlot`] in the thread's own memory, passed as the ioctl argument (its address).
+/// From then on the thread's system calls go to the span whose id the slot holds when the
+/// call is made (0: no span is active, the call is charged to none), instead of the
+/// innermost span begun on the thread. The runtime writes the slot at every switch (a task
+/// resumed or suspended, a context attached or detached): one store, no system call. The
+/// module reads it at system-call entry without faulting; an unreadable slot (paged out)
+/// counts in `stats` (`slot_faults`) and the call is charged to no span. Spans the thread
+/// had begun before are kept open, no longer on its stack: with a slot, spans belong to
+/// the process and can be active on any of its threads, in any number (no depth limit).
+/// A new thread starts without a slot; `exec` clears it. The ioctl call itself is never
+/// recorded. Errors: `EPERM` the thread is not tracked, `EINVAL` address not 8-aligned,
+/// `EFAULT` not readable.
+pub const IOCTL_SET_ACTIVE_SLOT: u32 = io(0x96);
+
+/// The per-thread active-span slot of [`IOCTL_SET_ACTIVE_SLOT`].
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveSlot {
+    /// The active span's id as an integer: the number whose big-endian bytes are the W3C
+    /// span id (OpenTelemetry's `int` in Python, `u64::from_be_bytes` in Rust); 0 when no
+    /// span is active. An id the module does not know (an unsampled span, a remote parent)
+    /// charges the call to no span.
+    pub span_id: u64,
+}
+
+/// The slot value of span id bytes `id` (see [`ActiveSlot::span_id`]).
+#[inline]
+pub const fn slot_value(id: &[u8; 8]) -> u64 {
+    u64::from_be_bytes(*id)
+}
 
 /// Hand the calling process already-open, read-only descriptors (`O_CLOEXEC`, not seekable)
 /// for its own per-CPU relay buffers, filling a [`RelayFds`]. This is how a process reads
@@ -150,6 +182,15 @@ pub const REC_CALLS_TRUNCATED: u32 = 1 << 0;
 pub const REC_POOL_EXHAUSTED: u32 = 1 << 1;
 /// `RecordHeader::flags`: the span was ended from a thread other than the one that began it.
 pub const REC_ENDED_ELSEWHERE: u32 = 1 << 2;
+/// `RecordHeader::flags`: calls came from more threads than the module tells apart
+/// ([`MAX_SPAN_THREADS`]); `n_threads` is then a lower bound.
+pub const REC_MANY_THREADS: u32 = 1 << 3;
+/// `RecordHeader::flags`: the span was begun by a thread with an active-span slot (its
+/// calls are charged by activation, see [`IOCTL_SET_ACTIVE_SLOT`]).
+pub const REC_ACTIVATION: u32 = 1 << 4;
+
+/// Distinct threads a span's record counts exactly (`n_threads`).
+pub const MAX_SPAN_THREADS: usize = 8;
 
 /// One slow span. Followed by `n_entries` [`SyscallEntry`]s; `total_size` covers both.
 /// All times in nanoseconds; `*_mono_ns` are CLOCK_MONOTONIC, `*_real_ns` CLOCK_REALTIME
@@ -174,8 +215,11 @@ pub struct RecordHeader {
     pub end_mono_ns: u64,
     pub begin_real_ns: u64,
     pub end_real_ns: u64,
-    /// Nesting depth at begin (0 = outermost open span of the thread).
-    pub depth: u32,
+    /// Nesting depth at begin (0 = outermost open span of the thread; 0 for a span begun
+    /// by a thread with an active-span slot).
+    pub depth: u16,
+    /// Threads whose calls were charged to the span (0 if none; see [`REC_MANY_THREADS`]).
+    pub n_threads: u16,
     /// `REC_*` bits.
     pub flags: u32,
     /// All system calls attributed to the span, itemised or not (filtered-out calls excluded).
@@ -196,8 +240,8 @@ pub struct RecordHeader {
 pub struct SyscallEntry {
     /// x86_64 system call number.
     pub nr: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// Thread that made the call.
+    pub tid: u32,
     /// Return value (negative errno on failure).
     pub ret: i64,
     pub start_mono_ns: u64,
@@ -211,6 +255,7 @@ pub const SYSCALL_ENTRY_SIZE: usize = core::mem::size_of::<SyscallEntry>();
 const _: () = assert!(RECORD_HEADER_SIZE == 128);
 const _: () = assert!(SYSCALL_ENTRY_SIZE == 32);
 const _: () = assert!(core::mem::size_of::<Info>() == 40);
+const _: () = assert!(core::mem::size_of::<ActiveSlot>() == 8);
 const _: () = assert!(core::mem::size_of::<RelayFds>() == 8 + 4 * RELAY_FDS_MAX);
 
 // ---------------------------------------------------------------------------------------
@@ -280,7 +325,8 @@ impl RecordHeader {
             end_mono_ns: le_u64(b, offset_of!(RecordHeader, end_mono_ns)),
             begin_real_ns: le_u64(b, offset_of!(RecordHeader, begin_real_ns)),
             end_real_ns: le_u64(b, offset_of!(RecordHeader, end_real_ns)),
-            depth: le_u32(b, offset_of!(RecordHeader, depth)),
+            depth: le_u16(b, offset_of!(RecordHeader, depth)),
+            n_threads: le_u16(b, offset_of!(RecordHeader, n_threads)),
             flags: le_u32(b, offset_of!(RecordHeader, flags)),
             total_calls: le_u64(b, offset_of!(RecordHeader, total_calls)),
             total_call_ns: le_u64(b, offset_of!(RecordHeader, total_call_ns)),
@@ -300,7 +346,7 @@ impl SyscallEntry {
         }
         Some(SyscallEntry {
             nr: le_u32(b, offset_of!(SyscallEntry, nr)),
-            flags: le_u32(b, offset_of!(SyscallEntry, flags)),
+            tid: le_u32(b, offset_of!(SyscallEntry, tid)),
             ret: le_u64(b, offset_of!(SyscallEntry, ret)) as i64,
             start_mono_ns: le_u64(b, offset_of!(SyscallEntry, start_mono_ns)),
             end_mono_ns: le_u64(b, offset_of!(SyscallEntry, end_mono_ns)),
@@ -404,6 +450,10 @@ mod tests {
         assert_eq!(offset_of!(RecordHeader, tid), 40);
         assert_eq!(offset_of!(RecordHeader, begin_mono_ns), 48);
         assert_eq!(offset_of!(RecordHeader, depth), 80);
+        assert_eq!(offset_of!(RecordHeader, n_threads), 82);
+        assert_eq!(offset_of!(RecordHeader, flags), 84);
+        assert_eq!(offset_of!(SyscallEntry, tid), 4);
+        assert_eq!(slot_value(&[0, 0, 0, 0, 0, 0, 1, 2]), 0x102);
         assert_eq!(offset_of!(RecordHeader, total_calls), 88);
         assert_eq!(offset_of!(RecordHeader, records_dropped_before), 120);
         assert_eq!(offset_of!(SyscallEntry, ret), 8);
