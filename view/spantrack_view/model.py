@@ -173,7 +173,11 @@ def load(paths):
     spans = {}
     for path in paths:
         try:
-            text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
         except OSError as e:
             raise InputError(f"{path}: {e.strerror}") from None
         try:

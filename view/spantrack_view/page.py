@@ -63,11 +63,10 @@ def _wakers(attrs):
     return out
 
 
-def _calls(trace, span, t0, names, errnos):
-    calls = trace.calls.get(span["span_id"], [])
-    if not calls:
-        return None, []
-    cols = {"s": [], "d": [], "n": [], "r": [], "e": []}
+def _calls(calls, t0, names, errnos, default_tid):
+    """The calls of one span as rows, one per thread ({tid, calls: columns s, d, n, r, e}),
+    and their groups by name."""
+    rows = {}
     groups = {}
     for c in calls:
         name, d = c["name"], c["end_ns"] - c["start_ns"]
@@ -77,6 +76,8 @@ def _calls(trace, span, t0, names, errnos):
             c["status"].get("message") if c["status"]["code"] == "ERROR" else None)
         if err and err not in errnos:
             errnos[err] = len(errnos)
+        tid = c["attributes"].get(THREAD_ID, default_tid)
+        cols = rows.setdefault(tid, {"s": [], "d": [], "n": [], "r": [], "e": []})
         cols["s"].append(c["start_ns"] - t0)
         cols["d"].append(d)
         cols["n"].append(names[name])
@@ -90,7 +91,11 @@ def _calls(trace, span, t0, names, errnos):
         g["max"] = max(g["max"], d)
         if err:
             g["errors"][err] += 1
-    return cols, sorted(groups.values(), key=lambda g: (-g["ns"], g["name"]))
+    # the span's own thread first
+    order = sorted(rows, key=lambda t: (t != default_tid, str(t)))
+    return ([{"tid": t, "calls": rows[t]} for t in order],
+            [dict(g, errors=dict(g["errors"])) for g in
+             sorted(groups.values(), key=lambda g: (-g["ns"], g["name"]))])
 
 
 def _uncovered(start, end, covered):
@@ -141,17 +146,19 @@ def trace_data(trace, names, errnos):
     for s, depth in order:
         a = s["attributes"]
         calls = trace.calls.get(s["span_id"], [])
-        cols, groups = _calls(trace, s, t0, names, errnos)
         tid = a.get(THREAD_ID)
         if tid is None and calls:
             tid = calls[0]["attributes"].get(THREAD_ID)
+        rows, groups = _calls(calls, t0, names, errnos, tid)
+        for r in rows:
+            r["tname"] = a.get(THREAD_NAME) if r["tid"] == tid else None
         spans.append({
             "id": s["span_id"], "parent": index.get(s["parent_span_id"], -1), "depth": depth,
             "svc": s["service"], "name": s["name"], "kind": s["kind"],
             "s": s["start_ns"] - t0, "e": s["end_ns"] - t0,
             "tid": tid, "tname": a.get(THREAD_NAME),
             "error": (s["status"].get("message") or "error") if s["status"]["code"] == "ERROR" else None,
-            "attrs": a, "calls": cols, "groups": [dict(g, errors=dict(g["errors"])) for g in groups],
+            "attrs": a, "threads": rows, "ncalls": len(calls), "groups": groups,
             "breakdowns": _breakdowns(s, calls), "wakers": _wakers(a),
         })
     when = datetime.datetime.fromtimestamp(t0 / 1e9, datetime.timezone.utc)

@@ -1,0 +1,135 @@
+"""spantrack view in a real browser: Debian's chromium, headless (scripts/setup.sh installs
+it), opens pages made from the fixture; the tests read the DOM the page's script built
+(--dump-dom) and a screenshot (--screenshot), which they keep in demo-output/view-test/
+($SPANTRACK_VIEW_TEST_OUT overrides it). Without chromium every test here fails."""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import unittest
+from collections import Counter
+
+from helpers import ROOT, embedded_data, fixture_spans, read_png
+from make_fixture import big_trace
+from spantrack_view import model, page
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUT = os.environ.get("SPANTRACK_VIEW_TEST_OUT") or os.path.join(ROOT, "demo-output", "view-test")
+KIND_RGB = {"disk": (0xE8, 0x94, 0x3A), "network": (0x3F, 0x88, 0xD6)}
+
+
+def chromium(args, url, tries=2):
+    """Runs headless chromium on url; returns its standard output."""
+    last = None
+    for _ in range(tries):  # a busy machine can make one start time out
+        with tempfile.TemporaryDirectory() as profile:
+            cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
+                   f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args, url]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+            except subprocess.TimeoutExpired as e:
+                last = f"timed out: {e}"
+                continue
+            if r.returncode == 0 and (r.stdout.strip() or "--dump-dom" not in args):
+                return r.stdout
+            last = f"exit {r.returncode}: {r.stderr[-2000:]}"
+    raise AssertionError(f"chromium failed ({' '.join(args)} {url}): {last}")
+
+
+def body_attrs(dom):
+    m = re.search(r"<body([^>]*)>", dom)
+    return dict(re.findall(r'([\w-]+)="([^"]*)"', m.group(1))) if m else {}
+
+
+class TestBrowser(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not CHROMIUM:
+            raise AssertionError("chromium is not installed: run scripts/setup.sh (it installs "
+                                 "Debian's chromium), or apt-get install chromium")
+        os.makedirs(OUT, exist_ok=True)
+        cls.traces = model.traces_of(fixture_spans())
+        cls.index = os.path.join(OUT, "index.html")
+        html = page.render(cls.traces, ["spans.jsonl"])
+        with open(cls.index, "w", encoding="utf-8") as f:
+            f.write(html)
+        cls.data = embedded_data(html)
+        cls.big = os.path.join(OUT, "big.html")
+        with open(cls.big, "w", encoding="utf-8") as f:
+            f.write(page.render(model.traces_of(big_trace(5000)), ["big"]))
+        # the slow checkout whose time went to the currency service's fsyncs
+        cls.checkout = next(t for t in cls.data["traces"]
+                            if t["root"]["name"] == "GET /checkout" and "fsync" in t["summary"])
+
+    def dom(self, path, trace_id=None):
+        url = "file://" + path + (f"#trace={trace_id}" if trace_id else "")
+        dom = chromium(["--dump-dom"], url)
+        attrs = body_attrs(dom)
+        self.assertNotIn("data-errors", attrs, f"the page's script failed: {attrs.get('data-errors')}")
+        self.assertEqual(attrs.get("data-rendered"), "yes", "the page's script did not finish")
+        return dom, attrs
+
+    def test_lists_the_traces_and_opens_the_slowest(self):
+        dom, attrs = self.dom(self.index)
+        rows = re.findall(r'<tr class="trace( slow)?[^"]*" data-trace="([0-9a-f]+)"', dom)
+        self.assertEqual(len(rows), len(self.traces))
+        slow = [tid for s, tid in rows if s]
+        self.assertEqual(slow, [t.trace_id for t in self.traces if t.annotated])
+        self.assertEqual(len(slow), 11)
+        # sorted by duration: the first row is the slowest trace, and it is open
+        self.assertEqual(rows[0][1], self.traces[0].trace_id)
+        self.assertEqual(attrs["data-trace"], self.traces[0].trace_id)
+        self.assertIn('class="trace slow open"', dom)
+        t = self.data["traces"][0]
+        self.assertEqual(len(re.findall(r'class="row span', dom)), t["nspans"])
+        self.assertEqual(len(re.findall(r'class="row calls', dom)),
+                         sum(len(s["threads"]) for s in t["spans"]))
+        self.assertIn('class="call k-disk', dom)
+        self.assertIn("where the time went", dom)
+
+    def test_opens_a_trace_across_two_services(self):
+        t = self.checkout
+        dom, attrs = self.dom(self.index, t["id"])
+        self.assertEqual(attrs["data-trace"], t["id"])
+        self.assertEqual(len(re.findall(r'class="row span', dom)), 3)
+        self.assertEqual(len(re.findall(r'class="row calls', dom)), 3)
+        for svc in ("frontend", "currency"):
+            self.assertIn(f"<b>{svc}</b>", dom)
+        kinds = Counter(re.findall(r'class="(?:call|agg) k-(\w+)', dom))
+        self.assertGreater(kinds["disk"], 0)
+        self.assertGreater(kinds["network"], 0)
+        # the details show the span the time went to: the currency service's fsyncs
+        self.assertRegex(dom, r"<h3>currency: GET /convert")
+        self.assertRegex(dom, r"<td>fsync</td>")
+
+    def test_aggregates_5000_calls(self):
+        dom, attrs = self.dom(self.big)
+        calls = len(re.findall(r'class="call k-\w+[^"]*" data-call="\d+"', dom))
+        groups = [int(n) for n in re.findall(r'class="agg k-\w+" data-agg="\d+" data-n="(\d+)"', dom)]
+        self.assertGreater(len(groups), 0)
+        self.assertLess(calls + len(groups), 1500, "too many bars to read")
+        self.assertEqual(calls + sum(groups), 5000, "every call drawn once, alone or in a group")
+        self.assertEqual(int(attrs["data-drawn-groups"]), len(groups))
+
+    def test_screenshot_is_not_blank(self):
+        shot = os.path.join(OUT, "screenshot.png")
+        if os.path.exists(shot):
+            os.unlink(shot)
+        chromium([f"--screenshot={shot}", "--window-size=1280,800"],
+                 "file://" + self.index + "#trace=" + self.checkout["id"])
+        w, h, rows = read_png(shot)
+        self.assertEqual((w, h), (1280, 800))
+        colours = Counter(px for row in rows for px in row)
+        background = colours.most_common(1)[0][1]
+        self.assertGreater(len(colours), 50, "hardly any colours: blank page?")
+        self.assertLess(background, 0.9 * w * h, "one colour covers 90% of the page")
+        for kind, rgb in KIND_RGB.items():
+            self.assertGreater(colours[rgb], 200, f"no {kind} bars in the screenshot")
+        print(f"\n  screenshot: {shot} ({len(colours)} colours)", end=" ")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,338 @@
+"""spantrack view: the conversions (HTML's embedded data, Chrome trace-event JSON, OTLP JSON)
+and the command line, on the demo-shaped fixture and on made-up edge cases."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from collections import Counter
+
+from helpers import FIXTURE, SPANTRACK, check_chrome, embedded_data, fixture_spans
+from make_fixture import big_trace
+from spantrack_view import chrome, model, otlp, page
+
+
+def span(name, start, end, span_id, parent="", trace_id="ab" * 16, service="svc", **attrs):
+    return {"service": service, "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
+            "name": name, "kind": "INTERNAL", "start_ns": start, "end_ns": end,
+            "attributes": attrs, "status": {"code": "UNSET", "message": ""}, "events": [],
+            "scope": "t", "resource": {"service.name": service}}
+
+
+def call(name, start, end, span_id, parent, tid, ret=0, trace_id="ab" * 16, service="svc"):
+    attrs = {"spantrack.syscall.nr": 1, "spantrack.syscall.ret": ret, "thread.id": tid}
+    s = span(name, start, end, span_id, parent, trace_id, service, **attrs)
+    if ret < 0:
+        s["attributes"]["error.type"] = "EAGAIN"
+        s["status"] = {"code": "ERROR", "message": "EAGAIN: Resource temporarily unavailable"}
+    return s
+
+
+class FixtureCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.spans = fixture_spans()
+        cls.calls = [s for s in cls.spans if model.is_call(s)]
+        cls.traces = model.traces_of(cls.spans)
+        cls.html = page.render(cls.traces, ["spans.jsonl"])
+        cls.data = embedded_data(cls.html)
+        cls.chrome = chrome.chrome_trace(cls.traces)
+
+
+class TestFixture(FixtureCase):
+    def test_fixture_is_the_demo(self):
+        self.assertEqual(len(self.traces), 20)
+        self.assertGreater(len(self.calls), 150)
+        self.assertEqual({s["service"] for s in self.spans}, {"frontend", "currency"})
+        for c in self.calls:
+            self.assertIn("thread.id", c["attributes"])
+            parent = next(s for s in self.spans if s["span_id"] == c["parent_span_id"])
+            self.assertIn("spantrack.syscalls.count", parent["attributes"])
+
+
+class TestHtmlData(FixtureCase):
+    def test_every_span_and_call_once(self):
+        by_trace = {t["id"]: t for t in self.data["traces"]}
+        self.assertEqual(len(by_trace), len(self.traces))
+        for t in self.traces:
+            d = by_trace[t.trace_id]
+            self.assertEqual(Counter(s["id"] for s in d["spans"]),
+                             Counter(s["span_id"] for s in self.spans
+                                     if s["trace_id"] == t.trace_id and not model.is_call(s)))
+            for s in d["spans"]:
+                got = Counter()
+                for row in s["threads"]:
+                    c = row["calls"]
+                    for i in range(len(c["s"])):
+                        got[(c["s"][i] + t.start_ns, c["d"][i], self.data["names"][c["n"][i]],
+                             row["tid"])] += 1
+                want = Counter((c["start_ns"], c["end_ns"] - c["start_ns"], c["name"],
+                                c["attributes"]["thread.id"])
+                               for c in self.calls if c["parent_span_id"] == s["id"]
+                               and c["trace_id"] == t.trace_id)
+                self.assertEqual(got, want, s["name"])
+                self.assertEqual(s["ncalls"], sum(want.values()))
+        self.assertEqual(sum(t["ncalls"] for t in self.data["traces"]), len(self.calls))
+
+    def test_traces_sorted_by_duration_and_calls_in_time_order(self):
+        durs = [t["dur"] for t in self.data["traces"]]
+        self.assertEqual(durs, sorted(durs, reverse=True))
+        for t in self.data["traces"]:
+            for s in t["spans"]:
+                self.assertLessEqual(0, s["s"])
+                self.assertLessEqual(s["s"], s["e"])
+                self.assertLessEqual(s["e"], t["dur"])
+                for row in s["threads"]:
+                    starts = row["calls"]["s"]
+                    self.assertEqual(starts, sorted(starts))
+                    for a, d in zip(starts, row["calls"]["d"]):
+                        self.assertTrue(s["s"] <= a and a + d <= s["e"], "call outside its span")
+
+    def test_tree_order_and_parents(self):
+        for t in self.data["traces"]:
+            for i, s in enumerate(t["spans"]):
+                if s["parent"] >= 0:
+                    self.assertLess(s["parent"], i)
+                    self.assertEqual(s["depth"], t["spans"][s["parent"]]["depth"] + 1)
+                else:
+                    self.assertEqual(s["depth"], 0)
+
+    def test_threads_kinds_errors(self):
+        kinds = dict(zip(self.data["names"], (self.data["kinds"][k] for k in self.data["nameKind"])))
+        self.assertEqual(kinds["fsync"], "disk")
+        self.assertEqual(kinds["futex"], "lock")
+        self.assertEqual(kinds["poll"], "network")
+        self.assertEqual(kinds["clock_nanosleep"], "sleep")
+        self.assertEqual(kinds["clone3"], "other")
+        self.assertEqual(model.call_kind("getpid"), "other")
+        errs = Counter()
+        for t in self.data["traces"]:
+            for s in t["spans"]:
+                for row in s["threads"]:
+                    self.assertEqual(row["tid"], s["tid"])
+                    self.assertIsInstance(row["tid"], int)
+                    for r, e in zip(row["calls"]["r"], row["calls"]["e"]):
+                        if e >= 0:
+                            errs[self.data["errnos"][e]] += 1
+                            self.assertLess(r, 0)
+                        else:
+                            self.assertGreaterEqual(r, 0)
+        want = Counter(c["attributes"]["error.type"] for c in self.calls if "error.type" in c["attributes"])
+        self.assertEqual(errs, want)
+        self.assertIn("ENOENT", want)
+        self.assertIn("EAGAIN", want)
+
+    def test_summary_names_the_cause(self):
+        by_path = {}
+        for t in self.data["traces"]:
+            by_path.setdefault(t["root"]["name"], []).append(t)
+        self.assertIn("fsync", by_path["GET /receipt"][0]["summary"])
+        self.assertIn("clock_nanosleep", by_path["GET /report"][0]["summary"])
+        self.assertIn("futex", by_path["GET /inventory"][0]["summary"])
+        # a client span waiting for its downstream is not the cause: the downstream is
+        slow_checkout = by_path["GET /checkout"][0]
+        self.assertIn("in currency GET /convert", slow_checkout["summary"])
+        self.assertEqual(slow_checkout["spans"][slow_checkout["focus"]]["svc"], "currency")
+
+    def test_breakdown_of_the_calls(self):
+        t = next(t for t in self.data["traces"] if t["root"]["name"] == "GET /receipt")
+        s = next(s for s in t["spans"] if s["name"] == "save receipt")
+        b = s["breakdowns"][0]
+        self.assertEqual(b["title"], "system calls")
+        parts = dict(b["parts"])
+        self.assertEqual(b["total"], s["e"] - s["s"])
+        self.assertGreater(parts["disk"], 0.9 * b["total"])
+        self.assertEqual(sum(parts.values()), b["total"])
+
+    def test_self_contained(self):
+        low = self.html.lower()
+        for bad in ("<script src", "<link", "@import", "url(http", "src=\"http", "href=\"http"):
+            self.assertNotIn(bad, low)
+        self.assertEqual(low.count("<script"), 2)
+
+
+class TestHtmlEdgeCases(unittest.TestCase):
+    def test_generic_breakdown_and_wakers(self):
+        s = span("handle", 0, 10_000_000, "01" * 8, **{
+            "spantrack.syscalls.count": 1, "spantrack.syscalls.duration_ns": 4_000_000,
+            "spantrack.sched.on_cpu_ns": 3_000_000, "spantrack.sched.runqueue_ns": 2_000_000,
+            "spantrack.wait.blocked.io_ns": 4_000_000, "spantrack.wait.blocked.lock_ns": 1_000_000,
+            "spantrack.wakers": ["kworker/0:1 (io)", "tid 4242 (futex)"], "thread.id": 9})
+        c = call("fsync", 1_000_000, 4_000_000, "02" * 8, "01" * 8, 9)
+        d = embedded_data(page.render(model.traces_of([s, c])))
+        sp = d["traces"][0]["spans"][0]
+        by_title = {b["title"]: b for b in sp["breakdowns"]}
+        self.assertEqual(set(by_title), {"system calls", "sched", "wait"})
+        self.assertEqual(dict(by_title["sched"]["parts"]), {"on cpu": 3_000_000, "runqueue": 2_000_000})
+        self.assertEqual(dict(by_title["wait"]["parts"]), {"blocked io": 4_000_000, "blocked lock": 1_000_000})
+        self.assertEqual(dict(by_title["system calls"]["parts"]),
+                         {"disk": 3_000_000, "calls without a child span": 1_000_000,
+                          "outside this span's system calls": 6_000_000})
+        self.assertEqual(sp["wakers"], ["kworker/0:1 (io)", "tid 4242 (futex)"])
+
+    def test_script_in_a_name_stays_data(self):
+        evil = "</script><script>document.title='x'</script><!--"
+        d = embedded_data(page.render(model.traces_of([span(evil, 0, 5, "03" * 8)])))
+        self.assertEqual(d["traces"][0]["spans"][0]["name"], evil)
+
+    def test_calls_on_another_thread_get_their_own_row(self):
+        s = span("batch", 0, 100, "01" * 8, **{"thread.id": 1, "spantrack.syscalls.count": 2})
+        cs = [call("read", 10, 20, "02" * 8, "01" * 8, 1), call("write", 15, 30, "03" * 8, "01" * 8, 2)]
+        sp = embedded_data(page.render(model.traces_of([s] + cs)))["traces"][0]["spans"][0]
+        self.assertEqual([r["tid"] for r in sp["threads"]], [1, 2])
+
+    def test_orphan_call_is_a_span(self):
+        c = call("futex", 0, 10, "04" * 8, "ff" * 8, 3)
+        t, = model.traces_of([c])
+        self.assertEqual(len(t.spans), 1)
+        self.assertEqual(t.n_calls, 0)
+
+    def test_big_trace_data(self):
+        spans = big_trace(5000)
+        d = embedded_data(page.render(model.traces_of(spans)))
+        batch = next(s for s in d["traces"][0]["spans"] if s["name"] == "import batch")
+        self.assertEqual(len(batch["threads"][0]["calls"]["s"]), 5000)
+
+
+class TestChrome(FixtureCase):
+    def test_follows_the_rules(self):
+        check_chrome(self.chrome)
+
+    def test_every_span_and_call_once_on_its_thread(self):
+        xs = [e for e in self.chrome["traceEvents"] if e["ph"] == "X"]
+        ids = Counter(e["args"]["span_id"] for e in xs)
+        self.assertEqual(ids, Counter(s["span_id"] for s in self.spans))
+        names = {(e["pid"], e["tid"]): e["args"]["name"] for e in self.chrome["traceEvents"]
+                 if e["ph"] == "M" and e["name"] == "thread_name"}
+        procs = {e["pid"]: e["args"]["name"] for e in self.chrome["traceEvents"]
+                 if e["ph"] == "M" and e["name"] == "process_name"}
+        by_id = {s["span_id"]: s for s in self.spans}
+        base = int(self.chrome["otherData"]["base_unix_ns"])
+        for e in xs:
+            s = by_id[e["args"]["span_id"]]
+            self.assertEqual(procs[e["pid"]], s["service"])
+            self.assertEqual(round(e["ts"] * 1000) + base, s["start_ns"])
+            self.assertEqual(round(e["dur"] * 1000), s["end_ns"] - s["start_ns"])
+            tid = s["attributes"].get("thread.id")
+            if tid is not None:
+                # on the thread's own track, or an extra track named after it
+                self.assertTrue(e["tid"] == tid or names[(e["pid"], e["tid"])].startswith(f"thread {tid}"))
+                self.assertTrue(names[(e["pid"], e["tid"])].startswith(f"thread {tid}"))
+            else:
+                self.assertTrue(names[(e["pid"], e["tid"])].startswith(chrome.UNKNOWN_THREAD))
+            if model.is_call(s):
+                self.assertEqual(e["tid"], tid, "a call is on its thread's own track")
+                self.assertIn(model.call_kind(s["name"]), e["cat"])
+
+    def test_flows_link_parents_across_tracks(self):
+        ev = self.chrome["traceEvents"]
+        where = {e["args"]["span_id"]: (e["pid"], e["tid"]) for e in ev if e["ph"] == "X"}
+        crossing = sum(1 for s in self.spans if s["parent_span_id"] in where
+                       and where[s["parent_span_id"]] != where[s["span_id"]])
+        self.assertGreater(crossing, 0)
+        self.assertEqual(sum(1 for e in ev if e["ph"] == "s"), crossing)
+
+    def test_overlapping_spans_without_threads_get_more_tracks(self):
+        spans = [span("a", 0, 100, "01" * 8), span("b", 50, 150, "02" * 8, trace_id="cd" * 16),
+                 span("c", 60, 70, "03" * 8, trace_id="ef" * 16)]
+        doc = chrome.chrome_trace(model.traces_of(spans))
+        tracks = check_chrome(doc)
+        self.assertEqual(len(tracks), 2)
+
+    def test_big_trace(self):
+        doc = chrome.chrome_trace(model.traces_of(big_trace(5000)))
+        tracks = check_chrome(doc)
+        self.assertEqual(sum(len(v) for v in tracks.values()), 5002)
+
+    def test_empty(self):
+        self.assertEqual(chrome.chrome_trace([])["traceEvents"], [])
+
+
+class TestOtlp(FixtureCase):
+    def test_round_trip(self):
+        doc = json.loads(json.dumps(otlp.otlp_document(self.spans)))
+        back = list(model.spans_of_doc(doc))
+        key = lambda s: (s["trace_id"], s["span_id"])  # noqa: E731
+        self.assertEqual(len(back), len(self.spans))
+        orig = {key(s): s for s in self.spans}
+        for s in back:
+            o = orig[key(s)]
+            for f in ("service", "parent_span_id", "name", "kind", "start_ns", "end_ns", "attributes", "status"):
+                self.assertEqual(s[f], o[f], f)
+
+    def test_otlp_json_encoding(self):
+        doc = otlp.otlp_document(self.spans)
+        s = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+        self.assertRegex(s["traceId"], r"^[0-9a-f]{32}$")
+        self.assertRegex(s["spanId"], r"^[0-9a-f]{16}$")
+        self.assertIsInstance(s["startTimeUnixNano"], str)
+        self.assertIn(s["kind"], range(6))
+        calls = [x for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for x in ss["spans"]
+                 if any(a["key"] == "error.type" for a in x["attributes"])]
+        self.assertTrue(calls)
+        for c in calls:
+            self.assertEqual(c["status"]["code"], 2)
+            nr = next(a for a in c["attributes"] if a["key"] == "spantrack.syscall.nr")
+            self.assertIn("intValue", nr["value"])
+
+    def test_reads_base64_ids_and_string_enums(self):
+        doc = {"resourceSpans": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "x"}}]}, "scopeSpans": [{"spans": [{
+                "traceId": base64.b64encode(bytes(range(16))).decode(),
+                "spanId": base64.b64encode(bytes(range(8))).decode(),
+                "name": "n", "kind": "SPAN_KIND_SERVER", "startTimeUnixNano": "5",
+                "endTimeUnixNano": 9, "status": {"code": "STATUS_CODE_ERROR"},
+                "attributes": [{"key": "a", "value": {"arrayValue": {"values": [{"intValue": "3"}]}}}]}]}]}]}
+        s, = model.spans_of_doc(doc)
+        self.assertEqual(s["trace_id"], bytes(range(16)).hex())
+        self.assertEqual(s["span_id"], bytes(range(8)).hex())
+        self.assertEqual((s["kind"], s["status"]["code"], s["start_ns"], s["end_ns"]), ("SERVER", "ERROR", 5, 9))
+        self.assertEqual(s["attributes"], {"a": [3]})
+
+
+class TestCommand(unittest.TestCase):
+    def run_view(self, *args, stdin=None):
+        return subprocess.run([sys.executable, SPANTRACK, "view", *args], capture_output=True,
+                              text=True, timeout=60, input=stdin)
+
+    def test_all_outputs(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = {k: os.path.join(d, k) for k in ("v.html", "c.json", "o.json")}
+            r = self.run_view(FIXTURE, "-o", out["v.html"], "--chrome", out["c.json"], "--otlp", out["o.json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("20 traces", r.stderr)
+            with open(out["v.html"], encoding="utf-8") as f:
+                self.assertEqual(len(embedded_data(f.read())["traces"]), 20)
+            with open(out["c.json"], encoding="utf-8") as f:
+                check_chrome(json.load(f))
+            # the OTLP output reads back as the same spans
+            r = self.run_view(out["o.json"], "--slow", "--otlp", "-")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            slow = list(model.spans_of_doc(json.loads(r.stdout)))
+            self.assertEqual(len({s["trace_id"] for s in slow}), 11)
+
+    def test_trace_prefix_and_stdin(self):
+        tid = fixture_spans()[0]["trace_id"]
+        with open(FIXTURE, encoding="utf-8") as f:
+            r = self.run_view("-", "--trace", tid[:8], "--chrome", "-", stdin=f.read())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual({e["args"]["trace_id"] for e in doc["traceEvents"] if e["ph"] == "X"}, {tid})
+
+    def test_bad_input(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            f.write('{"hello": 1}\n')
+            f.flush()
+            r = self.run_view(f.name, "--chrome", "-")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("neither a span", r.stderr)
+        r = self.run_view("/nonexistent/spans.jsonl")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("No such file", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
