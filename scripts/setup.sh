@@ -11,13 +11,15 @@ check_only=0
 [ "${1:-}" = "--check" ] && check_only=1
 
 # Debian packages: kernel source, the Debian rustc the kernel is built with (+ core sources),
-# LLVM toolchain, kernel build tools, QEMU, and what the demo and tests use in the guest.
+# LLVM toolchain, kernel build tools, QEMU, and what the demo and tests use in the guest;
+# chromium (headless) for the trace view's browser tests.
 DEB_PACKAGES=(
   linux-source-6.12 rustc-web rust-web-src
   clang lld llvm libclang-dev
   flex bison bc libelf-dev libssl-dev cpio kmod make xz-utils
   qemu-system-x86 python3 python3-venv python3-pip
   iproute2 procps util-linux strace busybox-static
+  chromium
 )
 BINDGEN_VERSION=0.73.2
 

@@ -30,6 +30,8 @@ run_stage "host: build user-space programs" cargo build --release --workspace --
 venv=$("$here/python-env.sh") || exit 1
 run_stage "host: Python hook unit tests" env PYTHONDONTWRITEBYTECODE=1 \
   "$venv/bin/python" -m unittest discover -s preload/python/tests
+run_stage "host: trace view tests (chromium)" env PYTHONDONTWRITEBYTECODE=1 \
+  timeout 300 python3 -m unittest discover -s view/tests
 
 for v in ${VARIANTS:-release debug}; do
   if ! run_stage "$v: kernel (cached after first build)" env VARIANT=$v "$here/build-kernel.sh"; then continue; fi
