@@ -33,8 +33,12 @@ pub mod attr {
     pub const DROPPED_RECORDS_BEFORE: &str = "spantrack.dropped.records_before";
     /// The span was ended from another thread than the one that began it (set only then).
     pub const ENDED_ELSEWHERE: &str = "spantrack.ended_elsewhere";
-    /// The thread whose system calls these are (the one that began the span).
+    /// On the span: the thread that began it; on a child: the thread that made the call.
     pub const THREAD_ID: &str = "thread.id";
+    /// Threads whose calls were charged to the span, when more than one (an async task
+    /// that moved between workers, work handed to a pool thread). A value of
+    /// `uapi::MAX_SPAN_THREADS` may mean more.
+    pub const THREADS: &str = "spantrack.threads";
     /// On a child: the x86_64 system call number.
     pub const SYSCALL_NR: &str = "spantrack.syscall.nr";
     /// On a child: its return value.
@@ -184,6 +188,9 @@ pub fn annotate_with(
     if h.flags & uapi::REC_ENDED_ELSEWHERE != 0 {
         span.attributes.push(KeyValue::new(attr::ENDED_ELSEWHERE, true));
     }
+    if h.n_threads > 1 {
+        span.attributes.push(KeyValue::new(attr::THREADS, i64::from(h.n_threads)));
+    }
     let long_enough = |e: &&SyscallEntry| e.end_mono_ns.saturating_sub(e.start_mono_ns) >= min_child_ns;
     if min_child_ns > 0 {
         let short = record.entries.iter().filter(|e| !long_enough(e)).count();
@@ -195,9 +202,11 @@ pub fn annotate_with(
         .filter(long_enough)
         .map(|e| {
             let (start_time, end_time) = call_interval(h, e, span.start_time, span.end_time);
+            let tid = if e.tid != 0 { e.tid } else { h.tid };
             let mut attributes = vec![
                 KeyValue::new(attr::SYSCALL_NR, i64::from(e.nr)),
                 KeyValue::new(attr::SYSCALL_RET, e.ret),
+                KeyValue::new(attr::THREAD_ID, i64::from(tid)),
             ];
             let mut status = Status::Unset;
             if errno::is_error_return(e.ret) {
@@ -246,37 +255,17 @@ pub(crate) mod tests {
 
     /// Raw bytes of a record, encoded by hand from the uapi types (little-endian layout).
     pub fn encode(h: &RecordHeader, entries: &[SyscallEntry]) -> Vec<u8> {
-        use std::mem::offset_of;
-        let mut b = vec![0u8; uapi::RECORD_HEADER_SIZE + entries.len() * uapi::SYSCALL_ENTRY_SIZE];
-        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
-        put(offset_of!(RecordHeader, magic), &uapi::RECORD_MAGIC.to_le_bytes());
-        put(offset_of!(RecordHeader, version), &(uapi::ABI_VERSION as u16).to_le_bytes());
-        put(offset_of!(RecordHeader, header_size), &(uapi::RECORD_HEADER_SIZE as u16).to_le_bytes());
-        let total = (uapi::RECORD_HEADER_SIZE + entries.len() * uapi::SYSCALL_ENTRY_SIZE) as u32;
-        put(offset_of!(RecordHeader, total_size), &total.to_le_bytes());
-        put(offset_of!(RecordHeader, n_entries), &(entries.len() as u32).to_le_bytes());
-        put(offset_of!(RecordHeader, trace_id), &h.trace_id);
-        put(offset_of!(RecordHeader, span_id), &h.span_id);
-        put(offset_of!(RecordHeader, tid), &h.tid.to_le_bytes());
-        put(offset_of!(RecordHeader, tgid), &h.tgid.to_le_bytes());
-        put(offset_of!(RecordHeader, begin_mono_ns), &h.begin_mono_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, end_mono_ns), &h.end_mono_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, begin_real_ns), &h.begin_real_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, end_real_ns), &h.end_real_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, depth), &h.depth.to_le_bytes());
-        put(offset_of!(RecordHeader, flags), &h.flags.to_le_bytes());
-        put(offset_of!(RecordHeader, total_calls), &h.total_calls.to_le_bytes());
-        put(offset_of!(RecordHeader, total_call_ns), &h.total_call_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, unitemised_calls), &h.unitemised_calls.to_le_bytes());
-        put(offset_of!(RecordHeader, unitemised_ns), &h.unitemised_ns.to_le_bytes());
-        put(offset_of!(RecordHeader, records_dropped_before), &h.records_dropped_before.to_le_bytes());
+        use spantrack_logic::record::{encode_entry, encode_header};
+        let total = uapi::RECORD_HEADER_SIZE + entries.len() * uapi::SYSCALL_ENTRY_SIZE;
+        let mut b = vec![0u8; total];
+        let h = RecordHeader {
+            total_size: total as u32,
+            n_entries: entries.len() as u32,
+            ..*h
+        };
+        assert!(encode_header(&h, &mut b));
         for (i, e) in entries.iter().enumerate() {
-            let o = uapi::RECORD_HEADER_SIZE + i * uapi::SYSCALL_ENTRY_SIZE;
-            put(o + offset_of!(SyscallEntry, nr), &e.nr.to_le_bytes());
-            put(o + offset_of!(SyscallEntry, flags), &e.flags.to_le_bytes());
-            put(o + offset_of!(SyscallEntry, ret), &e.ret.to_le_bytes());
-            put(o + offset_of!(SyscallEntry, start_mono_ns), &e.start_mono_ns.to_le_bytes());
-            put(o + offset_of!(SyscallEntry, end_mono_ns), &e.end_mono_ns.to_le_bytes());
+            assert!(encode_entry(e, &mut b[uapi::RECORD_HEADER_SIZE + i * uapi::SYSCALL_ENTRY_SIZE..]));
         }
         b
     }
@@ -284,7 +273,7 @@ pub(crate) mod tests {
     pub fn entry(nr: u32, ret: i64, start_us: u64, end_us: u64) -> SyscallEntry {
         SyscallEntry {
             nr,
-            flags: 0,
+            tid: 4242,
             ret,
             start_mono_ns: T0_MONO + start_us * 1000,
             end_mono_ns: T0_MONO + end_us * 1000,
@@ -342,6 +331,7 @@ pub(crate) mod tests {
             begin_real_ns: T0_REAL,
             end_real_ns: T0_REAL + 20_000_000,
             depth: 0,
+            n_threads: 1,
             flags: 0,
             total_calls: 0,
             total_call_ns: 0,

@@ -7,7 +7,7 @@ use std::ffi::{c_int, c_long, CStr};
 use std::time::Duration;
 
 /// The ABI version this crate speaks (`spanhook_abi_version()`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// No record is larger (`SPANHOOK_RECORD_MAX`).
 pub const RECORD_MAX: usize = 256 * 1024;
 
@@ -18,6 +18,7 @@ type ThresholdFn = unsafe extern "C" fn() -> u64;
 type TakeFn = unsafe extern "C" fn(*const u8, *const u8, *mut u8, usize, u32) -> c_long;
 type UnregisterFn = unsafe extern "C" fn() -> c_int;
 type StatsFn = unsafe extern "C" fn(*mut u64, usize) -> usize;
+type SlotFn = unsafe extern "C" fn() -> *mut u64;
 
 /// Entry points of libspanhook.so.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +30,7 @@ pub struct SpanHook {
     take: TakeFn,
     unregister: UnregisterFn,
     stats: StatsFn,
+    slot: SlotFn,
 }
 
 /// Why [`SpanHook::find`] found nothing usable.
@@ -38,7 +40,7 @@ pub enum Absent {
     NotLoaded,
     /// The library speaks another ABI version.
     Version(u32),
-    /// A symbol of ABI 1 is missing.
+    /// A symbol of the ABI is missing.
     Missing(&'static str),
     /// Loaded but not registered with the module (no module, forked child, ...).
     Inactive,
@@ -99,6 +101,7 @@ impl SpanHook {
             take: lookup!(c"spanhook_take_record", TakeFn),
             unregister: lookup!(c"spanhook_unregister_thread", UnregisterFn),
             stats: lookup!(c"spanhook_stats", StatsFn),
+            slot: lookup!(c"spanhook_active_slot", SlotFn),
         })
     }
 
@@ -114,6 +117,9 @@ impl SpanHook {
         unregister: UnregisterFn,
         stats: StatsFn,
     ) -> SpanHook {
+        unsafe extern "C" fn no_slot() -> *mut u64 {
+            std::ptr::null_mut()
+        }
         SpanHook {
             active,
             begin,
@@ -122,6 +128,7 @@ impl SpanHook {
             take,
             unregister,
             stats,
+            slot: no_slot,
         }
     }
 
@@ -194,6 +201,13 @@ impl SpanHook {
         } else {
             Ok(())
         }
+    }
+
+    /// The calling thread's active-span slot (registered at the thread's first call), or
+    /// null (inactive, untracked thread).
+    pub fn active_slot(&self) -> *mut u64 {
+        // SAFETY: ABI function without arguments.
+        unsafe { (self.slot)() }
     }
 
     /// The library's counters (`SPANHOOK_STAT_*` order).

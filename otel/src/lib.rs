@@ -18,6 +18,7 @@
 //! a slow span reaches the inner processor with `spantrack.*` attributes and one child span
 //! per system call ([`annotate`]).
 
+pub mod activation;
 pub mod annotate;
 pub mod errno;
 pub mod hook;

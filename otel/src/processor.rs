@@ -188,7 +188,10 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     /// Wraps `inner`; looks up the preloaded library.
     pub fn with_config(inner: P, config: Config) -> Self {
         match SpanHook::find() {
-            Ok(h) => Self::with_hook(inner, config, h),
+            Ok(h) => {
+                crate::activation::install(h);
+                Self::with_hook(inner, config, h)
+            }
             Err(why) => SpantrackProcessor {
                 inner: Arc::new(inner),
                 hook: None,
@@ -282,6 +285,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
 
 impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
     fn on_start(&self, span: &mut Span, cx: &Context) {
+        let _ours = crate::activation::Suspend::new();
         self.inner.on_start(span, cx);
         // Last, so that the begin is as close as possible to the service's own code.
         if let Some(h) = &self.hook {
@@ -293,6 +297,7 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
     }
 
     fn on_end(&self, span: SpanData) {
+        let _ours = crate::activation::Suspend::new();
         let (Some(h), Some(w)) = (&self.hook, &self.worker) else {
             return self.inner.on_end(span);
         };

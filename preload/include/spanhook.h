@@ -47,12 +47,12 @@ extern "C" {
 #endif
 
 /* Version of this ABI. */
-#define SPANHOOK_ABI_VERSION 1u
+#define SPANHOOK_ABI_VERSION 2u
 
 /* No record is larger than this (header + entries; the module's relay sub-buffer). */
 #define SPANHOOK_RECORD_MAX (256u * 1024u)
 
-/* Returns SPANHOOK_ABI_VERSION (1). */
+/* Returns SPANHOOK_ABI_VERSION (2). */
 uint32_t spanhook_abi_version(void);
 
 /* 1 when the process is registered with the module, else 0. */
@@ -79,6 +79,20 @@ int spanhook_span_end(const uint8_t trace_id[16], const uint8_t span_id[8]);
 uint64_t spanhook_threshold_ns(void);
 
 /*
+ * Attribution by activation (async runtimes). Returns the calling thread's active-span
+ * slot, registered with the module at the thread's first call (one ioctl), or NULL
+ * (inactive, or a thread the module does not track). At every switch -- a task resumed or
+ * suspended, a context attached or detached -- store the id of the span whose code the
+ * thread runs from now on, as the integer whose big-endian bytes are the W3C span id, or
+ * 0 when it runs none. One plain store, no system call: the module reads the slot at each
+ * system call of the thread and charges the call to that span (an id it does not know,
+ * e.g. an unsampled span, charges none). Once a thread has a slot, its spans belong to the
+ * process: they may be active on any thread, any number at once, and end anywhere.
+ * Threads that never ask keep the default: calls go to the innermost span begun on them.
+ */
+uint64_t *spanhook_active_slot(void);
+
+/*
  * Waits up to timeout_ms for the kernel's record of that span and moves it out of the
  * store into buf: raw uapi bytes (uapi/src/lib.rs), a 128-byte RecordHeader followed by
  * n_entries 32-byte SyscallEntry, little-endian, header.total_size bytes in all.
@@ -103,7 +117,8 @@ int spanhook_unregister_thread(void);
 #define SPANHOOK_STAT_STREAM_ERRORS 5 /* relay read errors / undecodable bytes dropped */
 #define SPANHOOK_STAT_TAKE_TIMEOUTS 6 /* spanhook_take_record calls with timeout_ms > 0 that returned 0 */
 #define SPANHOOK_STAT_STORED        7 /* records held in the store now (a gauge) */
-#define SPANHOOK_STAT_COUNT         8
+#define SPANHOOK_STAT_SLOTS         8 /* threads whose active-span slot was registered */
+#define SPANHOOK_STAT_COUNT         9
 
 /* Writes the first min(n, SPANHOOK_STAT_COUNT) counters to out; returns how many. */
 size_t spanhook_stats(uint64_t *out, size_t n);

@@ -35,8 +35,10 @@ pub mod stat {
     pub const TAKE_TIMEOUTS: usize = 6;
     /// Records currently held in the store (a gauge).
     pub const STORED: usize = 7;
+    /// Threads whose active-span slot was registered with the module.
+    pub const SLOTS: usize = 8;
     /// Number of values.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 }
 
 /// How long the reader's poll() waits before looking at the files and the clock anyway.
@@ -216,6 +218,66 @@ impl Hook {
             sys::log_line(msg);
         }
     }
+}
+
+/// The calling thread's active-span slot (`uapi::ActiveSlot`): the runtime stores the id
+/// of the span the thread runs now (0: none) at every switch; the module reads it at each
+/// system call. Registered with the module at the thread's first [`active_slot`] call;
+/// cleared (value 0, and unregistered) when the thread exits.
+struct ThreadSlot {
+    value: AtomicU64,
+    /// `SLOT_*`.
+    state: std::cell::Cell<u8>,
+}
+
+const SLOT_NEW: u8 = 0;
+const SLOT_REGISTERED: u8 = 1;
+const SLOT_REFUSED: u8 = 2;
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        self.value.store(0, Ordering::Relaxed);
+        if self.state.get() == SLOT_REGISTERED && ACTIVE.load(Ordering::Acquire) {
+            if let Some(h) = HOOK.get() {
+                let _ = sys::set_active_slot(h.control, std::ptr::null());
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SLOT: ThreadSlot = const {
+        ThreadSlot { value: AtomicU64::new(0), state: std::cell::Cell::new(SLOT_NEW) }
+    };
+}
+
+/// Address of the calling thread's active-span slot, registering it with the module on the
+/// thread's first call; null when the library is inactive, the module refused the slot
+/// (the thread is not tracked: the library's own threads) or the thread is exiting.
+pub fn active_slot() -> *mut u64 {
+    let Some(h) = active() else {
+        return std::ptr::null_mut();
+    };
+    SLOT.try_with(|s| {
+        let p = s.value.as_ptr();
+        match s.state.get() {
+            SLOT_REGISTERED => p,
+            SLOT_REFUSED => std::ptr::null_mut(),
+            _ => match sys::set_active_slot(h.control, p) {
+                Ok(()) => {
+                    s.state.set(SLOT_REGISTERED);
+                    h.bump(stat::SLOTS, 1);
+                    p
+                }
+                Err(e) => {
+                    s.state.set(SLOT_REFUSED);
+                    h.log(&format!("active slot refused: {}", sys::errno_text(e)));
+                    std::ptr::null_mut()
+                }
+            },
+        }
+    })
+    .unwrap_or(std::ptr::null_mut())
 }
 
 /// Runs in a forked child (registered with `pthread_atfork`): the child is not registered

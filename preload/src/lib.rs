@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use hook::{probe_module, stat};
 
 /// Version of the C ABI below (`spanhook_abi_version()`).
-pub const SPANHOOK_ABI_VERSION: u32 = 1;
+pub const SPANHOOK_ABI_VERSION: u32 = 2;
 
 // Not in the crate's own unit tests: they check the never-initialised (inactive) state.
 #[cfg(not(test))]
@@ -49,7 +49,7 @@ unsafe fn read_ids(trace_id: *const u8, span_id: *const u8) -> Option<([u8; 16],
     Some((t, s))
 }
 
-/// Version of this ABI: 1.
+/// Version of this ABI: 2 (adds `spanhook_active_slot`).
 #[no_mangle]
 pub extern "C" fn spanhook_abi_version() -> u32 {
     SPANHOOK_ABI_VERSION
@@ -92,6 +92,17 @@ pub unsafe extern "C" fn spanhook_span_end(trace_id: *const u8, span_id: *const 
         Some((t, s)) => h.span_write(true, &t, &s),
         None => -libc::EINVAL,
     }
+}
+
+/// Address of the calling thread's active-span slot, a `uint64_t` the caller writes at
+/// every switch: the id of the span whose code the thread runs from now on (the number
+/// whose big-endian bytes are the W3C span id), or 0 when it runs none. One plain store,
+/// no system call: the module reads the slot at each system call of the thread and charges
+/// the call to that span. Registered with the module at the thread's first call (one
+/// `ioctl`); valid until the thread exits. NULL when inactive or for an untracked thread.
+#[no_mangle]
+pub extern "C" fn spanhook_active_slot() -> *mut u64 {
+    hook::active_slot()
 }
 
 /// The module's current threshold in ns (re-read about once a second); `UINT64_MAX` when

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-pub use spantrack_sys::{errno, ioctl_info, ioctl_plain, poll_in};
+pub use spantrack_sys::{errno, ioctl_info, ioctl_plain, poll_in, set_active_slot};
 
 /// `open(path, flags | O_CLOEXEC)`: the descriptor or the errno.
 pub fn open(path: &str, flags: i32) -> Result<RawFd, i32> {

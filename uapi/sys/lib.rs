@@ -25,6 +25,19 @@ pub fn ioctl_plain(control: RawFd, req: u32) -> Result<(), i32> {
     }
 }
 
+/// `IOCTL_SET_ACTIVE_SLOT` on the control file for the calling thread: `slot` is the
+/// address of its 8-aligned active-span slot, or null to clear it.
+pub fn set_active_slot(control: RawFd, slot: *const u64) -> Result<(), i32> {
+    // SAFETY: the request takes the slot's address as its argument; the kernel only reads
+    // 8 bytes there (and later reads them again without faulting).
+    let r = unsafe { libc::ioctl(control, uapi::IOCTL_SET_ACTIVE_SLOT as _, slot as usize) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// `IOCTL_INFO` on the control file.
 pub fn ioctl_info(control: RawFd) -> Result<uapi::Info, i32> {
     let mut info = uapi::Info::default();

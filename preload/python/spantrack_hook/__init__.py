@@ -7,8 +7,13 @@ spantrack.ko (`spanhook_active() == 1`). The SDK is not imported here: the provi
 is patched when the application imports `opentelemetry.sdk.trace`, so a Python program that
 does not use OpenTelemetry pays only for this check.
 
-Environment: SPANTRACK_PYTHON_HOOK=0 disables the hook; SPANTRACK_HOOK_DEBUG=1 reports on
-stderr what it did.
+It also turns on attribution by activation (activation.py): the modules whose code
+switches between spans (asyncio's event loop and thread hand-offs, anyio's, OpenTelemetry's
+context) are patched as they are imported.
+
+Environment: SPANTRACK_PYTHON_HOOK=0 disables the hook; SPANTRACK_ACTIVATION=0 keeps the
+kernel's default attribution (innermost span begun on the thread: right for thread-per-
+request services only); SPANTRACK_HOOK_DEBUG=1 reports on stderr what it did.
 """
 
 import functools
@@ -40,20 +45,42 @@ def install(lib=None) -> bool:
         from . import abi
         lib = abi.load()
         if lib is None:
-            _debug("libspanhook.so (ABI 1) is not in the process: doing nothing")
+            _debug("libspanhook.so (ABI 2) is not in the process: doing nothing")
             return False
         if lib.active() != 1:
             _debug("libspanhook.so is inactive (no module?): doing nothing")
             return False
     _lib = lib
     _installed = True
-    module = sys.modules.get(TARGET_MODULE)
-    if module is not None:
-        _patch(module)
-    else:
-        sys.meta_path.insert(0, _PatchOnImport())
-    _debug("armed")
+    patches = {TARGET_MODULE: _patch}
+    if os.environ.get("SPANTRACK_ACTIVATION", "1") != "0":
+        from . import activation
+        if activation.enable(lib):
+            patches.update({
+                "opentelemetry.context": activation.patch_context,
+                "asyncio.events": activation.patch_events,
+                "asyncio.threads": activation.patch_threads,
+                "anyio.to_thread": activation.patch_anyio,
+                "uvloop": activation.note_uvloop,
+            })
+    waiting = {}
+    for name, patch in patches.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            _safely(patch, module)
+        else:
+            waiting[name] = patch
+    if waiting:
+        sys.meta_path.insert(0, _PatchOnImport(waiting))
+    _debug(f"armed (patching on import: {', '.join(sorted(waiting)) or 'nothing'})")
     return True
+
+
+def _safely(patch, module) -> None:
+    try:
+        patch(module)
+    except Exception as e:  # never break the application's import
+        print(f"spantrack_hook: could not patch {module.__name__}: {e!r}", file=sys.stderr)
 
 
 def _patch(module) -> None:
@@ -77,11 +104,15 @@ def _patch(module) -> None:
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Finds `opentelemetry.sdk.trace` through the other finders and patches it once its
-    code has run; then leaves sys.meta_path."""
+    """Finds each module of `patches` (name -> patch function) through the other finders
+    and patches it once its code has run; leaves sys.meta_path when all are done."""
+
+    def __init__(self, patches):
+        self._patches = dict(patches)
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET_MODULE:
+        patch = self._patches.get(fullname)
+        if patch is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -93,17 +124,20 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
             return None
         if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
-        spec.loader = _PatchingLoader(spec.loader)
+        del self._patches[fullname]
+        if not self._patches:
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+        spec.loader = _PatchingLoader(spec.loader, patch)
         return spec
 
 
 class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader):
+    def __init__(self, loader, patch):
         self._loader = loader
+        self._patch = patch
 
     def __getattr__(self, name):  # get_resource_reader, get_data, ... of the real loader
         return getattr(self._loader, name)
@@ -113,7 +147,4 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        try:
-            _patch(module)
-        except Exception as e:  # never break the application's import
-            print(f"spantrack_hook: could not patch {TARGET_MODULE}: {e!r}", file=sys.stderr)
+        _safely(self._patch, module)

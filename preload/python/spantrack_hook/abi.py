@@ -1,4 +1,4 @@
-"""The C ABI of libspanhook.so (version 1), reached through ctypes.CDLL(None): when the
+"""The C ABI of libspanhook.so (version 2), reached through ctypes.CDLL(None): when the
 library is LD_PRELOADed its symbols are global in the process.
 
 ctypes releases the GIL around each call, so a worker waiting in take_record never holds
@@ -7,7 +7,7 @@ up the service's threads."""
 import ctypes
 import errno
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 U64_MAX = (1 << 64) - 1
 
 
@@ -30,6 +30,8 @@ class SpanHookLibrary:
         self._take_record = fn("spanhook_take_record", ctypes.c_long, p, p,
                                ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32)
         self.unregister_thread = fn("spanhook_unregister_thread", ctypes.c_int)
+        # The calling thread's active-span slot (a uint64_t address), or None.
+        self.active_slot = fn("spanhook_active_slot", ctypes.c_void_p)
         self._stats = fn("spanhook_stats", ctypes.c_size_t,
                          ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
         self._buf = None
@@ -57,7 +59,7 @@ class SpanHookLibrary:
 
 
 def load():
-    """The library's handles when it is in the process with ABI 1, else None."""
+    """The library's handles when it is in the process with ABI 2, else None."""
     try:
         lib = SpanHookLibrary(ctypes.CDLL(None))
     except (OSError, AttributeError):

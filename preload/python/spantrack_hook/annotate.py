@@ -101,6 +101,8 @@ def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = N
         attrs["spantrack.syscalls.summarised"] = sum(
             1 for e in rec.entries if e.end_mono_ns - e.start_mono_ns < min_child_ns)
     attrs["thread.id"] = rec.tid
+    if rec.n_threads > 1:
+        attrs["spantrack.threads"] = rec.n_threads
     if thread_name and "thread.name" not in attrs:
         attrs["thread.name"] = thread_name
 
@@ -126,7 +128,7 @@ def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = N
                                           trace_flags=ctx.trace_flags,
                                           trace_state=ctx.trace_state)
         cattrs = {"spantrack.syscall.nr": e.nr, "spantrack.syscall.ret": e.ret,
-                  "thread.id": rec.tid}
+                  "thread.id": e.tid or rec.tid}
         status = Status(StatusCode.UNSET)
         err = errno_name(e.ret)
         if err is not None:

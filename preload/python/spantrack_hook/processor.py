@@ -25,7 +25,7 @@ from typing import Optional
 
 from opentelemetry.sdk.trace import SpanProcessor
 
-from . import annotate, record
+from . import activation, annotate, record
 from .abi import U64_MAX
 
 log = logging.getLogger("spantrack")
@@ -80,6 +80,11 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._inner.add_span_processor(span_processor)
 
     def on_start(self, span, parent_context=None) -> None:
+        # Our work (and the inner processors') on the service thread is no span's.
+        with activation.suspended():
+            self._on_start(span, parent_context)
+
+    def _on_start(self, span, parent_context) -> None:
         self._inner.on_start(span, parent_context=parent_context)
         ctx = span.context
         if self._inactive or ctx is None or not ctx.trace_flags.sampled:
@@ -97,6 +102,10 @@ class SpantrackSpanProcessor(SpanProcessor):
             ending(span)
 
     def on_end(self, span) -> None:
+        with activation.suspended():
+            self._on_end(span)
+
+    def _on_end(self, span) -> None:
         ctx = span.context
         thread_name = self._open.pop((ctx.trace_id, ctx.span_id), None) if ctx else None
         if thread_name is None:
@@ -168,6 +177,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         # Only the forking thread survives: no worker, no open spans in the child. The
         # library does not register a forked child: then the child's spans just pass through.
         self._reset_worker_state()
+        activation.reset_after_fork()
         self._inactive = self._lib.active() != 1
 
     def _start_worker(self):  # with self._lock held

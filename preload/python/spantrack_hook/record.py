@@ -4,15 +4,15 @@
 import struct
 from typing import List, NamedTuple
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 RECORD_MAGIC = int.from_bytes(b"SPTR", "little")
 
 # RecordHeader: magic u32, version u16, header_size u16, total_size u32, n_entries u32,
 # trace_id [16], span_id [8], tid u32, tgid u32, begin/end mono, begin/end real u64,
-# depth u32, flags u32, total_calls, total_call_ns, unitemised_calls, unitemised_ns,
+# depth u16, n_threads u16, flags u32, total_calls, total_call_ns, unitemised_calls, unitemised_ns,
 # records_dropped_before u64.
-_HEADER = struct.Struct("<IHHII16s8sIIQQQQIIQQQQQ")
-# SyscallEntry: nr u32, flags u32, ret i64, start_mono_ns u64, end_mono_ns u64.
+_HEADER = struct.Struct("<IHHII16s8sIIQQQQHHIQQQQQ")
+# SyscallEntry: nr u32, tid u32, ret i64, start_mono_ns u64, end_mono_ns u64.
 _ENTRY = struct.Struct("<IIqQQ")
 HEADER_SIZE = _HEADER.size
 ENTRY_SIZE = _ENTRY.size
@@ -22,11 +22,13 @@ assert HEADER_SIZE == 128 and ENTRY_SIZE == 32
 REC_CALLS_TRUNCATED = 1 << 0
 REC_POOL_EXHAUSTED = 1 << 1
 REC_ENDED_ELSEWHERE = 1 << 2
+REC_MANY_THREADS = 1 << 3
+REC_ACTIVATION = 1 << 4
 
 
 class SyscallEntry(NamedTuple):
     nr: int
-    flags: int
+    tid: int
     ret: int
     start_mono_ns: int
     end_mono_ns: int
@@ -49,6 +51,8 @@ class SpanRecord(NamedTuple):
     unitemised_ns: int
     records_dropped_before: int
     entries: List[SyscallEntry]
+    # Threads whose calls were charged to the span (REC_MANY_THREADS: maybe more).
+    n_threads: int = 1
 
     def mono_to_real(self, mono_ns: int) -> int:
         """CLOCK_MONOTONIC stamp of this span's thread -> wall clock (ns since the epoch),
@@ -65,7 +69,8 @@ def decode(buf: bytes) -> SpanRecord:
     if len(buf) < HEADER_SIZE:
         raise RecordError(f"record of {len(buf)} bytes is shorter than its header")
     (magic, version, header_size, total_size, n_entries, trace_id, span_id, tid, tgid,
-     begin_mono, end_mono, begin_real, end_real, depth, flags, total_calls, total_call_ns,
+     begin_mono, end_mono, begin_real, end_real, depth, n_threads, flags, total_calls,
+     total_call_ns,
      unitemised_calls, unitemised_ns, dropped_before) = _HEADER.unpack_from(buf, 0)
     if magic != RECORD_MAGIC:
         raise RecordError(f"bad magic {magic:#x}")
@@ -80,7 +85,7 @@ def decode(buf: bytes) -> SpanRecord:
                for i in range(n_entries)]
     return SpanRecord(bytes(trace_id), bytes(span_id), tid, tgid, begin_mono, end_mono,
                       begin_real, end_real, depth, flags, total_calls, total_call_ns,
-                      unitemised_calls, unitemised_ns, dropped_before, entries)
+                      unitemised_calls, unitemised_ns, dropped_before, entries, n_threads)
 
 
 def encode(rec: SpanRecord) -> bytes:
@@ -89,6 +94,6 @@ def encode(rec: SpanRecord) -> bytes:
     head = _HEADER.pack(RECORD_MAGIC, ABI_VERSION, HEADER_SIZE, HEADER_SIZE + n * ENTRY_SIZE, n,
                         rec.trace_id, rec.span_id, rec.tid, rec.tgid, rec.begin_mono_ns,
                         rec.end_mono_ns, rec.begin_real_ns, rec.end_real_ns, rec.depth,
-                        rec.flags, rec.total_calls, rec.total_call_ns, rec.unitemised_calls,
+                        rec.n_threads, rec.flags, rec.total_calls, rec.total_call_ns, rec.unitemised_calls,
                         rec.unitemised_ns, rec.records_dropped_before)
     return head + b"".join(_ENTRY.pack(*e) for e in rec.entries)
