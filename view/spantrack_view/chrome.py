@@ -11,7 +11,7 @@ three decimals, so that a reader rounding them back to nanoseconds gets the exac
 
 import datetime
 
-from .model import ERROR_TYPE, SYSCALL_NR, SYSCALL_RET, THREAD_ID, THREAD_NAME, call_kind
+from .model import ERROR_TYPE, SYSCALL_RET, THREAD_ID, THREAD_NAME, call_kind
 
 # chrome://tracing's reserved colour names for the kinds (Perfetto colours by name).
 CNAME = {"disk": "thread_state_iowait", "lock": "terrible", "network": "rail_response",
@@ -99,10 +99,10 @@ def chrome_trace(traces):
                 ckey = ca.get(THREAD_ID, key)
                 clabel = label if ckey == key else f"thread {ckey}"
                 kind = call_kind(c["name"])
-                cargs = {"kind": kind, "nr": ca.get(SYSCALL_NR), "ret": ca.get(SYSCALL_RET)}
+                # few args: speedscope names a frame after its name and args together
+                cargs = {"kind": kind, "ret": ca.get(SYSCALL_RET)}
                 if ca.get(ERROR_TYPE):
                     cargs["errno"] = ca[ERROR_TYPE]
-                cargs["span_id"] = c["span_id"]
                 cev = {"name": c["name"], "cat": f"syscall,{kind}", "ph": "X",
                        "cname": CNAME[kind], "args": cargs}
                 items.append((c["start_ns"], c["end_ns"], 2 * depth + 1, pid, ckey, clabel, cev, c))
@@ -114,7 +114,8 @@ def chrome_trace(traces):
         tid = tracks.place(pid, key, start, end, label)
         ev.update(pid=pid, tid=tid, ts=_us(start - base), dur=_us(end - start))
         events.append(ev)
-        where[(span["trace_id"], span["span_id"])] = (pid, tid, start, end)
+        if "span_id" in ev["args"]:
+            where[(span["trace_id"], span["span_id"])] = (pid, tid, start, end)
 
     flows = []
     for t in traces:
