@@ -3,25 +3,29 @@ it), opens pages made from the fixture; the tests read the DOM the page's script
 (--dump-dom) and a screenshot (--screenshot), which they keep in demo-output/view-test/
 ($SPANTRACK_VIEW_TEST_OUT overrides it). Without chromium every test here fails."""
 
+import functools
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import unittest
 from collections import Counter
 
 from helpers import ROOT, embedded_data, fixture_spans, read_png
 from make_fixture import big_trace
-from spantrack_view import model, page
+from spantrack_view import chrome, model, page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUT = os.environ.get("SPANTRACK_VIEW_TEST_OUT") or os.path.join(ROOT, "demo-output", "view-test")
 KIND_RGB = {"disk": (0xE8, 0x94, 0x3A), "network": (0x3F, 0x88, 0xD6)}
 
 
-def chromium(args, url, tries=2):
-    """Runs headless chromium on url; returns its standard output."""
+def chromium(args, url, tries=2, stderr=False):
+    """Runs headless chromium on url; returns its standard output (and error)."""
     last = None
     for _ in range(tries):  # a busy machine can make one start time out
         with tempfile.TemporaryDirectory() as profile:
@@ -34,7 +38,7 @@ def chromium(args, url, tries=2):
                 last = f"timed out: {e}"
                 continue
             if r.returncode == 0 and (r.stdout.strip() or "--dump-dom" not in args):
-                return r.stdout
+                return (r.stdout, r.stderr) if stderr else r.stdout
             last = f"exit {r.returncode}: {r.stderr[-2000:]}"
     raise AssertionError(f"chromium failed ({' '.join(args)} {url}): {last}")
 
@@ -129,6 +133,65 @@ class TestBrowser(unittest.TestCase):
         for kind, rgb in KIND_RGB.items():
             self.assertGreater(colours[rgb], 200, f"no {kind} bars in the screenshot")
         print(f"\n  screenshot: {shot} ({len(colours)} colours)", end=" ")
+
+
+def speedscope_dir():
+    """speedscope's web app (npm package speedscope: dist/release), if installed."""
+    cands = [os.environ.get("SPANTRACK_SPEEDSCOPE", ""), os.path.join(ROOT, "node_modules", "speedscope")]
+    try:
+        npm_root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True, timeout=30).stdout.strip()
+        cands.append(os.path.join(npm_root, "speedscope"))
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for c in cands:
+        if c and os.path.isfile(os.path.join(c, "dist", "release", "index.html")):
+            return os.path.join(c, "dist", "release")
+    return None
+
+
+class TestSpeedscope(unittest.TestCase):
+    """speedscope (npm, optional: `npm install -g speedscope`, or SPANTRACK_SPEEDSCOPE=its
+    directory) imports the Chrome JSON of the fixture and the 5,000-call trace."""
+
+    def test_speedscope_imports_the_chrome_json(self):
+        if not CHROMIUM:
+            self.fail("chromium is not installed: run scripts/setup.sh")
+        os.makedirs(OUT, exist_ok=True)
+        app = speedscope_dir()
+        if not app:
+            self.skipTest("speedscope is not installed (npm install -g speedscope)")
+        docs = {"/fixture.json": chrome.chrome_trace(model.traces_of(fixture_spans())),
+                "/big.json": chrome.chrome_trace(model.traces_of(big_trace(5000)))}
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if self.path in docs:
+                    body = json.dumps(docs[self.path]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    super().do_GET()
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=app))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            for path in docs:
+                shot = os.path.join(OUT, "speedscope-" + path.strip("/").replace(".json", ".png"))
+                _, err = chromium(["--enable-logging=stderr", "--v=0", f"--screenshot={shot}"],
+                                  f"{base}/index.html#profileURL={base}{path}", stderr=True)
+                self.assertIn("Importing as Trace Event Format profile", err, path)
+                self.assertRegex(err, r'"import: [0-9.]+ ms"', f"speedscope did not import {path}")
+                self.assertNotRegex(err, r"CONSOLE.*(Error|went wrong|Unrecognized)", path)
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 if __name__ == "__main__":
