@@ -62,15 +62,17 @@ class TestBrowser(unittest.TestCase):
             f.write(html)
         cls.data = embedded_data(html)
         cls.big = os.path.join(OUT, "big.html")
+        html = page.render(model.traces_of(big_trace(5000)), ["big"])
         with open(cls.big, "w", encoding="utf-8") as f:
-            f.write(page.render(model.traces_of(big_trace(5000)), ["big"]))
+            f.write(html)
+        cls.big_data = embedded_data(html)["traces"][0]
         # the slow checkout whose time went to the currency service's fsyncs
         cls.checkout = next(t for t in cls.data["traces"]
                             if t["root"]["name"] == "GET /checkout" and "fsync" in t["summary"])
 
     def dom(self, path, trace_id=None):
         url = "file://" + path + (f"#trace={trace_id}" if trace_id else "")
-        dom = chromium(["--dump-dom"], url)
+        dom = chromium(["--dump-dom", "--window-size=1280,800"], url)
         attrs = body_attrs(dom)
         self.assertNotIn("data-errors", attrs, f"the page's script failed: {attrs.get('data-errors')}")
         self.assertEqual(attrs.get("data-rendered"), "yes", "the page's script did not finish")
@@ -117,6 +119,25 @@ class TestBrowser(unittest.TestCase):
         self.assertLess(calls + len(groups), 1500, "too many bars to read")
         self.assertEqual(calls + sum(groups), 5000, "every call drawn once, alone or in a group")
         self.assertEqual(int(attrs["data-drawn-groups"]), len(groups))
+
+    def test_zoomed_in_the_calls_are_drawn_one_by_one(self):
+        big = self.big_data
+        batch = next(s for s in big["spans"] if s["name"] == "import batch")
+        a = batch["threads"][0]["calls"]["s"][100]
+        _, whole = self.dom(self.big)
+        _, zoomed = self.dom(self.big, f"{big['id']}&view={a}-{a + 2_000_000}")
+        self.assertGreater(int(zoomed["data-drawn-calls"]), int(whole["data-drawn-calls"]))
+        self.assertLess(int(zoomed["data-drawn-groups"]), int(whole["data-drawn-groups"]))
+
+    def test_hover_click_zoom(self):
+        for path, trace_id in ((self.index, self.checkout["id"]), (self.big, self.big_data["id"])):
+            dom, attrs = self.dom(path, trace_id + "&selftest=1")
+            report = attrs.get("data-selftest", "")
+            self.assertIn("mousemove .call: ", report)
+            self.assertRegex(report, r"mousemove \.call: \w+ \((disk|lock|network|sleep|other)\) [0-9.]+ [µm]?s")
+            self.assertIn("wheel .row.calls .lane: ok", report)
+            self.assertIn("dblclick .row.calls .lane: ok", report)
+        self.assertRegex(report, r"mousemove \.agg: \d+ system calls")
 
     def test_screenshot_is_not_blank(self):
         shot = os.path.join(OUT, "screenshot.png")
