@@ -49,8 +49,8 @@ impl Record {
                     sys::syscall_name(e.nr),
                     e.ret,
                     i128::from(e.end_mono_ns) - i128::from(e.start_mono_ns),
-                    if e.flags != 0 {
-                        format!(", flags {:#x}", e.flags)
+                    if e.tid != 0 {
+                        format!(", tid {}", e.tid)
                     } else {
                         String::new()
                     }

@@ -53,6 +53,63 @@ fn write_line(fd: i32, l: &[u8; 50]) {
     assert_eq!(r, 50, "span write: {}", std::io::Error::last_os_error());
 }
 
+/// `per_span` iterations of `f` inside spans `a` and `b` (both open), for `CALLS`
+/// iterations in all; guest ns per iteration.
+fn in_two_spans(begin: i32, end: i32, first: u64, mut f: impl FnMut(u64, u64)) -> f64 {
+    let per_span = 200u64;
+    let mut t = 0u64;
+    for i in 0..CALLS / per_span {
+        let (la, lb) = (line(first + 2 * i), line(first + 2 * i + 1));
+        write_line(begin, &la);
+        write_line(begin, &lb);
+        let (a, b) = (first + 2 * i + 1, first + 2 * i + 2); // the span ids of `line`
+        let t0 = mono_ns();
+        for _ in 0..per_span {
+            f(a, b);
+        }
+        t += mono_ns() - t0;
+        write_line(end, &la);
+        write_line(end, &lb);
+    }
+    t as f64 / CALLS as f64
+}
+
+/// Attribution by activation: the cost of a call on a thread with an active-span slot, and
+/// of a switch (the slot changes between two calls: the runtime's store plus the module's
+/// look-up of the new span at the next call).
+fn activation(begin: i32, end: i32, ctl: i32) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let slot = Box::new(AtomicU64::new(0));
+    // SAFETY: the slot outlives its registration (cleared below); 8-aligned.
+    let r = unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, slot.as_ptr() as usize) };
+    assert_eq!(r, 0, "SET_ACTIVE_SLOT: {}", std::io::Error::last_os_error());
+    getpid_loop(10_000);
+    println!("getpid, slot thread, no span open          {:8.1} ns", getpid_loop(CALLS));
+    let getpid = || {
+        // SAFETY: plain system call.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    };
+    let idle = in_two_spans(begin, end, 3_000_000, |_, _| {
+        slot.store(0, Relaxed);
+        getpid();
+    });
+    println!("getpid, slot thread, slot 0 (spans open)    {:8.1} ns", idle);
+    let steady = in_two_spans(begin, end, 4_000_000, |a, _| {
+        slot.store(a, Relaxed);
+        getpid();
+    });
+    println!("getpid, slot thread, active span (itemised) {:8.1} ns", steady);
+    let switching = in_two_spans(begin, end, 5_000_000, |a, b| {
+        let v = slot.load(Relaxed);
+        slot.store(if v == a { b } else { a }, Relaxed);
+        getpid();
+    });
+    println!("getpid after a switch (store + getpid)      {:8.1} ns", switching);
+    println!("switch (kernel look-up + store)             {:8.1} ns", switching - steady);
+    // SAFETY: clears the registration (null argument).
+    unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, 0usize) };
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode == "baseline" {
@@ -112,6 +169,7 @@ fn main() {
         write_line(end, &l);
     }
     println!("span begin+end pair, slow (relay record)    {:8.1} ns", (mono_ns() - t0) as f64 / n as f64);
+    activation(begin, end, ctl);
     sysfs_set("threshold_ns", "1000000");
     let stats = std::fs::read_to_string(format!("{}/stats", uapi::SYSFS_DIR)).unwrap_or_default();
     for l in stats.lines().filter(|l| l.starts_with("records_")) {

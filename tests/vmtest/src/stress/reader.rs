@@ -197,8 +197,8 @@ pub fn check_structure(r: &Rec) -> Result<(), String> {
             ));
             break;
         }
-        if e.flags != 0 {
-            bad.push(format!("entry {i} flags {:#x}", e.flags));
+        if e.tid != h.tid {
+            bad.push(format!("entry {i} made by thread {}, not the span's {}", e.tid, h.tid));
         }
         prev = e.end_mono_ns;
         sum += u128::from(e.end_mono_ns - e.start_mono_ns);

@@ -524,7 +524,7 @@ fn run_inner(rep: &mut Report) -> Result<(), String> {
         if r.h.tid != sr.o.tid {
             bad.push(format!("tid {} expected {}", r.h.tid, sr.o.tid));
         }
-        if r.h.depth != sp.depth {
+        if u32::from(r.h.depth) != sp.depth {
             bad.push(format!("depth {} expected {}", r.h.depth, sp.depth));
         }
         let elsewhere = if sr.ended_by != sr.o.tid { uapi::REC_ENDED_ELSEWHERE } else { 0 };
