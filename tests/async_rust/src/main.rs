@@ -35,8 +35,9 @@ const KINDS: [&str; 5] = ["disk", "stat", "sleep", "thread", "nested"];
 
 #[derive(serde::Deserialize)]
 struct Q {
+    /// The request's number; negative: a warm-up request (not ground truth).
     #[serde(default)]
-    i: u64,
+    i: i64,
 }
 
 /// The application's own processor: its calls run inside spantrack's processor.
@@ -154,9 +155,10 @@ impl Work {
         pause(i).await;
     }
 
-    async fn request(self: Arc<Self>, kind: &'static str, i: u64) -> &'static str {
+    async fn request(self: Arc<Self>, kind: &'static str, i: u64, warmup: bool) -> &'static str {
+        let label = if warmup { "warmup" } else { kind };
         if self.tracing {
-            let span = tracing::info_span!("req", "otel.name" = format!("req {kind}"), "req.kind" = kind);
+            let span = tracing::info_span!("req", "otel.name" = format!("req {kind}"), "req.kind" = label);
             let inner = async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 let body = Arc::clone(&self).body(kind, i).instrument(tracing::Span::current());
@@ -168,7 +170,7 @@ impl Work {
             let tracer = opentelemetry::global::tracer("svc");
             let span = tracer
                 .span_builder(format!("req {kind}"))
-                .with_attributes([KeyValue::new("req.kind", kind)])
+                .with_attributes([KeyValue::new("req.kind", label)])
                 .start(&tracer);
             let cx = Context::current_with_span(span);
             let inner = async move {
@@ -264,7 +266,9 @@ async fn main() {
         let w = Arc::clone(&work);
         app = app.route(
             &format!("/{kind}"),
-            get(move |Query(q): Query<Q>| Arc::clone(&w).request(kind, q.i)),
+            get(move |Query(q): Query<Q>| {
+                Arc::clone(&w).request(kind, q.i.unsigned_abs(), q.i < 0)
+            }),
         );
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
