@@ -550,11 +550,16 @@ extern "C" fn st_rs_ioctl(
             let addr = arg as u64;
             // Checked before the lock: a first touch of the page may fault (and sleep).
             // SAFETY: reads 8 bytes of the caller's own memory in process context.
-            if addr != 0 && addr % 8 == 0 && unsafe { fac::st_check_slot(addr) } != 0 {
-                g.lock().tracker().exclude_call(tid);
-                Err(EFAULT)
+            let readable = addr == 0 || addr % 8 != 0 || unsafe { fac::st_check_slot(addr) } == 0;
+            let mut l = g.lock();
+            let t = l.tracker();
+            if readable {
+                t.set_active_slot(tid, addr).map(|()| 0)
+            } else if !t.is_tracked(tid) {
+                Err(uapi::ERR_UNTRACKED)
             } else {
-                g.lock().tracker().set_active_slot(tid, addr).map(|()| 0)
+                t.exclude_call(tid);
+                Err(EFAULT)
             }
         }
         uapi::IOCTL_INFO => {

@@ -31,6 +31,7 @@ thread_local! {
     static SLOT: Cell<*mut u64> = const { Cell::new(std::ptr::null_mut()) };
     static STATE: Cell<u8> = const { Cell::new(UNKNOWN) };
     static OBSERVED: Cell<bool> = const { Cell::new(false) };
+    static PROBING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The calling thread's slot (registered at the first call on the thread), if any.
@@ -71,12 +72,17 @@ struct SlotObserver;
 
 impl ContextObserver for SlotObserver {
     fn on_context_enter(&self, _from: &Context, to: &Context) {
-        OBSERVED.with(|o| o.set(true));
+        if PROBING.with(Cell::get) {
+            OBSERVED.with(|o| o.set(true));
+            return;
+        }
         store(slot_value(to));
     }
 
     fn on_context_exit(&self, _from: &Context, to: &Context) {
-        store(slot_value(to));
+        if !PROBING.with(Cell::get) {
+            store(slot_value(to));
+        }
     }
 }
 
@@ -87,9 +93,12 @@ pub fn install(hook: SpanHook) -> bool {
     }
     let _ = HOOK.set(hook);
     GlobalContextObserver::set(Arc::new(SlotObserver));
-    // Ours only if it sees an attach (another observer set first keeps its place).
+    // Ours only if it sees an attach (another observer set first keeps its place). The
+    // probe registers no slot: a thread gets one at its first real switch only.
     OBSERVED.with(|o| o.set(false));
+    PROBING.with(|p| p.set(true));
     drop(Context::new().attach());
+    PROBING.with(|p| p.set(false));
     let ours = OBSERVED.with(Cell::get);
     if ours {
         INSTALLED.store(true, Ordering::Release);
@@ -104,6 +113,9 @@ pub fn installed() -> bool {
 
 /// While alive, the calling thread runs no span: spantrack's own work on a service thread
 /// (the processor's begin/end and hand-off) is never charged to the application's spans.
+/// Only on a thread that already has a slot: a thread whose spans are never made current
+/// (`Tracer::start` without `attach`) keeps the module's default attribution, to the
+/// innermost span begun on it, which already leaves the begin and end writes out.
 pub(crate) struct Suspend {
     slot: *mut u64,
     prev: u64,
@@ -118,7 +130,8 @@ impl Suspend {
                 prev: 0,
             };
         }
-        match slot() {
+        let registered = STATE.with(Cell::get) == HAVE;
+        match registered.then(|| SLOT.with(Cell::get)) {
             Some(p) => {
                 // SAFETY: as in `store`.
                 let prev = unsafe { std::ptr::read_volatile(p) };

@@ -14,6 +14,10 @@ The slot is written at every switch:
 - spantrack's own work on a service thread (the processor's on_start/on_end) runs with
   the slot at 0: it is never charged to the application's spans.
 
+A thread gets its slot at its first switch. A thread that never makes a span current
+(`start_span` without `use_span`) has none and keeps the module's default: its calls go to
+the innermost span begun on it (thread-per-request behaviour).
+
 uvloop's event loop cannot be hooked (its `Handle` is a compiled class whose `_run` cannot
 be replaced). When uvloop is imported, the slots stay at 0: calls on its loop are charged
 to no span, rather than to whichever span ran last; a warning says so once.
@@ -96,7 +100,10 @@ class suspended:
     __slots__ = ("s", "prev")
 
     def __enter__(self):
-        s = self.s = slot() if _lib is not None else None
+        # Only a thread that already has a slot: one whose spans are never made current
+        # keeps the module's default (innermost span begun on it), our begin/end writes
+        # being left out by the module itself.
+        s = self.s = getattr(_local, "slot", None)
         if s is not None:
             self.prev = s.value
             s.value = 0

@@ -427,7 +427,14 @@ fn vfs_cmd(cmd: u32) -> bool {
     cmd <= 2 || matches!(ty, 0x54 | 0x66 | 0x58 | 0x94 | 0x15)
 }
 
-const KNOWN: [u32; 5] = [uapi::IOCTL_REGISTER, uapi::IOCTL_UNREGISTER_THREAD, uapi::IOCTL_UNREGISTER, uapi::IOCTL_INFO, uapi::IOCTL_RELAY_FDS];
+const KNOWN: [u32; 6] = [
+    uapi::IOCTL_REGISTER,
+    uapi::IOCTL_UNREGISTER_THREAD,
+    uapi::IOCTL_UNREGISTER,
+    uapi::IOCTL_INFO,
+    uapi::IOCTL_RELAY_FDS,
+    uapi::IOCTL_SET_ACTIVE_SLOT,
+];
 
 // ---------------------------------------------------------------------------------------
 
@@ -566,6 +573,13 @@ fn run_inner(rep: &mut Report, seed: Option<u64>, iters: Option<u64>) -> Result<
             fails.push("ioctl", format!("cmd {cmd:#x} unregistered: {} expected ENOENT", errno_name(r)));
         }
     }
+    // An untracked thread has no slot to set, whatever the address.
+    for arg in [0, mem.rw(), KERNEL_PTR, mem.rw() + 1] {
+        let r = raw_ioctl(control.raw(), uapi::IOCTL_SET_ACTIVE_SLOT, arg);
+        if r != libc::EPERM {
+            fails.push("ioctl", format!("SET_ACTIVE_SLOT {arg:#x} unregistered: {} expected EPERM", errno_name(r)));
+        }
+    }
     let (hd, hbad) = helper.join().map_err(|_| "helper panicked".to_string())?;
     for (k, v) in hd {
         *model.d.entry(k).or_default() += v;
@@ -579,6 +593,20 @@ fn run_inner(rep: &mut Report, seed: Option<u64>, iters: Option<u64>) -> Result<
     let r = raw_ioctl(control.raw(), uapi::IOCTL_REGISTER, KERNEL_PTR);
     if r != 0 {
         return Err(format!("REGISTER with a garbage argument: {}", errno_name(r)));
+    }
+    // SET_ACTIVE_SLOT, registered: a slot that cannot be read gets EFAULT, a misaligned one
+    // EINVAL, and neither changes anything (the thread keeps its stack of spans).
+    for (what, ptr, want) in [
+        ("unmapped", mem.hole(), libc::EFAULT),
+        ("PROT_NONE", mem.none(), libc::EFAULT),
+        ("kernel", KERNEL_PTR, libc::EFAULT),
+        ("misaligned", mem.rw() + 4, libc::EINVAL),
+        ("odd", 1, libc::EINVAL),
+    ] {
+        let r = raw_ioctl(control.raw(), uapi::IOCTL_SET_ACTIVE_SLOT, ptr);
+        if r != want {
+            fails.push("SET_ACTIVE_SLOT", format!("{what} {ptr:#x}: {} expected {}", errno_name(r), errno_name(want)));
+        }
     }
     // RELAY_FDS, registered: a bad buffer gets EFAULT and leaves no descriptor behind; a
     // good one gets one readable descriptor per possible CPU.
