@@ -184,9 +184,10 @@ mod tests {
     /// point says so and nothing blocks.
     #[test]
     fn inactive_entry_points() {
-        assert_eq!(spanhook_abi_version(), 1);
+        assert_eq!(spanhook_abi_version(), 2);
         assert_eq!(spanhook_active(), 0);
         assert_eq!(spanhook_threshold_ns(), u64::MAX);
+        assert!(spanhook_active_slot().is_null());
         let (t, s) = ([1u8; 16], [2u8; 8]);
         let mut buf = [0u8; 256];
         // SAFETY: valid pointers and lengths.
