@@ -20,7 +20,17 @@ extern "C" {
     fn st_vzalloc(size: usize) -> *mut c_void;
     fn st_vfree(p: *mut c_void);
     pub(crate) fn st_possible_cpus() -> c_uint;
-    fn st_set_bitmaps(tracked: *mut c_ulong, active: *mut c_ulong, nbits: c_ulong);
+    fn st_set_bitmaps(
+        tracked: *mut c_ulong,
+        active: *mut c_ulong,
+        active_slot: *mut c_ulong,
+        skip: *mut c_ulong,
+        hints: *mut c_void,
+        n_hints: c_ulong,
+        nbits: c_ulong,
+    );
+    /// Calls the `sys_enter` probe charged to no span on its own (sum over CPUs).
+    pub(crate) fn st_fast_uncharged_sum() -> u64;
     fn st_tracepoints_register() -> c_int;
     fn st_tracepoints_unregister();
     pub(crate) fn st_for_each_thread_of_current(
@@ -111,10 +121,30 @@ pub(crate) struct TrackedBitmaps;
 
 impl TrackedBitmaps {
     /// # Safety
-    /// Both must point to `nbits / 64` words that stay valid until this value is dropped.
-    pub(crate) unsafe fn publish(tracked: *mut u64, active: *mut u64, nbits: usize) -> Self {
-        // SAFETY: by the caller's guarantee; u64 and unsigned long are the same on x86_64.
-        unsafe { st_set_bitmaps(tracked as *mut c_ulong, active as *mut c_ulong, nbits as c_ulong) };
+    /// The four bitmaps must point to `nbits / 64` words, `hints` to `n_hints` slot hints
+    /// (`tracker::SlotHint`), all valid until this value is dropped.
+    pub(crate) unsafe fn publish(
+        tracked: *mut u64,
+        active: *mut u64,
+        active_slot: *mut u64,
+        skip: *mut u64,
+        hints: *mut c_void,
+        n_hints: usize,
+        nbits: usize,
+    ) -> Self {
+        // SAFETY: by the caller's guarantee; u64 and unsigned long are the same on x86_64,
+        // and SlotHint is two u64s, as glue.c's struct st_slot_hint.
+        unsafe {
+            st_set_bitmaps(
+                tracked as *mut c_ulong,
+                active as *mut c_ulong,
+                active_slot as *mut c_ulong,
+                skip as *mut c_ulong,
+                hints,
+                n_hints as c_ulong,
+                nbits as c_ulong,
+            )
+        };
         Self
     }
 }
@@ -122,7 +152,17 @@ impl TrackedBitmaps {
 impl Drop for TrackedBitmaps {
     fn drop(&mut self) {
         // SAFETY: withdraws the pointers; probes are unregistered before this drops.
-        unsafe { st_set_bitmaps(core::ptr::null_mut(), core::ptr::null_mut(), 0) };
+        unsafe {
+            st_set_bitmaps(
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                0,
+                0,
+            )
+        };
     }
 }
 

@@ -38,7 +38,7 @@ long st_rs_ioctl(unsigned int cmd, int tid, int tgid, void *out, size_t out_len,
 		 void __user *arg);
 long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
 int st_rs_poll(int tgid, u64 *seen);
-void st_rs_sys_enter(int tid, long nr, u64 mono);
+void st_rs_sys_enter(int tid, long nr, u64 mono, int have_slot, u64 slot);
 void st_rs_sys_exit(int tid, long ret, u64 mono);
 void st_rs_task_exit(int tid, int tgid);
 void st_rs_new_thread(int tid, int tgid);
@@ -119,16 +119,46 @@ unsigned int st_possible_cpus(void)
  * costs no more than an untracked one. Both are owned by the Rust tracker. */
 static unsigned long *st_tracked_bits;
 static unsigned long *st_active_bits;
+/* Bit tid: the thread has an active-span slot and its process an open span. */
+static unsigned long *st_active_slot_bits;
+/* Bit tid: skip the thread's next call exit (its call is charged to no span). */
+static unsigned long *st_skip_bits;
 static unsigned long st_nbits;
 
-void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long nbits)
+/* Where each thread's active-span slot is (tracker.rs SlotHint), written by the tracker
+ * under its lock: tid cleared first, set last. */
+struct st_slot_hint {
+	u64 tid;
+	u64 addr;
+};
+static struct st_slot_hint *st_slot_hints;
+static unsigned long st_n_hints;
+/* Calls charged to no span by the sys_enter probe alone (slot 0). */
+static DEFINE_PER_CPU(u64, st_fast_uncharged);
+
+void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long *active_slot,
+		    unsigned long *skip, void *hints, unsigned long n_hints, unsigned long nbits)
 {
 	WRITE_ONCE(st_nbits, 0);
 	smp_wmb();
 	WRITE_ONCE(st_tracked_bits, tracked);
 	WRITE_ONCE(st_active_bits, active);
+	WRITE_ONCE(st_active_slot_bits, active_slot);
+	WRITE_ONCE(st_skip_bits, skip);
+	WRITE_ONCE(st_slot_hints, hints);
+	WRITE_ONCE(st_n_hints, hints ? n_hints : 0);
 	smp_wmb();
 	WRITE_ONCE(st_nbits, nbits);
+}
+
+u64 st_fast_uncharged_sum(void)
+{
+	u64 n = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		n += per_cpu(st_fast_uncharged, cpu);
+	return n;
 }
 
 static __always_inline bool st_bit(unsigned long *bits, pid_t pid)
@@ -174,13 +204,72 @@ int st_check_slot(u64 addr)
 	return copy_from_user(&v, (const void __user *)(uintptr_t)addr, sizeof(v)) ? -EFAULT : 0;
 }
 
+/* The slot address of thread pid from the tracker's table, or 0 (not there: locked path). */
+static __always_inline u64 st_slot_of(pid_t pid)
+{
+	struct st_slot_hint *h;
+	unsigned long n = READ_ONCE(st_n_hints);
+	u64 addr;
+
+	if (!n)
+		return 0;
+	h = &READ_ONCE(st_slot_hints)[(unsigned long)pid % n];
+	if (READ_ONCE(h->tid) != (u64)pid)
+		return 0;
+	smp_rmb();
+	addr = READ_ONCE(h->addr);
+	smp_rmb();
+	return READ_ONCE(h->tid) == (u64)pid ? addr : 0;
+}
+
+/* Threads with an active-span slot (out of line: the untracked test stays short). */
+static noinline void st_sys_enter_slotted(pid_t pid, long id)
+{
+	unsigned long *skip = READ_ONCE(st_skip_bits);
+	u64 addr, v = 0;
+	int have = 0;
+
+	addr = st_slot_of(pid);
+	if (addr && !st_read_slot(addr, &v)) {
+		/* A thread whose slot says "no span": nothing to record, at enter or at exit. */
+		if (v == 0) {
+			set_bit(pid, skip);
+			this_cpu_inc(st_fast_uncharged);
+			return;
+		}
+		have = 1;
+	}
+	if (test_bit(pid, skip))
+		clear_bit(pid, skip);
+	st_rs_sys_enter(pid, id, ktime_get_ns(), have, v);
+}
+
+/*
+ * Untracked threads and threads outside any span: one bit test. A thread with spans on
+ * its stack goes straight to the tracker; a thread with an active-span slot (while its
+ * process has open spans) through its slot.
+ */
 static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
 	pid_t pid = current->pid;
 
 	if (likely(!st_active(pid)))
 		return;
-	st_rs_sys_enter(pid, id, ktime_get_ns());
+	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
+		st_sys_enter_slotted(pid, id);
+	else
+		st_rs_sys_enter(pid, id, ktime_get_ns(), 0, 0);
+}
+
+static noinline void st_sys_exit_slotted(pid_t pid, long ret)
+{
+	unsigned long *skip = READ_ONCE(st_skip_bits);
+
+	if (test_bit(pid, skip)) {
+		clear_bit(pid, skip);
+		return;
+	}
+	st_rs_sys_exit(pid, ret, ktime_get_ns());
 }
 
 static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
@@ -189,7 +278,10 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 
 	if (likely(!st_active(pid)))
 		return;
-	st_rs_sys_exit(pid, ret, ktime_get_ns());
+	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
+		st_sys_exit_slotted(pid, ret);
+	else
+		st_rs_sys_exit(pid, ret, ktime_get_ns());
 }
 
 static void st_probe_process_exit(void *data, struct task_struct *p)

@@ -15,7 +15,9 @@ void st_reg_unlock(void);
 void *st_vzalloc(size_t size);
 void st_vfree(void *p);
 unsigned int st_possible_cpus(void);
-void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long nbits);
+void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long *active_slot,
+		    unsigned long *skip, void *hints, unsigned long n_hints, unsigned long nbits);
+u64 st_fast_uncharged_sum(void);
 void st_tracepoints_unregister(void);
 int st_tracepoints_register(void);
 void st_for_each_thread_of_current(int (*cb)(void *ctx, int tid, int tgid), void *ctx);

@@ -18,7 +18,7 @@ use kernel::prelude::*;
 
 use crate::facilities::{self as fac, RelayChannel, TrackedBitmaps, VSlice};
 use crate::record::{record_size, MAX_CALLS_LIMIT};
-use crate::tracker::{DefaultStorage, EndOutcome, Tracker, DEFAULT_PROCESSES, TRACKED_WORDS};
+use crate::tracker::{DefaultStorage, EndOutcome, Tracker, DEFAULT_PROCESSES, SLOT_HINTS, TRACKED_WORDS};
 use crate::tunables::{self, TextBuf};
 use crate::uapi;
 
@@ -108,6 +108,9 @@ pub(crate) struct Installed {
     _global: KBox<Global>,
     bitmap: *mut u64,
     active: *mut u64,
+    active_slot: *mut u64,
+    skip: *mut u64,
+    hints: *mut c_void,
     _storage: VSlice<DefaultStorage>,
     _record_buf: VSlice<u8>,
 }
@@ -132,6 +135,9 @@ impl Installed {
         };
         let bitmap = block.tracked.as_ptr() as *mut u64;
         let active = block.active.as_ptr() as *mut u64;
+        let active_slot = block.active_slot.as_ptr() as *mut u64;
+        let skip = block.skip_exit.as_ptr() as *mut u64;
+        let hints = block.slot_hints.as_ptr() as *mut c_void;
         let tracker = Tracker::new(block.storage(), seed);
         let global = KBox::new(
             Global {
@@ -145,7 +151,7 @@ impl Installed {
             GFP_KERNEL,
         )?;
         GLOBAL.store(&*global as *const Global as *mut Global, Ordering::Release);
-        Ok(Self { _global: global, bitmap, active, _storage: storage, _record_buf: record_buf })
+        Ok(Self { _global: global, bitmap, active, active_slot, skip, hints, _storage: storage, _record_buf: record_buf })
     }
 
     /// Hands the tracked-thread and open-span bitmaps to the C probes.
@@ -153,7 +159,17 @@ impl Installed {
         // SAFETY: the bitmap (TRACKED_WORDS words, one bit per possible tid) lives in
         // `_storage`, which outlives the returned value (`SpanTrack` drops `_bitmap`
         // before `_state`). AtomicU64 has the layout of u64, C's unsigned long here.
-        unsafe { TrackedBitmaps::publish(self.bitmap, self.active, TRACKED_WORDS * 64) }
+        unsafe {
+            TrackedBitmaps::publish(
+                self.bitmap,
+                self.active,
+                self.active_slot,
+                self.skip,
+                self.hints,
+                SLOT_HINTS,
+                TRACKED_WORDS * 64,
+            )
+        }
     }
 
     pub(crate) fn reserved_bytes(&self) -> usize {
@@ -161,7 +177,7 @@ impl Installed {
     }
 }
 
-// SAFETY: `bitmap` and `active` point into `_storage`, owned by this value; the state behind it is
+// SAFETY: `bitmap`, `active`, `active_slot`, `skip` and `hints` point into `_storage`, owned by this value; the state behind it is
 // synchronised by the lock and atomics (see `Global`).
 unsafe impl Send for Installed {}
 // SAFETY: as above.
@@ -199,9 +215,13 @@ impl Drop for Channels {
 // ---------------------------------------------------------------------------------------
 
 #[no_mangle]
-extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64) {
+extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64, have_slot: c_int, slot: u64) {
     let Some(g) = global() else { return };
     g.lock().tracker().sys_enter_with(tid as u32, nr as u32, mono, |addr| {
+        // The probe read the slot already (through the slot table).
+        if have_slot != 0 {
+            return Some(slot);
+        }
         let mut v = 0u64;
         // SAFETY: `st_read_slot` reads the current task's memory without faulting and
         // writes only `v`, a local.
@@ -641,7 +661,14 @@ extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
             let f = *g.lock().tracker().filter();
             tunables::format_filter(&f, out)
         }
-        ATTR_STATS => g.lock().tracker().format_stats(out),
+        ATTR_STATS => {
+            // SAFETY: sums per-CPU counters.
+            let fast = unsafe { fac::st_fast_uncharged_sum() };
+            let mut l = g.lock();
+            let t = l.tracker();
+            t.set_fast_uncharged(fast);
+            t.format_stats(out)
+        }
         _ => return -(EINVAL as c_long),
     };
     n as c_long

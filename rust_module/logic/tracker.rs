@@ -53,6 +53,22 @@ pub const DEFAULT_CHUNKS: usize = 8192;
 pub const PID_MAX_LIMIT: usize = 4 * 1024 * 1024;
 /// Words of the tracked-thread bitmap covering every possible tid.
 pub const TRACKED_WORDS: usize = PID_MAX_LIMIT / 64;
+/// Entries of the slot-address table the probes read without the lock ([`SlotHint`]).
+pub const SLOT_HINTS: usize = 4096;
+
+/// Where thread `tid`'s active-span slot is, for the `sys_enter` probe to read it without
+/// taking the tracker's lock (entry `tid % SLOT_HINTS`; `tid` 0: empty). Written only by the
+/// tracker, under its lock: `tid` is cleared first and set last, so a reader that sees the
+/// same `tid` before and after reading `addr` has that thread's address. A thread missing
+/// from it (a collision) takes the locked path: the table only makes calls cheaper.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SlotHint {
+    /// The thread, or 0.
+    pub tid: AtomicU64,
+    /// Its slot's user address.
+    pub addr: AtomicU64,
+}
 
 const CALL_NONE: u32 = 0;
 const CALL_ACTIVE: u32 = 1;
@@ -348,8 +364,16 @@ pub struct Storage<'a> {
     pub chunk_free: &'a mut [u32],
     /// Tracked-thread bitmap, bit `tid % 64` of word `tid / 64`.
     pub tracked: &'a [AtomicU64],
-    /// Bit `tid`: the thread has at least one open span (same size as `tracked`).
+    /// Bit `tid`: the probes look at the thread's calls: it has an open span on its stack,
+    /// or an active-span slot and its process an open span (same size as `tracked`).
     pub active: &'a [AtomicU64],
+    /// Bit `tid`: of those, the threads with an active-span slot (same size as `tracked`).
+    pub active_slot: &'a [AtomicU64],
+    /// Bit `tid`: the probes skip the thread's next call exit (set by the C `sys_enter`
+    /// probe for a call charged to no span; same size as `tracked`).
+    pub skip_exit: &'a [AtomicU64],
+    /// [`SlotHint`]s (`SLOT_HINTS` of them).
+    pub slot_hints: &'a [SlotHint],
 }
 
 /// All the storage of the kernel module's tracker in one block (about 11 MiB), for a
@@ -378,7 +402,14 @@ pub struct DefaultStorage {
     pub chunk_free: [u32; DEFAULT_CHUNKS],
     /// See [`Storage::tracked`].
     pub tracked: [AtomicU64; TRACKED_WORDS],
+    /// See [`Storage::active`].
     pub active: [AtomicU64; TRACKED_WORDS],
+    /// See [`Storage::active_slot`].
+    pub active_slot: [AtomicU64; TRACKED_WORDS],
+    /// See [`Storage::skip_exit`].
+    pub skip_exit: [AtomicU64; TRACKED_WORDS],
+    /// See [`Storage::slot_hints`].
+    pub slot_hints: [SlotHint; SLOT_HINTS],
 }
 
 impl DefaultStorage {
@@ -397,6 +428,9 @@ impl DefaultStorage {
             chunk_free: &mut self.chunk_free,
             tracked: &self.tracked,
             active: &self.active,
+            active_slot: &self.active_slot,
+            skip_exit: &self.skip_exit,
+            slot_hints: &self.slot_hints,
         }
     }
 }
@@ -548,8 +582,11 @@ stats_struct! {
     /// Threads that registered an active-span slot (`IOCTL_SET_ACTIVE_SLOT`).
     slots_set,
     /// Calls of threads with a slot made while no span was active on the thread (slot 0):
-    /// charged to no span.
+    /// charged to no span (seen by the tracker).
     calls_no_active_span,
+    /// The same, answered by the probe from the slot alone, without the tracker (a gauge
+    /// the kernel fills in).
+    calls_no_active_span_fast,
     /// Calls of threads with a slot whose span id is not open in the module (unsampled,
     /// remote, already ended): charged to no span.
     calls_unknown_active_span,
@@ -637,6 +674,10 @@ pub struct Tracker<'a> {
     /// Threads with an open span: the system-call probes test this set, so a tracked
     /// thread outside any span costs what an untracked one does.
     active: TrackedSet<'a>,
+    /// Threads with an active-span slot whose process has an open span: the probes read
+    /// their slot.
+    active_slot: TrackedSet<'a>,
+    slot_hints: &'a [SlotHint],
     filter: SyscallFilter,
     max_calls: u32,
     /// The system-call probes' shortcut to a thread's slot: `hints[tid % HINTS]` is the
@@ -666,6 +707,9 @@ impl<'a> Tracker<'a> {
             chunk_free,
             tracked,
             active,
+            active_slot,
+            skip_exit,
+            slot_hints,
         } = storage;
         for p in processes.iter_mut() {
             *p = ProcessSlot::EMPTY;
@@ -690,6 +734,13 @@ impl<'a> Tracker<'a> {
         tracked.clear_all();
         let active = TrackedSet::new(active);
         active.clear_all();
+        let active_slot = TrackedSet::new(active_slot);
+        active_slot.clear_all();
+        TrackedSet::new(skip_exit).clear_all();
+        for h in slot_hints {
+            h.tid.store(0, Ordering::Relaxed);
+            h.addr.store(0, Ordering::Relaxed);
+        }
         Tracker {
             processes,
             threads,
@@ -704,6 +755,8 @@ impl<'a> Tracker<'a> {
             chunk_pool: IndexPool::new(chunk_free, n_chunks),
             tracked,
             active,
+            active_slot,
+            slot_hints,
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
             hints: [NIL; HINTS],
@@ -722,6 +775,11 @@ impl<'a> Tracker<'a> {
     /// The set of threads with at least one open span (the system-call probes' test).
     pub fn active_set(&self) -> TrackedSet<'a> {
         self.active
+    }
+
+    /// The set of threads with an active-span slot whose process has an open span.
+    pub fn active_slot_set(&self) -> TrackedSet<'a> {
+        self.active_slot
     }
 
     /// Is `tid` tracked? One relaxed atomic load; false for tids beyond the bitmap.
@@ -955,6 +1013,10 @@ impl<'a> Tracker<'a> {
         self.thread_index.remove(&t.tid);
         self.tracked.set(t.tid, false);
         self.active.set(t.tid, false);
+        self.active_slot.set(t.tid, false);
+        if t.slot_addr != 0 {
+            self.set_hint(t.tid, 0);
+        }
         // Unlink from the process's thread list.
         match slot_mut(self.threads, t.prev) {
             Some(prev) => prev.next = t.next,
@@ -1038,6 +1100,7 @@ impl<'a> Tracker<'a> {
                 break;
             };
             if t.slot_addr != 0 {
+                self.active_slot.set(t.tid, on);
                 self.active.set(t.tid, on);
             }
             ti = t.next;
@@ -1067,6 +1130,7 @@ impl<'a> Tracker<'a> {
         t.slot_value = 0;
         t.slot_span = NIL;
         let (tid, proc) = (t.tid, t.proc);
+        self.set_hint(tid, addr);
         for &si in stack.get(..depth).unwrap_or(&[]) {
             if let Some(s) = slot_mut(self.spans, si) {
                 s.thread = NIL;
@@ -1080,10 +1144,41 @@ impl<'a> Tracker<'a> {
                 .get(proc as usize)
                 .is_some_and(|p| p.open_spans != 0);
         self.active.set(tid, on);
+        self.active_slot.set(tid, on);
         if addr != 0 {
             bump(&mut self.stats.slots_set);
         }
         Ok(())
+    }
+
+    /// Publishes (`addr != 0`) or withdraws thread `tid`'s slot address for the probes.
+    fn set_hint(&self, tid: u32, addr: u64) {
+        let Some(h) = self.slot_hints.get((tid as usize) % SLOT_HINTS.max(1)) else {
+            return;
+        };
+        let tid = u64::from(tid);
+        if addr == 0 {
+            // Only its own entry: another thread may hold the bucket.
+            if h.tid.load(Ordering::Relaxed) == tid {
+                h.tid.store(0, Ordering::Release);
+            }
+            return;
+        }
+        h.tid.store(0, Ordering::Release);
+        h.addr.store(addr, Ordering::Release);
+        h.tid.store(tid, Ordering::Release);
+    }
+
+    /// The slot address of `tid` as the probes see it (tests).
+    pub fn hinted_slot(&self, tid: u32) -> Option<u64> {
+        let h = self.slot_hints.get((tid as usize) % SLOT_HINTS.max(1))?;
+        (h.tid.load(Ordering::Acquire) == u64::from(tid) && tid != 0)
+            .then(|| h.addr.load(Ordering::Acquire))
+    }
+
+    /// The kernel's count of calls its probe charged to no span without the tracker.
+    pub fn set_fast_uncharged(&mut self, n: u64) {
+        self.stats.calls_no_active_span_fast = n;
     }
 
     /// The call `tid` is in (a failed `IOCTL_SET_ACTIVE_SLOT`) is not recorded.
@@ -1453,15 +1548,21 @@ impl<'a> Tracker<'a> {
         let Some(ti) = self.hot_thread(tid) else {
             return;
         };
-        let Some(t) = self.threads.get(ti as usize) else {
+        let Some(t) = slot_mut(self.threads, ti) else {
             return;
         };
+        if t.slot_addr == 0 {
+            // The thread-per-request path: the span is chosen at exit.
+            t.call_state = CALL_ACTIVE;
+            t.call_nr = nr;
+            t.call_start_ns = now_mono;
+            return;
+        }
         let (addr, cached, cached_si, cached_gen, proc) =
             (t.slot_addr, t.slot_value, t.slot_span, t.slot_gen, t.proc);
-        let mut state = CALL_ACTIVE;
+        let mut state = CALL_UNCHARGED;
         let mut span = NIL;
-        if addr != 0 {
-            state = CALL_UNCHARGED;
+        {
             match read_slot(addr) {
                 None => bump(&mut self.stats.slot_faults),
                 Some(0) => bump(&mut self.stats.calls_no_active_span),
@@ -1526,7 +1627,8 @@ impl<'a> Tracker<'a> {
             return;
         }
         let (nr, start, tid) = (t.call_nr, t.call_start_ns, t.tid);
-        let si = if t.slot_addr != 0 {
+        let slotted = t.slot_addr != 0;
+        let si = if slotted {
             let (si, v, proc) = (t.call_span, t.slot_value, t.proc);
             if !self.span_is(si, v, proc) {
                 bump(&mut self.stats.calls_span_ended);
@@ -1549,7 +1651,10 @@ impl<'a> Tracker<'a> {
         let Some(s) = slot_mut(self.spans, si) else {
             return;
         };
-        note_thread(s, tid);
+        // (The common case, one thread, is one comparison.)
+        if s.n_threads != 1 || s.tids[0] != tid {
+            note_thread(s, tid);
+        }
         let dur = now_mono.saturating_sub(start);
         s.total_calls = s.total_calls.wrapping_add(1);
         s.total_call_ns = s.total_call_ns.saturating_add(dur);

@@ -31,6 +31,9 @@ struct Mem {
     chunk_free: Vec<u32>,
     tracked: Vec<AtomicU64>,
     active: Vec<AtomicU64>,
+    active_slot: Vec<AtomicU64>,
+    skip_exit: Vec<AtomicU64>,
+    slot_hints: Vec<SlotHint>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +106,18 @@ impl Mem {
             active: (0..c.tid_limit / 64)
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
+            active_slot: (0..c.tid_limit / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            skip_exit: (0..c.tid_limit / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            slot_hints: (0..SLOT_HINTS)
+                .map(|i| SlotHint {
+                    tid: AtomicU64::new(i as u64 + 1),
+                    addr: AtomicU64::new(8),
+                })
+                .collect(),
         }
     }
 
@@ -121,6 +136,9 @@ impl Mem {
                 chunk_free: &mut self.chunk_free,
                 tracked: &self.tracked,
                 active: &self.active,
+                active_slot: &self.active_slot,
+                skip_exit: &self.skip_exit,
+                slot_hints: &self.slot_hints,
             },
             0x1234_5678,
         )
@@ -186,6 +204,11 @@ fn check_invariants(tr: &Tracker<'_>) {
         assert!(t.depth as usize <= MAX_DEPTH);
         assert!(t.slot_addr == 0 || t.depth == 0, "a thread with a slot stacks no span");
         assert_eq!(tr.active.contains(tid), probes_on(tr, t), "active bit of {tid}");
+        assert_eq!(
+            tr.active_slot.contains(tid),
+            probes_on(tr, t) && t.slot_addr != 0,
+            "active-slot bit of {tid}"
+        );
     }
     let mut active_bits = 0;
     for word in tr.active.words.iter() {
@@ -285,6 +308,14 @@ fn check_invariants(tr: &Tracker<'_>) {
         }
     }
     assert_eq!(chunks_used.len() as u32, tr.chunk_pool.in_use());
+    // The probes' slot table: every entry is a tracked thread's current slot.
+    for h in tr.slot_hints {
+        let tid = h.tid.load(Ordering::Relaxed) as u32;
+        if tid != 0 {
+            let ti = index.get(&tid).copied().expect("a hinted thread is tracked");
+            assert_eq!(tr.threads[ti as usize].slot_addr, h.addr.load(Ordering::Relaxed));
+        }
+    }
     let mut n_active_keys = 0;
     tr.active_index.for_each(|k, si| {
         let s = &tr.spans[si as usize];
@@ -1763,11 +1794,11 @@ fn activation_charges_the_span_in_the_slot() {
     tr.set_active_slot(101, 0x2000).unwrap();
     assert_eq!(tr.active_slot(100), Some(0x1000));
     // No span open in the process: the probes stay off for both threads.
-    assert!(!tr.active_set().contains(100) && !tr.active_set().contains(101));
+    assert!(!tr.active_slot_set().contains(100) && !tr.active_slot_set().contains(101));
     // Two requests begun on the loop thread; neither is on its stack.
     tr.begin(100, key(0), 10, 10).unwrap();
     tr.begin(100, key(1), 11, 11).unwrap();
-    assert!(tr.active_set().contains(100) && tr.active_set().contains(101));
+    assert!(tr.active_slot_set().contains(100) && tr.active_slot_set().contains(101));
     check_invariants(&tr);
     // Request 0 runs, then request 1, then 0 again; then the loop idles (slot 0).
     call_with(&mut tr, 100, Some(sv(0)), 1, 20);
@@ -1809,7 +1840,7 @@ fn activation_charges_the_span_in_the_slot() {
     assert_eq!(e.iter().map(|e| e.nr).collect::<Vec<_>>(), vec![2, 2]);
     assert_eq!((h.n_threads, h.flags), (1, uapi::REC_ACTIVATION));
     // The last span closed: the probes are off again.
-    assert!(!tr.active_set().contains(100) && !tr.active_set().contains(101));
+    assert!(!tr.active_slot_set().contains(100) && !tr.active_slot_set().contains(101));
     check_invariants(&tr);
 }
 
@@ -1827,8 +1858,10 @@ fn activation_has_no_depth_limit_and_survives_its_threads() {
         tr.begin(100, key(i), i, i).unwrap();
     }
     check_invariants(&tr);
+    assert_eq!(tr.hinted_slot(100), Some(0x1000));
     // The thread that began them exits: they stay open, another thread ends them.
     tr.remove_thread(100);
+    assert_eq!(tr.hinted_slot(100), None);
     check_invariants(&tr);
     call_with(&mut tr, 101, None, 1, 50); // no slot on 101: stack mode, nothing open there
     for i in 0..(MAX_DEPTH as u64 + 4) {
@@ -1857,7 +1890,7 @@ fn activation_converts_stacks_and_checks_spans_at_exit() {
     tr.begin(100, key(0), 1, 1).unwrap();
     tr.set_active_slot(100, 0x1000).unwrap();
     check_invariants(&tr);
-    assert!(tr.active_set().contains(100));
+    assert!(tr.active_slot_set().contains(100) && tr.active_set().contains(100));
     call_with(&mut tr, 100, Some(sv(0)), 1, 10);
     // A call in progress when its span ends is charged to no span.
     tr.sys_enter_with(100, 2, 20, |_| Some(sv(0)));
@@ -1880,7 +1913,7 @@ fn activation_converts_stacks_and_checks_spans_at_exit() {
     assert_eq!(tr.begin(101, other, 95, 95), Err(ERR_DUPLICATE));
     // Clearing the slot puts the thread back on its (empty) stack.
     tr.set_active_slot(100, 0).unwrap();
-    assert!(!tr.active_set().contains(100));
+    assert!(!tr.active_slot_set().contains(100) && !tr.active_set().contains(100));
     // More than MAX_SPAN_THREADS threads: counted up to the limit and flagged.
     tr.begin(101, key(7), 100, 100).unwrap();
     for tid in 200..(200 + uapi::MAX_SPAN_THREADS as u32 + 2) {

@@ -79,6 +79,7 @@ fn in_two_spans(begin: i32, end: i32, first: u64, mut f: impl FnMut(u64, u64)) -
 /// look-up of the new span at the next call).
 fn activation(begin: i32, end: i32, ctl: i32) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    sysfs_set("threshold_ns", "3600000000000");
     let slot = Box::new(AtomicU64::new(0));
     // SAFETY: the slot outlives its registration (cleared below); 8-aligned.
     let r = unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, slot.as_ptr() as usize) };
