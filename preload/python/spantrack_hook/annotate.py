@@ -1,11 +1,13 @@
 """Turns a slow span and its kernel record into what gets exported: a copy of the span with
 spantrack's summary attributes, plus one child span per itemised system call (kernel
-CLOCK_MONOTONIC times converted to wall clock, clamped inside the parent)."""
+CLOCK_MONOTONIC times converted to wall clock, clamped inside the parent). A slow span that
+goes on without its calls gets `spantrack.annotation.missing` saying why (`mark`, or
+`summarise` for the summary attributes alone)."""
 
 import errno
 import os
 import random
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
@@ -17,6 +19,18 @@ from .syscalls import syscall_name
 # The kernel's convention: a return value in -4095..-1 is a negated errno.
 MAX_ERRNO = 4095
 TOP_CALLS = 5
+
+# Why a slow span has no child spans (the same values as the Rust processor's).
+MISSING = "spantrack.annotation.missing"
+MISSING_QUEUE_FULL = "queue_full"      # the annotator's queue was full
+MISSING_NO_RECORD = "no_record"        # the kernel's record did not come in time
+MISSING_SHUTDOWN = "shutdown"          # shutdown / force_flush / exit ran out of time
+MISSING_OVER_BUDGET = "over_budget"    # past the annotation budget: summary attributes only
+MISSING_WORKER_ERROR = "worker_error"  # the annotator failed (bad record, no thread, ...)
+MISSING_INACTIVE = "inactive"          # the kernel did not track it (module gone, fork, ...)
+MISSING_VALUES = (MISSING_QUEUE_FULL, MISSING_NO_RECORD, MISSING_SHUTDOWN, MISSING_OVER_BUDGET,
+                  MISSING_WORKER_ERROR, MISSING_INACTIVE)
+_UNSET = Status(StatusCode.UNSET)
 
 
 class _CopiedSpan(ReadableSpan):
@@ -65,21 +79,27 @@ def errno_name(ret: int) -> Optional[str]:
     return None
 
 
-def _new_span_id(taken: set) -> int:
-    while True:
-        sid = random.getrandbits(64)
-        if sid != trace_api.INVALID_SPAN_ID and sid not in taken:
-            taken.add(sid)
-            return sid
+def _copy(span: ReadableSpan, attrs: dict) -> ReadableSpan:
+    common = dict(resource=span.resource, instrumentation_scope=span.instrumentation_scope)
+    info = getattr(span, "_instrumentation_info", None)
+    if info is not None:
+        common["instrumentation_info"] = info
+    return _CopiedSpan(span, name=span.name, context=span.context, parent=span.parent,
+                       attributes=attrs, events=span.events, links=span.links, kind=span.kind,
+                       status=span.status, start_time=span.start_time, end_time=span.end_time,
+                       **common)
 
 
-def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
-             min_child_ns: int = 0) -> Iterator[ReadableSpan]:
-    """Yields the annotated copy of `span`, then one child span per itemised system call
-    that lasted at least `min_child_ns` (built one at a time, so that the caller can pause
-    between them); with `min_child_ns` > 0 the others are counted in
-    spantrack.syscalls.summarised."""
-    ctx = span.context
+def mark(span: ReadableSpan, why: str) -> ReadableSpan:
+    """A copy of `span` that says why it has no system calls."""
+    attrs = dict(span.attributes or {})
+    attrs[MISSING] = why
+    return _copy(span, attrs)
+
+
+def summary_attributes(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
+                       min_child_ns: int = 0) -> dict:
+    """The span's attributes plus the record's summary (count, duration, top calls, ...)."""
     attrs = dict(span.attributes or {})
     attrs["spantrack.syscalls.count"] = rec.total_calls
     attrs["spantrack.syscalls.duration_ns"] = rec.total_call_ns
@@ -105,35 +125,64 @@ def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = N
         attrs["spantrack.threads"] = rec.n_threads
     if thread_name and "thread.name" not in attrs:
         attrs["thread.name"] = thread_name
+    return attrs
 
-    common = dict(resource=span.resource,
-                  instrumentation_scope=span.instrumentation_scope)
+
+def summarise(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str], min_child_ns: int,
+              why: str) -> ReadableSpan:
+    """The annotated copy of `span` without child spans, saying why there are none."""
+    attrs = summary_attributes(span, rec, thread_name, min_child_ns)
+    attrs[MISSING] = why
+    return _copy(span, attrs)
+
+
+def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
+          min_child_ns: int = 0) -> List[ReadableSpan]:
+    """The annotated copy of `span`, then one child span per itemised system call that
+    lasted at least `min_child_ns`; with `min_child_ns` > 0 the others are counted in
+    spantrack.syscalls.summarised. Per call: one SpanContext, one attributes dict, one
+    ReadableSpan (the status, resource and scope are shared)."""
+    ctx = span.context
+    out = [_copy(span, summary_attributes(span, rec, thread_name, min_child_ns))]
+    common = dict(resource=span.resource, instrumentation_scope=span.instrumentation_scope)
     info = getattr(span, "_instrumentation_info", None)
     if info is not None:
         common["instrumentation_info"] = info
-
-    yield _CopiedSpan(span, name=span.name, context=ctx, parent=span.parent,
-                      attributes=attrs, events=span.events, links=span.links, kind=span.kind,
-                      status=span.status, start_time=span.start_time, end_time=span.end_time,
-                      **common)
-
     lo, hi = span.start_time, span.end_time
-    taken = {ctx.span_id}
-    for e in rec.entries:
-        if e.end_mono_ns - e.start_mono_ns < min_child_ns:
+    offset = rec.begin_real_ns - rec.begin_mono_ns
+    trace_id, flags, state, parent_id = ctx.trace_id, ctx.trace_flags, ctx.trace_state, ctx.span_id
+    taken = {parent_id}
+    getrandbits = random.getrandbits
+    new_context = trace_api.SpanContext
+    internal = SpanKind.INTERNAL
+    default_tid = rec.tid
+    append = out.append
+    for nr, tid, ret, start_mono, end_mono in rec.entries:
+        if end_mono - start_mono < min_child_ns:
             continue
-        start = min(max(rec.mono_to_real(e.start_mono_ns), lo), hi)
-        end = min(max(rec.mono_to_real(e.end_mono_ns), start), hi)
-        child_ctx = trace_api.SpanContext(ctx.trace_id, _new_span_id(taken), is_remote=False,
-                                          trace_flags=ctx.trace_flags,
-                                          trace_state=ctx.trace_state)
-        cattrs = {"spantrack.syscall.nr": e.nr, "spantrack.syscall.ret": e.ret,
-                  "thread.id": e.tid or rec.tid}
-        status = Status(StatusCode.UNSET)
-        err = errno_name(e.ret)
-        if err is not None:
+        start = start_mono + offset
+        start = lo if start < lo else hi if start > hi else start
+        end = end_mono + offset
+        end = start if end < start else hi if end > hi else end
+        sid = getrandbits(64)
+        while sid == 0 or sid in taken:
+            sid = getrandbits(64)
+        taken.add(sid)
+        cattrs = {"spantrack.syscall.nr": nr, "spantrack.syscall.ret": ret,
+                  "thread.id": tid or default_tid}
+        status = _UNSET
+        if -MAX_ERRNO <= ret <= -1:
+            err = errno_name(ret)
             cattrs["error.type"] = err
-            status = Status(StatusCode.ERROR, f"{err}: {os.strerror(-e.ret)}")
-        yield ReadableSpan(name=syscall_name(e.nr), context=child_ctx, parent=ctx,
-                           attributes=cattrs, kind=SpanKind.INTERNAL, status=status,
-                           start_time=start, end_time=end, **common)
+            status = Status(StatusCode.ERROR, f"{err}: {os.strerror(-ret)}")
+        append(ReadableSpan(name=syscall_name(nr),
+                            context=new_context(trace_id, sid, False, flags, state),
+                            parent=ctx, attributes=cattrs, kind=internal, status=status,
+                            start_time=start, end_time=end, **common))
+    return out
+
+
+def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
+             min_child_ns: int = 0) -> Iterator[ReadableSpan]:
+    """`build`, one span at a time."""
+    return iter(build(span, rec, thread_name, min_child_ns))

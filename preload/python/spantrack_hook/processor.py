@@ -8,19 +8,34 @@ keeps receiving `add_span_processor`). For every sampled span:
   `spanhook_span_begin`, so that their work is not part of the span in the kernel;
 - on_end: `spanhook_span_end` first, then either the inner processors at once (the span
   was much faster than the module's threshold, or its begin failed), or a bounded queue to
-  one worker thread, which takes the kernel's record and hands the inner processors an
-  annotated copy plus one child span per system call (annotate.py). No record: the span
-  goes on unchanged. A full queue: the span goes on unchanged and is counted.
+  one worker thread, which takes the queue whole (one lock), fetches the kernel's records
+  and hands the inner processors an annotated copy of each span plus one child span per
+  system call (annotate.py).
+
+Every span that reaches on_end reaches the inner processors exactly once, on every path:
+a full queue, no record, a worker error, the module unloaded, force_flush, shutdown,
+interpreter exit without shutdown (atexit), fork. A slow span that goes on without its
+calls says why in `spantrack.annotation.missing` (annotate.MISSING_*), counted in
+`counters["missing_<reason>"]`.
+
+A budget bounds what annotation costs the service (SPANTRACK_BUDGET_PCT, default 10: the
+worker's CPU time for building child spans and handing them on, as a share of one CPU,
+which in CPython is also its share of the GIL). Within it the slowest spans relative to
+the threshold go first; past it a span gets only the summary attributes (count, duration,
+top calls) and `spantrack.annotation.missing = over_budget`.
 
 Service threads never wait for the worker: they only append to the queue under a lock
 held for a few instructions.
 """
 
+import atexit
 import collections
 import logging
+import math
 import os
 import threading
 import time
+import weakref
 from typing import Optional
 
 from opentelemetry.sdk.trace import SpanProcessor
@@ -40,16 +55,48 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+class _Item:
+    """A span waiting for the worker."""
+    __slots__ = ("span", "thread_name", "borderline", "deadline", "ratio")
+
+    def __init__(self, span, thread_name, borderline, deadline, ratio):
+        self.span = span
+        self.thread_name = thread_name
+        self.borderline = borderline
+        self.deadline = deadline  # monotonic: wait for the record until then
+        self.ratio = ratio  # duration / threshold: the slowest go first within the budget
+
+
 class SpantrackSpanProcessor(SpanProcessor):
-    # How long the worker waits for the record of a span at least as slow as the threshold,
-    # and of one between threshold/2 and the threshold (a record is unlikely there).
+    # How long after a span's end the worker waits for the record of a span at least as
+    # slow as the threshold, and of one between threshold/2 and the threshold (a record is
+    # unlikely there).
     TAKE_TIMEOUT_MS = _env_int("SPANTRACK_TAKE_TIMEOUT_MS", 100)
     TAKE_TIMEOUT_BORDERLINE_MS = _env_int("SPANTRACK_TAKE_TIMEOUT_BORDERLINE_MS", 10)
     QUEUE_SIZE = _env_int("SPANTRACK_QUEUE_SIZE", 2048)
     # Child spans only for system calls at least this long (0: one per call); the others
     # stay in the slow span's attributes and are counted in spantrack.syscalls.summarised.
     MIN_CHILD_NS = max(0, _env_int("SPANTRACK_MIN_CHILD_US", 0)) * 1000
-    # The annotator gives the GIL away after this many spans handed on.
+    # The annotation budget: CPU time the worker may spend building child spans and
+    # handing them on, in percent of one CPU (0: summaries only; 100 or more: no limit),
+    # and how much unused budget it may save up (seconds of CPU).
+    BUDGET_PCT = max(0.0, _env_float("SPANTRACK_BUDGET_PCT", 10.0))
+    BUDGET_BURST_S = 0.05
+    # shutdown(), and the interpreter's exit when nobody called it: the worker annotates
+    # for at most this long, then passes what is left on unannotated (`shutdown`), leaving
+    # the rest of it to the exporters' own shutdown.
+    SHUTDOWN_TIMEOUT_MS = _env_int("SPANTRACK_SHUTDOWN_TIMEOUT_MS", 3000)
+    # Of shutdown's and force_flush's time, the share for annotating (the rest: passing
+    # the remaining spans on, and the inner processors).
+    ANNOTATE_SHARE = 0.5
+    # The annotator gives the GIL away after this many child spans handed on.
     YIELD_EVERY = 8
     # The threshold is read from the library at most this often (seconds).
     THRESHOLD_REFRESH_S = 0.2
@@ -60,10 +107,19 @@ class SpantrackSpanProcessor(SpanProcessor):
         self.counters = collections.Counter()
         self._threshold = U64_MAX
         self._threshold_read_at = -1e9
+        self._last_threshold = U64_MAX  # the last one an active library reported
         self._inactive = False
+        self._shut = False
         self._reset_worker_state()
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+            weak = weakref.WeakMethod
+            before, parent, child = (weak(self._before_fork), weak(self._after_fork_parent),
+                                     weak(self._after_fork))
+            os.register_at_fork(before=lambda: _call(before),
+                                after_in_parent=lambda: _call(parent),
+                                after_in_child=lambda: _call(child))
+        weak_exit = weakref.WeakMethod(self._at_exit)
+        atexit.register(lambda: _call(weak_exit))
 
     # --- what the provider and its tracers use ------------------------------------------
 
@@ -87,7 +143,7 @@ class SpantrackSpanProcessor(SpanProcessor):
     def _on_start(self, span, parent_context) -> None:
         self._inner.on_start(span, parent_context=parent_context)
         ctx = span.context
-        if self._inactive or ctx is None or not ctx.trace_flags.sampled:
+        if self._inactive or self._shut or ctx is None or not ctx.trace_flags.sampled:
             return
         rc = self._lib.span_begin(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
         if rc == 0:
@@ -109,12 +165,14 @@ class SpantrackSpanProcessor(SpanProcessor):
         ctx = span.context
         thread_name = self._open.pop((ctx.trace_id, ctx.span_id), None) if ctx else None
         if thread_name is None:
-            self._inner.on_end(span)
+            # Not tracked: spantrack inactive (forked child, module gone), the begin was
+            # refused, or not sampled.
+            self._pass_untracked(span)
             return
         rc = self._lib.span_end(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
         if rc != 0:
             self.counters[f"end_error_{-rc}"] += 1
-            self._inner.on_end(span)
+            self._pass_untracked(span)
             return
         threshold = self._current_threshold()
         duration = (span.end_time or 0) - (span.start_time or 0)
@@ -123,35 +181,56 @@ class SpantrackSpanProcessor(SpanProcessor):
             self._inner.on_end(span)
             return
         borderline = duration < threshold
+        wait = self.TAKE_TIMEOUT_BORDERLINE_MS if borderline else self.TAKE_TIMEOUT_MS
+        item = _Item(span, thread_name, borderline, time.monotonic() + wait / 1000,
+                     duration / max(1, threshold))
         with self._lock:
-            if len(self._pending) >= self.QUEUE_SIZE:
-                full = True
-            else:
-                full = False
-                self._pending.append((span, thread_name, borderline))
-                self._work.notify()
+            queued = not self._closed and len(self._pending) < self.QUEUE_SIZE
+            if queued:
+                self._pending.append(item)
                 if self._worker is None:
-                    self._start_worker()
-        if full:
-            self.counters["queue_overflow"] += 1
-            self._inner.on_end(span)
+                    queued = self._start_worker()
+                    if not queued:
+                        self._pending.pop()
+                else:
+                    self._work.notify()
+        if not queued:
+            if self._closed:
+                self._forward_unannotated(item, annotate.MISSING_SHUTDOWN)
+            elif self._worker_failed:
+                self._forward_unannotated(item, annotate.MISSING_WORKER_ERROR)
+            else:
+                self.counters["queue_overflow"] += 1
+                self._forward_unannotated(item, annotate.MISSING_QUEUE_FULL)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        deadline = time.monotonic() + timeout_millis / 1000
-        drained = self._drain(deadline)
+        start = time.monotonic()
+        deadline = start + timeout_millis / 1000
+        drained = self._finish(start + (deadline - start) * self.ANNOTATE_SHARE, deadline, stop=False)
         left = max(0, int((deadline - time.monotonic()) * 1000))
         return self._inner.force_flush(left) and drained
 
     def shutdown(self) -> None:
-        self._drain(time.monotonic() + 5)
-        with self._lock:
-            worker = self._worker
-            if worker is not None:
-                self._pending.append(_STOP)
-                self._work.notify()
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(5)
+        if not self._shut:
+            self._shut = True
+            start = time.monotonic()
+            deadline = start + self.SHUTDOWN_TIMEOUT_MS / 1000
+            self._finish(start + (deadline - start) * self.ANNOTATE_SHARE, deadline, stop=True)
         self._inner.shutdown()
+
+    def _at_exit(self) -> None:
+        """The interpreter exits: what is queued goes on (annotated while time allows),
+        then the exporters flush; shutdown() (the provider's own atexit handler, which runs
+        after this one) only finds an empty queue."""
+        if self._shut:
+            return
+        start = time.monotonic()
+        deadline = start + self.SHUTDOWN_TIMEOUT_MS / 1000
+        self._finish(start + (deadline - start) * self.ANNOTATE_SHARE, deadline, stop=True)
+        try:
+            self._inner.force_flush(max(0, int((deadline - time.monotonic()) * 1000)) + 1000)
+        except Exception:
+            log.exception("spantrack: flushing at exit failed")
 
     # --- threshold ------------------------------------------------------------------------
 
@@ -160,7 +239,34 @@ class SpantrackSpanProcessor(SpanProcessor):
         if now - self._threshold_read_at >= self.THRESHOLD_REFRESH_S:
             self._threshold = self._lib.threshold_ns()
             self._threshold_read_at = now
+            if self._threshold != U64_MAX:
+                self._last_threshold = self._threshold
         return self._threshold
+
+    # --- paths that do not annotate -------------------------------------------------------
+
+    def _pass_untracked(self, span) -> None:
+        """A span the kernel did not track: as slow as the last threshold the library
+        reported, it says `inactive`."""
+        threshold = self._last_threshold
+        if threshold != U64_MAX and (span.end_time or 0) - (span.start_time or 0) >= threshold:
+            self._forward(annotate.mark(span, annotate.MISSING_INACTIVE), annotate.MISSING_INACTIVE)
+        else:
+            self._inner.on_end(span)
+
+    def _forward_unannotated(self, item: _Item, why: str) -> None:
+        """Passes a queued span on without its calls; a slow one says why (a borderline one
+        probably had no record: it goes on unchanged)."""
+        if item.borderline:
+            self._inner.on_end(item.span)
+        else:
+            self._forward(annotate.mark(item.span, why), why)
+
+    def _forward(self, span, why: Optional[str]) -> None:
+        if why is not None:
+            self.counters["missing_" + why] += 1
+        self._progress += 1
+        self._inner.on_end(span)
 
     # --- the worker -----------------------------------------------------------------------
 
@@ -170,28 +276,90 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._work = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._pending = collections.deque()
-        self._busy = False
+        self._busy = False  # the worker holds spans taken from the queue
+        self._batch = collections.deque()  # those it holds: spans, then (span, record)s
+        self._ready = collections.deque()
+        self._progress = 0  # spans it has passed on
+        self._closed = False  # shut down: new spans pass straight on
+        self._hurry_at = None  # monotonic: from then on queued spans go on unannotated
+        self._worker_failed = False
         self._worker: Optional[threading.Thread] = None
+        self._credit = self.BUDGET_BURST_S
+        self._credit_at = time.monotonic()
+
+    def _before_fork(self):
+        # The child gets a consistent copy: no thread holds the lock while fork runs.
+        self._lock.acquire()
+
+    def _after_fork_parent(self):
+        self._lock.release()
 
     def _after_fork(self):
-        # Only the forking thread survives: no worker, no open spans in the child. The
-        # library does not register a forked child: then the child's spans just pass through.
+        # Only the forking thread survives: no worker, no open spans in the child. The spans
+        # queued before the fork are the parent's: it exports them, the child does not. The
+        # library does not register a forked child: then the child's spans pass through.
         self._reset_worker_state()
+        self.counters = collections.Counter()
         activation.reset_after_fork()
         self._inactive = self._lib.active() != 1
 
-    def _start_worker(self):  # with self._lock held
-        self._worker = threading.Thread(target=self._run, name="spantrack-annotator", daemon=True)
-        self._worker.start()
-
-    def _drain(self, deadline: float) -> bool:
-        with self._lock:
-            while self._pending or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._worker is None:
-                    return False
-                self._idle.wait(left)
+    def _start_worker(self) -> bool:  # with self._lock held
+        try:
+            t = threading.Thread(target=self._run, name="spantrack-annotator", daemon=True)
+            t.start()
+        except Exception:  # no thread: spans pass through (said on them)
+            self._worker_failed = True
+            self.counters["worker_error"] += 1
+            log.exception("spantrack: cannot start the annotator thread")
+            return False
+        self._worker = t
         return True
+
+    # Past its deadline, _finish still waits for a worker that keeps passing spans on (the
+    # exporters' own work, which they would have had without spantrack), not for a stuck one.
+    STALL_S = 1.0
+
+    def _finish(self, hurry_at: float, deadline: float, stop: bool) -> bool:
+        """Until the queue is empty: annotated until hurry_at, unannotated after it (the
+        worker does that); past the deadline, or without a worker, this thread takes what
+        is still queued (or held by a stuck worker) and passes it on. Returns whether the
+        worker had finished."""
+        with self._lock:
+            if stop:
+                self._closed = True
+            self._hurry_at = hurry_at if self._hurry_at is None else min(self._hurry_at, hurry_at)
+            self._work.notify()
+            seen, seen_at = self._progress, time.monotonic()
+            while self._pending or self._busy:
+                now = time.monotonic()
+                if self._progress != seen:
+                    seen, seen_at = self._progress, now
+                if now >= max(deadline, seen_at + self.STALL_S) or self._worker is None \
+                        or not self._worker.is_alive():
+                    break
+                self._idle.wait(0.05)
+            drained = not self._pending and not self._busy
+            leftover = list(self._pending)
+            self._pending.clear()
+            if stop and self._worker is not None:
+                self._pending.append(_STOP)
+                self._work.notify()
+            elif not stop:
+                self._hurry_at = None
+        for item in leftover:
+            self._forward_unannotated(item, annotate.MISSING_SHUTDOWN)
+        if not drained:
+            self._pass_rest(annotate.MISSING_SHUTDOWN)  # the worker is stuck
+        return drained
+
+    def _has_credit(self) -> bool:
+        if self.BUDGET_PCT >= 100:
+            return True
+        now = time.monotonic()
+        self._credit = min(self.BUDGET_BURST_S,
+                           self._credit + (now - self._credit_at) * self.BUDGET_PCT / 100)
+        self._credit_at = now
+        return self._credit > 0
 
     def _run(self):
         # This thread's own system calls must never be attributed to anything.
@@ -202,51 +370,149 @@ class SpantrackSpanProcessor(SpanProcessor):
             with self._lock:
                 while not self._pending:
                     self._work.wait()
-                item = self._pending.popleft()
-                self._busy = item is not _STOP
-            if item is _STOP:
-                with self._lock:
-                    self._worker = None
-                    self._idle.notify_all()
-                return
+                batch = self._pending
+                self._pending = collections.deque()
+                stop = batch[-1] is _STOP
+                if stop:
+                    batch.pop()
+                self._busy = bool(batch)
             try:
-                self._annotate_and_forward(*item)
-            except Exception:  # never lose the span because of us
-                self.counters["worker_error"] += 1
-                log.exception("spantrack: annotating a span failed; exported unchanged")
-                try:
-                    self._inner.on_end(item[0])
-                except Exception:
-                    log.exception("spantrack: inner on_end failed")
+                self._process(batch)
+            except Exception:  # counted and logged where it happened; the worker goes on
+                log.exception("spantrack: the annotator failed")
             finally:
                 with self._lock:
                     self._busy = False
-                    if not self._pending:
+                    if stop:
+                        self._worker = None
+                    if not self._pending or stop:
                         self._idle.notify_all()
+            if stop:
+                return
 
-    def _annotate_and_forward(self, span, thread_name, borderline):
-        ctx = span.context
-        trace_id = ctx.trace_id.to_bytes(16, "big")
-        span_id = ctx.span_id.to_bytes(8, "big")
-        timeout = self.TAKE_TIMEOUT_BORDERLINE_MS if borderline else self.TAKE_TIMEOUT_MS
+    def _hurry(self) -> bool:
+        h = self._hurry_at
+        return h is not None and time.monotonic() >= h
+
+    def _process(self, batch):
+        """One batch: the records first (waiting for each until its deadline), then the
+        spans, slowest (relative to the threshold) first while the budget lasts. The batch
+        stays in self._batch and self._ready, from which the worker and _finish (when time
+        is out and the worker stuck) both pop: each item is popped once."""
+        self._batch = batch
+        ready = []
         try:
-            raw = self._lib.take_record(trace_id, span_id, timeout)
+            while not self._hurry():
+                try:
+                    item = batch.popleft()
+                except IndexError:
+                    break
+                raw, why = self._take(item)
+                if raw is None:
+                    if why == annotate.MISSING_NO_RECORD:
+                        self.counters["no_record"] += 1
+                    self._forward_safely(item, why)
+                else:
+                    ready.append((item, raw))
+            ready.sort(key=lambda r: -r[0].ratio)
+            ready = self._ready = collections.deque(ready)
+            while not self._hurry():
+                try:
+                    item, raw = ready.popleft()
+                except IndexError:
+                    break
+                self._annotate_and_forward(item, raw)
+        finally:
+            # Time ran out (or something failed in here): the rest goes on unannotated.
+            why = annotate.MISSING_SHUTDOWN if self._hurry() else annotate.MISSING_WORKER_ERROR
+            self._pass_rest(why)
+
+    def _pass_rest(self, why: str) -> None:
+        """Passes on, unannotated, what the worker still holds (either thread)."""
+        for q, pick in ((self._ready, lambda r: r[0]), (self._batch, lambda r: r)):
+            while True:
+                try:
+                    item = pick(q.popleft())
+                except IndexError:
+                    break
+                self._forward_safely(item, why)
+
+    def _forward_safely(self, item: _Item, why: str) -> None:
+        """_forward_unannotated on the worker: an inner processor's exception is logged."""
+        try:
+            self._forward_unannotated(item, why)
+        except Exception:
+            self.counters["inner_error"] += 1
+            log.exception("spantrack: an inner processor's on_end failed")
+
+    def _take(self, item: _Item):
+        """(record bytes, None) or (None, why there is none)."""
+        ctx = item.span.context
+        timeout = max(0, math.ceil((item.deadline - time.monotonic()) * 1000))
+        try:
+            raw = self._lib.take_record(ctx.trace_id.to_bytes(16, "big"),
+                                        ctx.span_id.to_bytes(8, "big"), timeout)
         except OSError as e:
             self.counters[f"take_error_{e.errno}"] += 1
-            raw = None
+            return None, (annotate.MISSING_INACTIVE if self._lib.active() != 1
+                          else annotate.MISSING_WORKER_ERROR)
         if raw is None:
-            self.counters["no_record"] += 1
-            self._inner.on_end(span)
+            return None, annotate.MISSING_NO_RECORD
+        return raw, None
+
+    def _annotate_and_forward(self, item: _Item, raw: bytes) -> None:
+        span = item.span
+        t0 = time.thread_time()
+        try:
+            rec = record.decode(raw)
+            ctx = span.context
+            if rec.trace_id != ctx.trace_id.to_bytes(16, "big") or \
+                    rec.span_id != ctx.span_id.to_bytes(8, "big"):
+                raise record.RecordError("the record is another span's")
+            if self._has_credit():
+                why = None
+                out = annotate.build(span, rec, item.thread_name, self.MIN_CHILD_NS)
+            else:
+                why = annotate.MISSING_OVER_BUDGET
+                out = [annotate.summarise(span, rec, item.thread_name, self.MIN_CHILD_NS, why)]
+        except Exception:  # never lose the span because of us
+            self.counters["worker_error"] += 1
+            log.exception("spantrack: annotating a span failed; exported without its calls")
+            self._hand_on(annotate.mark(span, annotate.MISSING_WORKER_ERROR),
+                          annotate.MISSING_WORKER_ERROR)
             return
-        rec = record.decode(raw)
-        if rec.trace_id != trace_id or rec.span_id != span_id:
-            raise record.RecordError("the record is another span's")
+        # Handed on once each: an inner processor's exception is its own, never a retry.
+        t1 = time.thread_time()
+        self._hand_on(out[0], why)
+        if why is not None:
+            return
+        t0 += time.thread_time() - t1  # the parent would have been exported anyway
         self.counters["annotated"] += 1
-        for i, s in enumerate(annotate.annotate(span, rec, thread_name, self.MIN_CHILD_NS)):
-            if i > 0:
-                self.counters["syscall_spans"] += 1
-            self._inner.on_end(s)
-            if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
+        inner_on_end = self._inner.on_end
+        for i in range(1, len(out)):
+            try:
+                inner_on_end(out[i])
+            except Exception:
+                self.counters["inner_error"] += 1
+                log.exception("spantrack: an inner processor's on_end failed")
+            if i % self.YIELD_EVERY == 0:
                 # Hand the GIL to a waiting service thread now rather than after the
                 # interpreter's switch interval (5 ms): this thread is never in a hurry.
                 time.sleep(0)
+        self.counters["syscall_spans"] += len(out) - 1
+        # What annotating cost beyond passing the span on: building the copy and the
+        # children, and the inner processors' work on the children.
+        self._credit -= time.thread_time() - t0
+
+    def _hand_on(self, span, why) -> None:
+        try:
+            self._forward(span, why)
+        except Exception:
+            self.counters["inner_error"] += 1
+            log.exception("spantrack: an inner processor's on_end failed")
+
+
+def _call(weak_method):
+    m = weak_method()
+    if m is not None:
+        m()
