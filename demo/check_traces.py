@@ -27,14 +27,39 @@ def check(name, cond, why=""):
     print(f"ok - {name}" if cond else f"not ok - {name}: {why}", flush=True)
 
 
+def check_async(t):
+    """Two searches at once on the catalog's one event loop: each server span holds its own
+    calls only (fsync in one, stat in the other), never the other request's."""
+    spans = t["spans"]
+    label = f"request {t['request']['n']} {t['request']['path']} (async)"
+    servers = [s for s in spans if s["service"] == "catalog" and s["kind"] == "SERVER"]
+    check(f"{label}: two catalog server spans", len(servers) == 2,
+          [(s["service"], s["name"]) for s in spans])
+    own = {"fsync": ("fsync",), "stat": ("newfstatat", "statx")}
+    for s in servers:
+        work = s["attributes"].get("catalog.work")
+        names = {c["name"] for c in spans if c["parent_span_id"] == s["span_id"]
+                 and "spantrack.syscall.nr" in c["attributes"]}
+        mine = set(own.get(work, ()))
+        other = set().union(*(v for k, v in own.items() if k != work))
+        check(f"{label}: the {work} search holds its own calls ({sorted(names & mine)}) and "
+              f"none of the other's", names & mine and not names & other, sorted(names))
+
+
 def main():
     out = sys.argv[1]
     with open(f"{out}/traces.json", encoding="utf-8") as f:
         traces = json.load(f)["traces"]
     with_req = [t for t in traces if t["request"]]
-    check("every driven request has its trace", len(with_req) == 20, len(with_req))
+    with open(f"{out}/requests.json", encoding="utf-8") as f:
+        n_driven = len(json.load(f))
+    check("every driven request has its trace", len(with_req) == n_driven,
+          f"{len(with_req)} of {n_driven}")
     for t in with_req:
         why = t["request"]["why"]
+        if why.startswith("async downstream"):
+            check_async(t)
+            continue
         rule = next((r for r in RULES if why.startswith(r[0])), None)
         if rule is None:
             continue

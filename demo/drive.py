@@ -33,6 +33,8 @@ PLAN = [
     ("/report?sleep_ms=80", "sleep: waits 80 ms before rendering"),
     ("/checkout", "fast downstream"),
     ("/fast", "fast"),
+    ("/catalog?fsync=6&stat=300", "async downstream: catalog runs an fsync search and a stat search at once on one event loop"),
+    ("/catalog?fsync=10&stat=500", "async downstream: catalog runs an fsync search and a stat search at once on one event loop"),
 ]
 
 

@@ -9,10 +9,14 @@
   /checkout?fsync=N|sleep_ms=N|lock=1
                             converts the price through the currency service (downstream
                             call with W3C traceparent), which is slow for that reason
+  /catalog?fsync=N&stat=N   two searches at once in the catalog service (async: FastAPI on
+                            one asyncio event loop), one fsyncing, one stat-ing
 
-Usage: frontend.py PORT   (env: CURRENCY_URL, SPANTRACK_DEMO_DIR, OTEL_EXPORTER_OTLP_ENDPOINT)
+Usage: frontend.py PORT   (env: CURRENCY_URL, CATALOG_URL, SPANTRACK_DEMO_DIR,
+                           OTEL_EXPORTER_OTLP_ENDPOINT)
 """
 
+import contextvars
 import os
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from otel_setup import setup_tracing
 tracer = setup_tracing("frontend")
 DATA_DIR = os.environ.get("SPANTRACK_DEMO_DIR") or tempfile.gettempdir()
 CURRENCY_URL = os.environ.get("CURRENCY_URL", "http://127.0.0.1:8082")
+CATALOG_URL = os.environ.get("CATALOG_URL", "http://127.0.0.1:8083")
 
 
 def fast(q):
@@ -89,19 +94,42 @@ def inventory(q):
     return 200, f"inventory {stock}\n"
 
 
-def checkout(q):
-    url = f"{CURRENCY_URL}/convert?{urllib.parse.urlencode(q)}"
-    with tracer.start_as_current_span("GET currency /convert", kind=SpanKind.CLIENT) as span:
+def call(name, url):
+    """A downstream GET in a CLIENT span carrying its W3C traceparent; the body."""
+    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT) as span:
         span.set_attribute("url.full", url)
         headers = {}
         propagate.inject(headers)  # W3C traceparent of this client span
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
-            body = r.read().decode()
             span.set_attribute("http.response.status_code", r.status)
+            return r.read().decode()
+
+
+def checkout(q):
+    body = call("GET currency /convert", f"{CURRENCY_URL}/convert?{urllib.parse.urlencode(q)}")
     return 200, f"checkout: {body.strip()}\n"
+
+
+def catalog(q):
+    searches = [{"q": "telescope", "fsync": q.get("fsync", "6")},
+                {"q": "lens", "stat": q.get("stat", "300")}]
+    bodies = [None] * len(searches)
+
+    def one(i, params):
+        bodies[i] = call("GET catalog /search",
+                         f"{CATALOG_URL}/search?{urllib.parse.urlencode(params)}")
+
+    # Both at once, each in the request's context: they overlap on the catalog's event loop.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(one, i, p))
+               for i, p in enumerate(searches)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 200, f"catalog: {' | '.join(b.strip() for b in bodies if b)}\n"
 
 
 if __name__ == "__main__":
     serve(int(sys.argv[1]) if len(sys.argv) > 1 else 8081, tracer,
           {"/fast": fast, "/receipt": receipt, "/report": report, "/inventory": inventory,
-           "/checkout": checkout}, "frontend")
+           "/checkout": checkout, "/catalog": catalog}, "frontend")
