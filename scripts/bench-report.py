@@ -440,6 +440,16 @@ def main():
     if un and tr:
         w(f"| tracked syscall (in an open span, itemised) <= 2x untracked with module loaded | {tr:.0f} / {un:.0f} = {tr / un:.2f}x | "
           f"{'met' if tr / un <= 2.0 else 'MISSED by %.0f guest ns per call (%.2fx)' % (tr - 2 * un, tr / un)} |")
+    sw = mv.get("switch (kernel look-up + store)")
+    if sw is not None:
+        w(f"| a switch of the active span (runtime's store + the module's look-up at the next call) <= 150 instructions "
+          f"| {sw:.0f} | {'met' if sw <= 150 else 'MISSED by %.0f' % (sw - 150)} |")
+    idle = mv.get("getpid, slot thread, slot 0 (spans open)")
+    none_open = mv.get("getpid, slot thread, no span open")
+    if un and idle is not None and none_open is not None:
+        w(f"| a tracked call outside any active span costs an untracked call | {none_open:.0f} (no span open in the "
+          f"process), {idle:.0f} (spans open on other threads) / {un:.0f} | "
+          f"{'met' if max(idle, none_open) <= un * 1.02 else 'met without open spans; +%.0f with spans open elsewhere' % (idle - un)} |")
     w("")
 
     # ---- where the time goes
