@@ -96,5 +96,47 @@ class ActivationTest(unittest.TestCase):
         self.assertGreaterEqual(sum(1 for w, _, _ in seen if w == "pool"), 6)
 
 
+UVLOOP = textwrap.dedent(r'''
+    import ctypes, json, os, sys, tempfile, threading
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    import fake_spanhook, spantrack_hook
+
+    class SlotLib(fake_spanhook.FakeSpanHook):
+        def __init__(self):
+            super().__init__()
+            self.slots = {}
+        def active_slot(self):
+            return ctypes.addressof(self.slots.setdefault(threading.get_ident(), ctypes.c_uint64(0)))
+
+    assert spantrack_hook.install(SlotLib())
+    from spantrack_hook import activation
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    trace.set_tracer_provider(TracerProvider())
+    tracer = trace.get_tracer("t")
+    # A stand-in "uvloop" module: importing it is what the hook watches for.
+    d = tempfile.mkdtemp()
+    open(os.path.join(d, "uvloop.py"), "w").write("")
+    sys.path.insert(0, d)
+    with tracer.start_as_current_span("before"):
+        before = activation.slot().value
+    import uvloop
+    with tracer.start_as_current_span("after"):
+        after = activation.slot().value
+    print(json.dumps([before, after]))
+''')
+
+
+class UvloopTest(unittest.TestCase):
+    def test_uvloop_keeps_slots_at_zero_and_says_so(self):
+        r = subprocess.run([sys.executable, "-c", UVLOOP, PYDIR, HERE], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before, after = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertNotEqual(before, 0)
+        self.assertEqual(after, 0)
+        self.assertIn("uvloop is loaded and its event loop cannot be hooked", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
