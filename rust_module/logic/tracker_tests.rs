@@ -1928,3 +1928,94 @@ fn activation_converts_stacks_and_checks_spans_at_exit() {
     assert_eq!(h.n_threads as usize, uapi::MAX_SPAN_THREADS);
     assert_ne!(h.flags & uapi::REC_MANY_THREADS, 0);
 }
+
+/// One step of [`slots_never_misattribute`].
+#[derive(Clone, Debug)]
+enum SlotOp {
+    /// Add thread `t` (of process 10 if `t` is even, else 11).
+    Add(u8),
+    /// Remove thread `t`.
+    Remove(u8),
+    /// Give thread `t` a slot, or clear it.
+    Slot(u8, bool),
+    /// Thread `t` begins span `k`.
+    Begin(u8, u8),
+    /// Thread `t` ends span `k`.
+    End(u8, u8),
+    /// Thread `t` makes a call with its slot holding span `k`'s id (`None`: 0), and span
+    /// `e` ends in the middle of it (from another thread) when `Some`.
+    Call(u8, Option<u8>, Option<u8>),
+}
+
+fn slot_op() -> impl Strategy<Value = SlotOp> {
+    let t = 0..6u8;
+    let k = 0..5u8;
+    prop_oneof![
+        1 => t.clone().prop_map(SlotOp::Add),
+        1 => t.clone().prop_map(SlotOp::Remove),
+        1 => (t.clone(), any::<bool>()).prop_map(|(t, on)| SlotOp::Slot(t, on)),
+        2 => (t.clone(), k.clone()).prop_map(|(t, k)| SlotOp::Begin(t, k)),
+        2 => (t.clone(), k.clone()).prop_map(|(t, k)| SlotOp::End(t, k)),
+        5 => (t, proptest::option::of(k.clone()), proptest::option::weighted(0.1, k))
+            .prop_map(|(t, k, e)| SlotOp::Call(t, k, e)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// Random threads, slots, spans and calls: the structure stays consistent, and a call
+    /// of a thread with a slot is charged to exactly the open span its slot names (of its
+    /// own process), or to none; never to another span.
+    #[test]
+    fn slots_never_misattribute(ops in proptest::collection::vec(slot_op(), 1..150)) {
+        let mut mem = Mem::new(CAPS);
+        let mut tr = mem.tracker();
+        let mut out = vec![0u8; BIG];
+        tr.register_process(10).unwrap();
+        tr.register_process(11).unwrap();
+        let tid = |t: u8| 100 + u32::from(t);
+        let tgid = |t: u8| if t % 2 == 0 { 10 } else { 11 };
+        let mut now = 1u64;
+        for op in ops {
+            now += 10;
+            match op {
+                SlotOp::Add(t) => { let _ = tr.add_thread(tgid(t), tid(t)); }
+                SlotOp::Remove(t) => { tr.remove_thread(tid(t)); }
+                SlotOp::Slot(t, on) => { let _ = tr.set_active_slot(tid(t), if on { 0x1000 } else { 0 }); }
+                SlotOp::Begin(t, k) => { let _ = tr.begin(tid(t), key(u64::from(k)), now, now); }
+                SlotOp::End(t, k) => { let _ = tr.end(tid(t), key(u64::from(k)), now, now, u64::MAX, &mut out); }
+                SlotOp::Call(t, k, e) => {
+                    let v = k.map_or(0, |k| sv(u64::from(k)));
+                    let before: Vec<(SpanKey, u32, u64)> = tr.spans.iter()
+                        .filter(|s| s.open != 0).map(|s| (s.key, s.proc, s.total_calls)).collect();
+                    let slotted = tr.active_slot(tid(t)).is_some_and(|a| a != 0);
+                    let proc = tr.process_of(tgid(t)).map(|p| p.0);
+                    tr.sys_enter_with(tid(t), 39, now, |_| Some(v));
+                    let mut ended = None;
+                    if let Some(e) = e {
+                        // Ended by another thread of the process (a writer's own call is
+                        // excluded, so the end cannot come from `t` itself).
+                        let other = tid((t + 2) % 6);
+                        if tr.end(other, key(u64::from(e)), now + 1, now + 1, u64::MAX, &mut out).is_ok() {
+                            ended = Some(key(u64::from(e)));
+                        }
+                    }
+                    tr.sys_exit(tid(t), 0, now + 2);
+                    if slotted {
+                        for (k0, p0, calls0) in before {
+                            let Some(s) = tr.spans.iter().find(|s| s.open != 0 && s.key == k0 && s.proc == p0) else {
+                                continue; // ended during the call
+                            };
+                            let named = v != 0 && uapi::slot_value(&k0.span_id) == v && Some(p0) == proc
+                                && ended != Some(k0);
+                            let want = calls0 + u64::from(named);
+                            prop_assert_eq!(s.total_calls, want, "span {:?} of proc {}", k0.span_id, p0);
+                        }
+                    }
+                }
+            }
+            check_invariants(&tr);
+        }
+    }
+}
