@@ -70,6 +70,11 @@ pub struct SlotHint {
     pub addr: AtomicU64,
 }
 
+/// `SpanSlot::open`: open.
+const OPEN: u32 = 1;
+/// `SpanSlot::open`: open, and in the activation index.
+const OPEN_INDEXED: u32 = 3;
+
 const CALL_NONE: u32 = 0;
 const CALL_ACTIVE: u32 = 1;
 const CALL_EXCLUDED: u32 = 2;
@@ -119,7 +124,9 @@ pub struct ProcessSlot {
     first_thread: u32,
     /// Its open spans (stacked or not).
     open_spans: u32,
-    _pad: u32,
+    /// Its threads with an active-span slot. While there are any, its open spans are in
+    /// the activation index (a process without them pays nothing for it).
+    slot_threads: u32,
     records_written: u64,
     records_dropped: u64,
 }
@@ -132,7 +139,7 @@ impl ProcessSlot {
         n_threads: 0,
         first_thread: NIL,
         open_spans: 0,
-        _pad: 0,
+        slot_threads: 0,
         records_written: 0,
         records_dropped: 0,
     };
@@ -594,6 +601,9 @@ stats_struct! {
     slot_faults,
     /// Calls whose active span ended while the call was in progress: charged to no span.
     calls_span_ended,
+    /// Open spans left out of the activation index when a process's first slot came:
+    /// another open span of the process has the same span id (or the index was full).
+    slot_index_conflicts,
     /// Records whose itemised calls were cut to fit the output buffer.
     records_truncated,
     /// Records written to relay (noted by the kernel).
@@ -1016,6 +1026,7 @@ impl<'a> Tracker<'a> {
         self.active_slot.set(t.tid, false);
         if t.slot_addr != 0 {
             self.set_hint(t.tid, 0);
+            self.count_slot_thread(t.proc, false);
         }
         // Unlink from the process's thread list.
         match slot_mut(self.threads, t.prev) {
@@ -1048,10 +1059,13 @@ impl<'a> Tracker<'a> {
         if s.open == 0 {
             return false;
         }
-        let (key, proc, first, n) = (s.key, s.proc, s.first_chunk, s.n_entries);
+        let (key, proc, first, n, indexed) =
+            (s.key, s.proc, s.first_chunk, s.n_entries, s.open == OPEN_INDEXED);
         *s = SpanSlot::EMPTY;
         self.span_index.remove(&OpenSpanKey { key, proc });
-        self.active_index.remove(&ActiveKey::of(&key, proc));
+        if indexed {
+            self.active_index.remove(&ActiveKey::of(&key, proc));
+        }
         self.count_open(proc, false);
         let mut c = first;
         for _ in 0..n.div_ceil(CHUNK_ENTRIES as u32) {
@@ -1124,6 +1138,7 @@ impl<'a> Tracker<'a> {
         };
         let depth = (t.depth as usize).min(MAX_DEPTH);
         let stack = t.stack;
+        let had = t.slot_addr != 0;
         t.depth = 0;
         t.stack = [NIL; MAX_DEPTH];
         t.slot_addr = addr;
@@ -1131,6 +1146,9 @@ impl<'a> Tracker<'a> {
         t.slot_span = NIL;
         let (tid, proc) = (t.tid, t.proc);
         self.set_hint(tid, addr);
+        if had != (addr != 0) {
+            self.count_slot_thread(proc, addr != 0);
+        }
         for &si in stack.get(..depth).unwrap_or(&[]) {
             if let Some(s) = slot_mut(self.spans, si) {
                 s.thread = NIL;
@@ -1149,6 +1167,39 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.slots_set);
         }
         Ok(())
+    }
+
+    /// A thread of process `pi` got (`up`) or lost a slot. The first one puts the
+    /// process's open spans into the activation index (conflicts counted).
+    fn count_slot_thread(&mut self, pi: u32, up: bool) {
+        let Some(p) = slot_mut(self.processes, pi) else {
+            return;
+        };
+        let before = p.slot_threads;
+        p.slot_threads = if up {
+            before.wrapping_add(1)
+        } else {
+            before.saturating_sub(1)
+        };
+        if !(up && before == 0) {
+            return;
+        }
+        for si in 0..self.spans.len() {
+            let Some(s) = self.spans.get(si) else {
+                break;
+            };
+            if s.open != OPEN || s.proc != pi {
+                continue;
+            }
+            let akey = ActiveKey::of(&s.key, pi);
+            if self.active_index.insert(akey, si as u32).is_ok() {
+                if let Some(s) = self.spans.get_mut(si) {
+                    s.open = OPEN_INDEXED;
+                }
+            } else {
+                bump(&mut self.stats.slot_index_conflicts);
+            }
+        }
     }
 
     /// Publishes (`addr != 0`) or withdraws thread `tid`'s slot address for the probes.
@@ -1251,7 +1302,11 @@ impl<'a> Tracker<'a> {
         self.exclude_current_call(ti);
         let okey = OpenSpanKey { key, proc: t.proc };
         let akey = ActiveKey::of(&key, t.proc);
-        if self.span_index.contains(&okey) || self.active_index.contains(&akey) {
+        let indexed = self
+            .processes
+            .get(t.proc as usize)
+            .is_some_and(|p| p.slot_threads != 0);
+        if self.span_index.contains(&okey) || (indexed && self.active_index.contains(&akey)) {
             bump(&mut self.stats.begins_duplicate);
             return Err(uapi::ERR_DUPLICATE);
         }
@@ -1271,7 +1326,7 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.begins_table_full);
             return Err(uapi::ERR_TABLE_FULL);
         }
-        if self.active_index.insert(akey, si).is_err() {
+        if indexed && self.active_index.insert(akey, si).is_err() {
             self.span_index.remove(&okey);
             self.span_pool.push(si);
             bump(&mut self.stats.begins_table_full);
@@ -1285,7 +1340,7 @@ impl<'a> Tracker<'a> {
                 tid,
                 depth,
                 flags: if stacked { 0 } else { uapi::REC_ACTIVATION },
-                open: 1,
+                open: if indexed { OPEN_INDEXED } else { OPEN },
                 begin_mono_ns: now_mono,
                 begin_real_ns: now_real,
                 ..SpanSlot::EMPTY

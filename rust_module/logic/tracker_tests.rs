@@ -271,7 +271,9 @@ fn check_invariants(tr: &Tracker<'_>) {
         let s = &tr.spans[si as usize];
         assert!(s.open != 0);
         assert_eq!((s.key, s.proc), (k.key, k.proc));
-        assert_eq!(tr.active_index.get(&ActiveKey::of(&s.key, s.proc)), Some(si));
+        if s.open == OPEN_INDEXED {
+            assert_eq!(tr.active_index.get(&ActiveKey::of(&s.key, s.proc)), Some(si));
+        }
         assert!(s.n_threads as usize <= uapi::MAX_SPAN_THREADS);
         if s.thread == NIL {
             // The process's: on no stack.
@@ -316,14 +318,27 @@ fn check_invariants(tr: &Tracker<'_>) {
             assert_eq!(tr.threads[ti as usize].slot_addr, h.addr.load(Ordering::Relaxed));
         }
     }
+    // The activation index: exactly the spans marked indexed; a process with slot threads
+    // has all its open spans indexed (unless a conflict was counted).
     let mut n_active_keys = 0;
     tr.active_index.for_each(|k, si| {
         let s = &tr.spans[si as usize];
-        assert!(s.open != 0);
+        assert_eq!(s.open, OPEN_INDEXED);
         assert_eq!(*k, ActiveKey::of(&s.key, s.proc));
         n_active_keys += 1;
     });
-    assert_eq!(n_active_keys, span_index.len());
+    let n_indexed = tr.spans.iter().filter(|s| s.open == OPEN_INDEXED).count();
+    assert_eq!(n_active_keys, n_indexed);
+    for (pi, p) in tr.processes.iter().enumerate() {
+        let with_slot = index
+            .values()
+            .filter(|&&ti| tr.threads[ti as usize].proc as usize == pi && tr.threads[ti as usize].slot_addr != 0)
+            .count();
+        assert_eq!(p.slot_threads as usize, with_slot, "slot threads of process {pi}");
+        if with_slot > 0 && tr.stats.slot_index_conflicts == 0 {
+            assert!(tr.spans.iter().all(|s| s.open != OPEN || s.proc as usize != pi));
+        }
+    }
     let st = tr.stats();
     assert!(st.spans_high_water >= st.open_spans);
     assert!(st.chunks_high_water >= st.chunks_in_use);
@@ -1842,6 +1857,37 @@ fn activation_charges_the_span_in_the_slot() {
     // The last span closed: the probes are off again.
     assert!(!tr.active_slot_set().contains(100) && !tr.active_slot_set().contains(101));
     check_invariants(&tr);
+}
+
+#[test]
+fn activation_index_only_for_processes_with_slots() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    // No slot in the process: nothing indexed, and one span id may be open in two traces.
+    let mut other = key(1);
+    other.trace_id[0] ^= 0xff;
+    tr.begin(100, key(1), 1, 1).unwrap();
+    tr.begin(100, other, 1, 1).unwrap();
+    tr.begin(100, key(2), 1, 1).unwrap();
+    assert_eq!(tr.active_index.len(), 0);
+    check_invariants(&tr);
+    // The first slot indexes the process's open spans; the second span id 1 conflicts.
+    tr.set_active_slot(101, 0x1000).unwrap();
+    assert_eq!(tr.stats().slot_index_conflicts, 1);
+    check_invariants(&tr);
+    call_with(&mut tr, 101, Some(sv(2)), 7, 10);
+    let mut out = vec![0u8; BIG];
+    let r = tr.end(100, key(2), 20, 20, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1.len(), 1);
+    // The last slot gone: new spans are not indexed (old ones leave it as they end).
+    tr.set_active_slot(101, 0).unwrap();
+    tr.begin(100, key(3), 30, 30).unwrap();
+    check_invariants(&tr);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
 }
 
 #[test]

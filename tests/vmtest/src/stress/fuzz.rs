@@ -94,9 +94,9 @@ impl Model {
                     Err(libc::ENOENT)
                 }
             }
-        } else if self.stack.iter().any(|x| x[16..] == id[16..]) {
-            // The same ids, or the same span id under another trace id: a span id names
-            // one open span of a process (what an active-span slot holds).
+        } else if self.stack.contains(&id) {
+            // (This thread has no active-span slot: the same span id under another trace
+            // id is another span.)
             self.bump("begins_duplicate");
             Err(libc::EEXIST)
         } else if self.stack.len() >= uapi::MAX_DEPTH {
