@@ -1105,7 +1105,8 @@ impl<'a> Tracker<'a> {
             before.saturating_sub(1)
         };
         let on = p.open_spans != 0;
-        if (before != 0) == on {
+        // Only threads with a slot follow the process's spans.
+        if (before != 0) == on || p.slot_threads == 0 {
             return;
         }
         let mut ti = p.first_thread;
