@@ -45,6 +45,31 @@ pub mod attr {
     pub const SYSCALL_RET: &str = "spantrack.syscall.ret";
     /// On a failed child: the errno name.
     pub const ERROR_TYPE: &str = "error.type";
+    /// On a slow span exported without its system calls: why (one of [`super::missing`]).
+    pub const ANNOTATION_MISSING: &str = "spantrack.annotation.missing";
+}
+
+/// Values of [`attr::ANNOTATION_MISSING`] (the same in the Python hook).
+pub mod missing {
+    /// The worker's queue was full when the span ended.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The kernel's record did not come within the record wait.
+    pub const NO_RECORD: &str = "no_record";
+    /// A shutdown or force_flush ran out of time before the span's turn.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// Past the annotation budget: the summary attributes only, no child spans.
+    pub const OVER_BUDGET: &str = "over_budget";
+    /// The annotator failed (unusable record, library error, no worker thread).
+    pub const WORKER_ERROR: &str = "worker_error";
+    /// The kernel did not track the span (module unloaded, begin refused).
+    pub const INACTIVE: &str = "inactive";
+    /// All of them.
+    pub const ALL: [&str; 6] = [QUEUE_FULL, NO_RECORD, SHUTDOWN, OVER_BUDGET, WORKER_ERROR, INACTIVE];
+}
+
+/// Says on the span why it has no system calls.
+pub fn mark(span: &mut SpanData, why: &'static str) {
+    span.attributes.push(KeyValue::new(attr::ANNOTATION_MISSING, why));
 }
 
 /// How many entries [`attr::SYSCALLS_TOP`] lists.
@@ -169,6 +194,13 @@ pub fn annotate_with(
     new_span_id: &mut dyn FnMut() -> SpanId,
     min_child_ns: u64,
 ) -> Result<Vec<SpanData>, BadRecord> {
+    summarise(span, record, min_child_ns)?;
+    Ok(children(span, record, new_span_id, min_child_ns))
+}
+
+/// Adds the record's summary attributes (count, duration, top calls, ...) to the slow span,
+/// without child spans. A record of another span leaves `span` untouched.
+pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Result<(), BadRecord> {
     let h = &record.header;
     let sc = &span.span_context;
     if h.trace_id != sc.trace_id().to_bytes() || h.span_id != sc.span_id().to_bytes() {
@@ -191,12 +223,28 @@ pub fn annotate_with(
     if h.n_threads > 1 {
         span.attributes.push(KeyValue::new(attr::THREADS, i64::from(h.n_threads)));
     }
-    let long_enough = |e: &&SyscallEntry| e.end_mono_ns.saturating_sub(e.start_mono_ns) >= min_child_ns;
     if min_child_ns > 0 {
-        let short = record.entries.iter().filter(|e| !long_enough(e)).count();
+        let short = record
+            .entries
+            .iter()
+            .filter(|e| e.end_mono_ns.saturating_sub(e.start_mono_ns) < min_child_ns)
+            .count();
         span.attributes.push(KeyValue::new(attr::SYSCALLS_SUMMARISED, int(short as u64)));
     }
-    let children = record
+    Ok(())
+}
+
+/// One child span per itemised call of at least `min_child_ns` (in the order the calls
+/// ended).
+fn children(
+    span: &SpanData,
+    record: &Record,
+    new_span_id: &mut dyn FnMut() -> SpanId,
+    min_child_ns: u64,
+) -> Vec<SpanData> {
+    let h = &record.header;
+    let long_enough = |e: &&SyscallEntry| e.end_mono_ns.saturating_sub(e.start_mono_ns) >= min_child_ns;
+    record
         .entries
         .iter()
         .filter(long_enough)
@@ -240,8 +288,7 @@ pub fn annotate_with(
                 instrumentation_scope: span.instrumentation_scope.clone(),
             }
         })
-        .collect();
-    Ok(children)
+        .collect()
 }
 
 #[cfg(test)]

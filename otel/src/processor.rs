@@ -8,10 +8,17 @@
 //! kernel) polls the queue, waits for the records, builds the annotated span and its
 //! children, and feeds the inner processor. Without the library (or with an inactive one)
 //! the processor is a pure pass-through.
+//!
+//! Every span reaches the inner processor exactly once: annotated, or without its calls and
+//! saying why in `spantrack.annotation.missing` ([`crate::annotate::missing`]) when it was
+//! slow (queue full, no record in time, shutdown or flush out of time, over the annotation
+//! budget, unusable record, module gone). After a shutdown, the worker hands nothing more
+//! to the inner processor: shutdown closes a gate, which the worker passes for every hand-off,
+//! before it shuts the inner processor down.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +30,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use crate::annotate::{annotate_with, Record};
+use crate::annotate::{annotate_with, mark, missing, summarise, Record};
 use crate::hook::{Absent, SpanHook, RECORD_MAX};
 
 /// Tunables of a [`SpantrackProcessor`].
@@ -45,6 +52,12 @@ pub struct Config {
     /// attributes, and `spantrack.syscalls.summarised` counts them: for services whose slow
     /// spans make hundreds of small calls, this keeps the export small.
     pub min_child_call: Duration,
+    /// The annotation budget: the share of one CPU the worker may spend building child
+    /// spans and handing them on (0.1: 10%; 1 or more: no limit). Within it the slowest
+    /// spans (relative to the threshold) go first; past it a span gets the summary
+    /// attributes only, with `spantrack.annotation.missing = over_budget`. Default:
+    /// `SPANTRACK_BUDGET_PCT` percent, else 10%.
+    pub budget: f64,
 }
 
 impl Default for Config {
@@ -55,8 +68,18 @@ impl Default for Config {
             recheck: Duration::from_millis(2),
             idle_poll: Duration::from_millis(10),
             min_child_call: Duration::ZERO,
+            budget: budget_from_env(),
         }
     }
+}
+
+/// `SPANTRACK_BUDGET_PCT` (percent of one CPU) as a share, 0.1 when unset or invalid.
+pub fn budget_from_env() -> f64 {
+    std::env::var("SPANTRACK_BUDGET_PCT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(0.1, |pct| pct / 100.0)
 }
 
 /// Counters of one processor.
@@ -80,6 +103,17 @@ pub struct ProcessorStats {
     pub bad_records: AtomicU64,
     /// Child spans emitted, one per itemised system call.
     pub children: AtomicU64,
+    /// Slow spans passed on without their calls, by reason (`spantrack.annotation.missing`).
+    pub missing_queue_full: AtomicU64,
+    pub missing_no_record: AtomicU64,
+    pub missing_shutdown: AtomicU64,
+    pub missing_over_budget: AtomicU64,
+    pub missing_worker_error: AtomicU64,
+    pub missing_inactive: AtomicU64,
+    /// Spans the worker still held when a shutdown had already shut the inner processor
+    /// down (the worker was stuck in the inner processor past the shutdown's timeout):
+    /// never handed to it.
+    pub after_shutdown: AtomicU64,
 }
 
 /// A copy of [`ProcessorStats`].
@@ -94,6 +128,25 @@ pub struct StatsSnapshot {
     pub no_record: u64,
     pub bad_records: u64,
     pub children: u64,
+    pub missing_queue_full: u64,
+    pub missing_no_record: u64,
+    pub missing_shutdown: u64,
+    pub missing_over_budget: u64,
+    pub missing_worker_error: u64,
+    pub missing_inactive: u64,
+    pub after_shutdown: u64,
+}
+
+impl StatsSnapshot {
+    /// Slow spans passed on without their calls, all reasons.
+    pub fn missing(&self) -> u64 {
+        self.missing_queue_full
+            + self.missing_no_record
+            + self.missing_shutdown
+            + self.missing_over_budget
+            + self.missing_worker_error
+            + self.missing_inactive
+    }
 }
 
 impl ProcessorStats {
@@ -109,6 +162,65 @@ impl ProcessorStats {
             no_record: g(&self.no_record),
             bad_records: g(&self.bad_records),
             children: g(&self.children),
+            missing_queue_full: g(&self.missing_queue_full),
+            missing_no_record: g(&self.missing_no_record),
+            missing_shutdown: g(&self.missing_shutdown),
+            missing_over_budget: g(&self.missing_over_budget),
+            missing_worker_error: g(&self.missing_worker_error),
+            missing_inactive: g(&self.missing_inactive),
+            after_shutdown: g(&self.after_shutdown),
+        }
+    }
+
+    fn missing(&self, why: &str) -> &AtomicU64 {
+        match why {
+            missing::QUEUE_FULL => &self.missing_queue_full,
+            missing::NO_RECORD => &self.missing_no_record,
+            missing::SHUTDOWN => &self.missing_shutdown,
+            missing::OVER_BUDGET => &self.missing_over_budget,
+            missing::INACTIVE => &self.missing_inactive,
+            _ => &self.missing_worker_error,
+        }
+    }
+}
+
+/// Says why on a slow span without calls, and counts it (a span that was not slow, only
+/// queued in case, goes on unchanged).
+fn mark_missing(span: &mut SpanData, slow: bool, why: &'static str, stats: &ProcessorStats) {
+    if slow {
+        mark(span, why);
+        bump(stats.missing(why));
+    }
+}
+
+/// What the processor and its worker share.
+#[derive(Debug)]
+struct Shared {
+    /// > 0: a flush or shutdown ran out of time: pass everything on unannotated, now.
+    hurry: AtomicU32,
+    /// Set by shutdown: spans that cannot be queued any more say `shutdown`.
+    shut: AtomicBool,
+    /// Open until a shutdown shuts the inner processor down; the worker hands spans on
+    /// only while it holds the gate open.
+    gate: Mutex<bool>,
+    /// The last threshold an active library reported (u64::MAX: none yet).
+    last_threshold: AtomicU64,
+}
+
+impl Shared {
+    fn hurrying(&self) -> bool {
+        self.hurry.load(Ordering::Acquire) > 0
+    }
+
+    /// Hands spans to the inner processor unless it was shut down.
+    fn deliver<P: SpanProcessor>(&self, inner: &P, spans: impl IntoIterator<Item = SpanData>, stats: &ProcessorStats) {
+        let open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        for s in spans {
+            if *open {
+                inner.on_end(s);
+            } else {
+                bump(&stats.after_shutdown);
+            }
         }
     }
 }
@@ -122,6 +234,10 @@ struct Waiting<P> {
     span: SpanData,
     inner: Arc<P>,
     deadline: Instant,
+    /// At least the threshold long (else it was queued in case: no record is likely).
+    slow: bool,
+    /// Its duration in thousandths of the threshold: the slowest go first.
+    ratio: u64,
 }
 
 /// A span handed to the worker (no clock read on the service thread: the worker starts the
@@ -129,6 +245,8 @@ struct Waiting<P> {
 struct Queued<P> {
     span: SpanData,
     inner: Arc<P>,
+    slow: bool,
+    ratio: u64,
 }
 
 // Spans travel by value: boxing them would allocate on the service thread.
@@ -165,7 +283,17 @@ pub struct SpantrackProcessor<P: SpanProcessor + 'static> {
     absent: Option<Absent>,
     worker: Option<Worker<P>>,
     stats: Arc<ProcessorStats>,
+    shared: Arc<Shared>,
     config: Config,
+}
+
+fn new_shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        hurry: AtomicU32::new(0),
+        shut: AtomicBool::new(false),
+        gate: Mutex::new(true),
+        last_threshold: AtomicU64::new(u64::MAX),
+    })
 }
 
 impl<P: SpanProcessor + 'static> fmt::Debug for SpantrackProcessor<P> {
@@ -198,6 +326,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 absent: Some(why),
                 worker: None,
                 stats: Arc::default(),
+                shared: new_shared(),
                 config,
             },
         }
@@ -206,11 +335,12 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     /// Wraps `inner` using `hook` (the library's functions, or test doubles).
     pub(crate) fn with_hook(inner: P, config: Config, hook: SpanHook) -> Self {
         let stats = Arc::new(ProcessorStats::default());
+        let shared = new_shared();
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
-        let (wstats, wconfig) = (Arc::clone(&stats), config.clone());
+        let (wstats, wconfig, wshared) = (Arc::clone(&stats), config.clone(), Arc::clone(&shared));
         let join = std::thread::Builder::new()
             .name("spantrack-otel".into())
-            .spawn(move || run_worker(hook, rx, wconfig, wstats));
+            .spawn(move || run_worker(hook, rx, wconfig, wstats, wshared));
         match join {
             Ok(join) => SpantrackProcessor {
                 inner: Arc::new(inner),
@@ -221,6 +351,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                     join: Mutex::new(Some(join)),
                 }),
                 stats,
+                shared,
                 config,
             },
             // No worker, no annotation: still a correct pass-through.
@@ -230,6 +361,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 absent: Some(Absent::Inactive),
                 worker: None,
                 stats,
+                shared,
                 config,
             },
         }
@@ -256,31 +388,96 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
         &self.config
     }
 
-    /// Sends a flush (or shutdown) barrier to the worker and waits for its acknowledgement.
+    /// Sends a flush (or shutdown) barrier to the worker and waits for its acknowledgement:
+    /// for half of `timeout` while the worker annotates, then the worker hurries (passes
+    /// what it holds on unannotated) until 80% of it. A shutdown then closes the gate, so
+    /// that whatever the worker still holds never reaches the inner processor after its
+    /// shutdown (with the rest of `timeout`).
     fn worker_barrier(&self, shutdown: bool, timeout: Duration) -> OTelSdkResult {
         let Some(w) = &self.worker else { return Ok(()) };
+        let start = Instant::now();
+        let annotate_until = start + timeout.mul_f64(0.5);
+        let give_up = start + timeout.mul_f64(0.8);
+        if shutdown {
+            self.shared.shut.store(true, Ordering::Release);
+        }
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        let msg = if shutdown {
+        let mut msg = Some(if shutdown {
             Msg::Shutdown(ack_tx)
         } else {
             Msg::Flush(ack_tx)
+        });
+        let mut hurried = false;
+        let mut hurry = |on: bool| {
+            if on && !hurried {
+                self.shared.hurry.fetch_add(1, Ordering::AcqRel);
+                hurried = true;
+            }
+            hurried
         };
-        if w.tx.send(msg).is_err() {
-            return Ok(()); // worker already gone: nothing queued
+        let mut gone = false;
+        while let Some(m) = msg.take() {
+            match w.tx.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) => {
+                    let now = Instant::now();
+                    hurry(now >= annotate_until);
+                    if now >= give_up {
+                        break;
+                    }
+                    msg = Some(m);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => gone = true, // worker gone: nothing queued
+            }
         }
-        match ack_rx.recv_timeout(timeout) {
-            Ok(()) => {
-                if shutdown {
-                    if let Some(j) = w.join.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        let _ = j.join();
+        let sent = msg.is_none() && !gone;
+        let mut acked = gone;
+        if sent {
+            for until in [annotate_until, give_up] {
+                let left = until.saturating_duration_since(Instant::now());
+                match ack_rx.recv_timeout(left) {
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        acked = true;
+                        break;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        hurry(true);
                     }
                 }
-                Ok(())
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(()),
+        }
+        if shutdown {
+            // Waits for a hand-off in progress; none after this.
+            *self.shared.gate.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            if acked {
+                if let Some(j) = w.join.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = j.join();
+                }
+            }
+        } else if hurry(false) {
+            self.shared.hurry.fetch_sub(1, Ordering::AcqRel);
+        }
+        if acked {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
         }
     }
+
+    /// A span the kernel did not track (end refused): as slow as the last threshold the
+    /// library reported, it says `inactive`.
+    fn pass_untracked(&self, mut span: SpanData, dur: u64) {
+        let slow = dur >= self.shared.last_threshold.load(Ordering::Relaxed);
+        mark_missing(&mut span, slow, missing::INACTIVE, &self.stats);
+        self.inner.on_end(span);
+    }
+}
+
+fn duration_ns(span: &SpanData) -> u64 {
+    span.end_time
+        .duration_since(span.start_time)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
@@ -309,25 +506,40 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
         if h.end(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes()).is_err() {
             // Never opened (begin failed) or library gone: the kernel has nothing.
             bump(&self.stats.end_errors);
-            return self.inner.on_end(span);
+            let dur = duration_ns(&span);
+            return self.pass_untracked(span, dur);
         }
         let threshold = h.threshold_ns();
-        let dur = span
-            .end_time
-            .duration_since(span.start_time)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let dur = duration_ns(&span);
         if threshold == u64::MAX || dur < threshold / 2 {
             bump(&self.stats.passed_fast);
             return self.inner.on_end(span);
         }
+        if self.shared.last_threshold.load(Ordering::Relaxed) != threshold {
+            self.shared.last_threshold.store(threshold, Ordering::Relaxed);
+        }
+        let slow = dur >= threshold;
+        let ratio = u64::try_from(u128::from(dur) * 1000 / u128::from(threshold.max(1))).unwrap_or(u64::MAX);
         let msg = Msg::Span(Queued {
             span,
             inner: Arc::clone(&self.inner),
+            slow,
+            ratio,
         });
         match w.tx.try_send(msg) {
             Ok(()) => bump(&self.stats.queued),
-            Err(TrySendError::Full(Msg::Span(m)) | TrySendError::Disconnected(Msg::Span(m))) => {
+            Err(TrySendError::Full(Msg::Span(mut m))) => {
                 bump(&self.stats.queue_full);
+                mark_missing(&mut m.span, m.slow, missing::QUEUE_FULL, &self.stats);
+                self.inner.on_end(m.span);
+            }
+            Err(TrySendError::Disconnected(Msg::Span(mut m))) => {
+                let why = if self.shared.shut.load(Ordering::Acquire) {
+                    missing::SHUTDOWN
+                } else {
+                    missing::WORKER_ERROR
+                };
+                mark_missing(&mut m.span, m.slow, why, &self.stats);
                 self.inner.on_end(m.span);
             }
             Err(_) => {}
@@ -366,32 +578,201 @@ impl<P: SpanProcessor + 'static> Drop for SpantrackProcessor<P> {
     }
 }
 
+/// The annotation budget: CPU seconds the worker may spend on annotating, refilled at
+/// `share` of wall-clock time, saved up to [`BUDGET_BURST_S`].
+struct Budget {
+    share: f64,
+    credit: f64,
+    at: Instant,
+}
+
+const BUDGET_BURST_S: f64 = 0.05;
+
+impl Budget {
+    fn new(share: f64) -> Budget {
+        Budget {
+            share,
+            credit: if share > 0.0 { BUDGET_BURST_S } else { 0.0 },
+            at: Instant::now(),
+        }
+    }
+
+    fn allows(&mut self) -> bool {
+        if self.share >= 1.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.share;
+        self.credit = (self.credit + refill).min(BUDGET_BURST_S);
+        self.at = now;
+        self.credit > 0.0
+    }
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// What the worker works with.
+struct Ctx<'a> {
+    hook: &'a SpanHook,
+    stats: &'a ProcessorStats,
+    shared: &'a Shared,
+    new_id: &'a mut dyn FnMut() -> opentelemetry::trace::SpanId,
+    buf: Vec<u8>,
+    min_child_ns: u64,
+    budget: Budget,
+}
+
+impl Ctx<'_> {
+    /// Passes a span on without its calls (saying why when it is slow).
+    fn pass<P: SpanProcessor>(&self, w: Waiting<P>, why: &'static str) {
+        let Waiting { mut span, inner, slow, .. } = w;
+        mark_missing(&mut span, slow, why, self.stats);
+        self.shared.deliver(&*inner, [span], self.stats);
+    }
+
+    /// Passes on everything waiting, unannotated (a flush or shutdown out of time).
+    fn pass_all<P: SpanProcessor>(&self, waiting: &mut VecDeque<Waiting<P>>) {
+        for w in waiting.drain(..) {
+            self.pass(w, missing::SHUTDOWN);
+        }
+    }
+
+    /// Annotates the span with its record (within the budget), or summarises it.
+    fn annotate<P: SpanProcessor>(&mut self, w: Waiting<P>, bytes: &[u8]) {
+        let Waiting { mut span, inner, .. } = w;
+        let rec = match Record::decode(bytes) {
+            Ok(r) => r,
+            Err(_) => {
+                bump(&self.stats.bad_records);
+                mark_missing(&mut span, true, missing::WORKER_ERROR, self.stats);
+                return self.shared.deliver(&*inner, [span], self.stats);
+            }
+        };
+        if !self.budget.allows() {
+            let why = match summarise(&mut span, &rec, self.min_child_ns) {
+                Ok(()) => missing::OVER_BUDGET,
+                Err(_) => {
+                    bump(&self.stats.bad_records);
+                    missing::WORKER_ERROR
+                }
+            };
+            mark_missing(&mut span, true, why, self.stats);
+            return self.shared.deliver(&*inner, [span], self.stats);
+        }
+        let t0 = thread_cpu_s();
+        match annotate_with(&mut span, &rec, self.new_id, self.min_child_ns) {
+            Ok(children) => {
+                bump(&self.stats.annotated);
+                self.stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
+                self.shared.deliver(&*inner, children, self.stats);
+            }
+            Err(_) => {
+                bump(&self.stats.bad_records);
+                mark_missing(&mut span, true, missing::WORKER_ERROR, self.stats);
+            }
+        }
+        // What annotating cost beyond passing the span on: the children, built and handed on.
+        self.budget.credit -= thread_cpu_s() - t0;
+        self.shared.deliver(&*inner, [span], self.stats);
+    }
+
+    /// Takes every record that is there; passes on the spans whose wait is over; annotates
+    /// those with a record, slowest (relative to the threshold) first.
+    fn resolve<P: SpanProcessor>(&mut self, waiting: &mut VecDeque<Waiting<P>>) {
+        let now = Instant::now();
+        let mut ready: Vec<(Waiting<P>, Vec<u8>)> = Vec::new();
+        let mut i = 0;
+        while i < waiting.len() {
+            let sc = &waiting[i].span.span_context;
+            let got = self.hook.take_record(
+                &sc.trace_id().to_bytes(),
+                &sc.span_id().to_bytes(),
+                &mut self.buf,
+                Duration::ZERO,
+            );
+            match got {
+                Ok(false) if now < waiting[i].deadline => i += 1,
+                _ => {
+                    let Some(w) = waiting.remove(i) else { break };
+                    match got {
+                        Ok(true) => ready.push((w, self.buf.clone())),
+                        Ok(false) => {
+                            bump(&self.stats.no_record);
+                            self.pass(w, missing::NO_RECORD);
+                        }
+                        Err(_) => {
+                            bump(&self.stats.bad_records);
+                            let why = if self.hook.is_active() {
+                                missing::WORKER_ERROR
+                            } else {
+                                missing::INACTIVE
+                            };
+                            self.pass(w, why);
+                        }
+                    }
+                }
+            }
+        }
+        ready.sort_by(|a, b| b.0.ratio.cmp(&a.0.ratio));
+        for (w, rec) in ready {
+            if self.shared.hurrying() {
+                self.pass(w, missing::SHUTDOWN);
+            } else {
+                self.annotate(w, &rec);
+            }
+        }
+    }
+}
+
 /// The worker: resolves queued spans as their records arrive or their wait expires.
 fn run_worker<P: SpanProcessor>(
     hook: SpanHook,
     rx: Receiver<Msg<P>>,
     config: Config,
     stats: Arc<ProcessorStats>,
+    shared: Arc<Shared>,
 ) {
     // Our own system calls must never be attributed to anything.
     let _ = hook.unregister_thread();
     let ids = RandomIdGenerator::default();
     let mut new_id = || ids.new_span_id();
-    let mut buf = Vec::with_capacity(RECORD_MAX);
+    let mut cx = Ctx {
+        hook: &hook,
+        stats: &stats,
+        shared: &shared,
+        new_id: &mut new_id,
+        buf: Vec::with_capacity(RECORD_MAX),
+        min_child_ns: u64::try_from(config.min_child_call.as_nanos()).unwrap_or(u64::MAX),
+        budget: Budget::new(config.budget),
+    };
     let mut waiting: VecDeque<Waiting<P>> = VecDeque::new();
     let cap = config.queue_capacity.max(1);
-    let min_child_ns = u64::try_from(config.min_child_call.as_nanos()).unwrap_or(u64::MAX);
     loop {
         // Take what the service threads queued (never blocking: they never wake us).
         let mut barrier: Option<(SyncSender<()>, bool)> = None;
         let mut gone = false;
-        while barrier.is_none() && waiting.len() < cap {
+        while barrier.is_none() && (waiting.len() < cap || shared.hurrying()) {
             match rx.try_recv() {
-                Ok(Msg::Span(q)) => waiting.push_back(Waiting {
-                    span: q.span,
-                    inner: q.inner,
-                    deadline: Instant::now() + config.record_wait,
-                }),
+                Ok(Msg::Span(q)) => {
+                    let w = Waiting {
+                        span: q.span,
+                        inner: q.inner,
+                        deadline: Instant::now() + config.record_wait,
+                        slow: q.slow,
+                        ratio: q.ratio,
+                    };
+                    if shared.hurrying() {
+                        cx.pass(w, missing::SHUTDOWN);
+                    } else {
+                        waiting.push_back(w);
+                    }
+                }
                 Ok(Msg::Flush(a)) => barrier = Some((a, false)),
                 Ok(Msg::Shutdown(a)) => barrier = Some((a, true)),
                 Err(TryRecvError::Empty) => break,
@@ -401,37 +782,54 @@ fn run_worker<P: SpanProcessor>(
                 }
             }
         }
-        resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats, min_child_ns);
         // Wait for the oldest span's record (woken when it arrives), then look at all of
         // them again; before a barrier, until none is left.
-        while !waiting.is_empty() {
+        loop {
+            if shared.hurrying() {
+                cx.pass_all(&mut waiting);
+            }
+            cx.resolve(&mut waiting);
+            if waiting.is_empty() {
+                break;
+            }
             if let Some(first) = waiting.front() {
                 let left = first.deadline.saturating_duration_since(Instant::now());
                 let wait = left.min(config.recheck);
                 if !wait.is_zero() {
                     let sc = &first.span.span_context;
-                    let got = hook.take_record(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes(), &mut buf, wait);
-                    if got == Ok(true) {
+                    let (t, s) = (sc.trace_id().to_bytes(), sc.span_id().to_bytes());
+                    if hook.take_record(&t, &s, &mut cx.buf, wait) == Ok(true) {
                         if let Some(w) = waiting.pop_front() {
-                            emit(w, Some(&buf), &mut new_id, &stats, min_child_ns);
+                            let rec = std::mem::take(&mut cx.buf);
+                            cx.annotate(w, &rec);
+                            cx.buf = rec;
                         }
                     }
                 }
             }
-            resolve(&hook, &mut waiting, &mut buf, &mut new_id, &stats, min_child_ns);
             if barrier.is_none() {
                 break; // back to the queue: new spans may have come
             }
         }
         if let Some((ack, stop)) = barrier {
-            let _ = ack.try_send(());
             if stop {
-                // Spans still queued behind the shutdown go through unannotated.
+                // Spans queued behind the shutdown go through unannotated, before the ack
+                // (then the inner processor shuts down).
                 while let Ok(m) = rx.try_recv() {
                     if let Msg::Span(q) = m {
-                        q.inner.on_end(q.span);
+                        let w = Waiting {
+                            span: q.span,
+                            inner: q.inner,
+                            deadline: Instant::now(),
+                            slow: q.slow,
+                            ratio: q.ratio,
+                        };
+                        cx.pass(w, missing::SHUTDOWN);
                     }
                 }
+            }
+            let _ = ack.try_send(());
+            if stop {
                 return;
             }
             continue;
@@ -443,67 +841,4 @@ fn run_worker<P: SpanProcessor>(
             std::thread::sleep(config.idle_poll);
         }
     }
-}
-
-/// Takes every record that is there; passes on the spans whose wait is over.
-fn resolve<P: SpanProcessor>(
-    hook: &SpanHook,
-    waiting: &mut VecDeque<Waiting<P>>,
-    buf: &mut Vec<u8>,
-    new_id: &mut dyn FnMut() -> opentelemetry::trace::SpanId,
-    stats: &ProcessorStats,
-    min_child_ns: u64,
-) {
-    let now = Instant::now();
-    let mut i = 0;
-    while i < waiting.len() {
-        let sc = &waiting[i].span.span_context;
-        let got = hook.take_record(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes(), buf, Duration::ZERO);
-        let done = match got {
-            Ok(true) => Some(Some(&buf[..])),
-            Ok(false) if now >= waiting[i].deadline => Some(None),
-            Ok(false) => None,
-            Err(_) => {
-                bump(&stats.bad_records);
-                Some(None)
-            }
-        };
-        match done {
-            Some(rec) => {
-                if let Some(w) = waiting.remove(i) {
-                    let counted_bad = got.is_err();
-                    if rec.is_none() && !counted_bad {
-                        bump(&stats.no_record);
-                    }
-                    emit(w, rec, new_id, stats, min_child_ns);
-                }
-            }
-            None => i += 1,
-        }
-    }
-}
-
-/// Passes the span on: annotated with its children if `record` is usable, else unchanged.
-fn emit<P: SpanProcessor>(
-    w: Waiting<P>,
-    record: Option<&[u8]>,
-    new_id: &mut dyn FnMut() -> opentelemetry::trace::SpanId,
-    stats: &ProcessorStats,
-    min_child_ns: u64,
-) {
-    let Waiting { mut span, inner, .. } = w;
-    let Some(bytes) = record else {
-        return inner.on_end(span);
-    };
-    match Record::decode(bytes).and_then(|rec| annotate_with(&mut span, &rec, new_id, min_child_ns)) {
-        Ok(children) => {
-            bump(&stats.annotated);
-            stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
-            for c in children {
-                inner.on_end(c);
-            }
-        }
-        Err(_) => bump(&stats.bad_records),
-    }
-    inner.on_end(span);
 }

@@ -38,6 +38,8 @@ struct Fake {
     begins: u64,
     ends: u64,
     unregistered: Vec<u32>,
+    /// The module was unloaded: the library is inactive.
+    gone: bool,
 }
 
 static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
@@ -72,7 +74,7 @@ unsafe fn ids(t: *const u8, s: *const u8) -> Ids {
 }
 
 unsafe extern "C" fn f_active() -> c_int {
-    1
+    c_int::from(!fake().as_ref().is_some_and(|f| f.gone))
 }
 
 unsafe extern "C" fn f_begin(t: *const u8, s: *const u8) -> c_int {
@@ -80,6 +82,9 @@ unsafe extern "C" fn f_begin(t: *const u8, s: *const u8) -> c_int {
     let k = unsafe { ids(t, s) };
     let mut g = fake();
     let f = g.as_mut().expect("fake installed");
+    if f.gone {
+        return -libc::ENODEV;
+    }
     f.begins += 1;
     if f.open.contains_key(&k) {
         return -libc::EEXIST;
@@ -101,6 +106,9 @@ unsafe extern "C" fn f_end(t: *const u8, s: *const u8) -> c_int {
     let (mono, real) = (clock(libc::CLOCK_MONOTONIC), clock(libc::CLOCK_REALTIME));
     let mut g = fake();
     let f = g.as_mut().expect("fake installed");
+    if f.gone {
+        return -libc::ENODEV;
+    }
     f.ends += 1;
     let Some(o) = f.open.remove(&k) else {
         return -libc::ENOENT;
@@ -139,7 +147,7 @@ unsafe extern "C" fn f_end(t: *const u8, s: *const u8) -> c_int {
 }
 
 unsafe extern "C" fn f_threshold() -> u64 {
-    fake().as_ref().map_or(u64::MAX, |f| f.threshold_ns)
+    fake().as_ref().filter(|f| !f.gone).map_or(u64::MAX, |f| f.threshold_ns)
 }
 
 unsafe extern "C" fn f_take(t: *const u8, s: *const u8, buf: *mut u8, len: usize, ms: u32) -> c_long {
@@ -149,6 +157,9 @@ unsafe extern "C" fn f_take(t: *const u8, s: *const u8, buf: *mut u8, len: usize
     let mut g = fake();
     loop {
         let f = g.as_mut().expect("fake installed");
+        if f.gone {
+            return -libc::ENODEV as c_long;
+        }
         if let Some(r) = f.records.get(&k) {
             if r.len() > len {
                 return -libc::ENOSPC as c_long;
@@ -193,7 +204,14 @@ fn setup(
     threshold_ns: u64,
     config: Config,
 ) -> (SdkTracerProvider, Collector, std::sync::Arc<crate::ProcessorStats>) {
-    let exporter = Collector::default();
+    setup_with(threshold_ns, config, Collector::default())
+}
+
+fn setup_with(
+    threshold_ns: u64,
+    config: Config,
+    exporter: Collector,
+) -> (SdkTracerProvider, Collector, std::sync::Arc<crate::ProcessorStats>) {
     let p = SpantrackProcessor::with_hook(
         exporter.clone(),
         config,
@@ -205,10 +223,14 @@ fn setup(
     (provider, exporter, stats)
 }
 
-/// The inner processor: keeps what it gets, also after shutdown.
+/// The inner processor: keeps what it gets, also after shutdown (and counts those);
+/// `delay` per span.
 #[derive(Clone, Debug, Default)]
 struct Collector {
     spans: std::sync::Arc<Mutex<Vec<SpanData>>>,
+    shut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    after_shutdown: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    delay: Duration,
 }
 
 impl Collector {
@@ -220,12 +242,19 @@ impl Collector {
 impl opentelemetry_sdk::trace::SpanProcessor for Collector {
     fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
     fn on_end(&self, span: SpanData) {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        if self.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            self.after_shutdown.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.spans.lock().unwrap_or_else(|e| e.into_inner()).push(span);
     }
     fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
         Ok(())
     }
     fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
@@ -357,7 +386,10 @@ fn full_queue_passes_spans_through_and_flush_drains() {
     assert!(t.elapsed() < Duration::from_secs(2));
     let spans = exporter.get_finished_spans().unwrap();
     assert_eq!(spans.len(), 5, "{:?}", spans.iter().map(|s| (&s.name, &s.attributes)).collect::<Vec<_>>());
-    assert!(spans.iter().all(|s| s.attributes.is_empty()));
+    // Unannotated; one that a busy host made slower than the threshold says why.
+    assert!(spans
+        .iter()
+        .all(|s| s.attributes.iter().all(|kv| kv.key.as_str() == attr::ANNOTATION_MISSING)));
     assert_eq!(stats.snapshot().no_record, s.queued);
     provider.shutdown().unwrap();
 }
@@ -396,4 +428,169 @@ fn min_child_call_leaves_short_calls_without_children() {
         assert_eq!(attr_of(sp, attr::SYSCALLS_ITEMISED), Some(&Value::I64(1)));
         assert_eq!(attr_of(sp, attr::SYSCALLS_SUMMARISED), Some(&Value::I64(1)));
     }
+}
+
+/// A span of about `ms` milliseconds (spinning: the fake kernel sees it as long).
+fn spin_span(tracer: &opentelemetry_sdk::trace::SdkTracer, name: String, ms: u64) {
+    let mut s = tracer.start(name);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    s.end();
+}
+
+fn missing_of(s: &SpanData) -> Option<String> {
+    attr_of(s, attr::ANNOTATION_MISSING).map(|v| v.as_str().into_owned())
+}
+
+fn parents(spans: &[SpanData]) -> Vec<&SpanData> {
+    spans.iter().filter(|s| attr_of(s, attr::SYSCALL_NR).is_none()).collect()
+}
+
+#[test]
+fn slow_spans_without_calls_say_why() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // No record for any span (the fake kernel's threshold is out of reach); a queue of 1
+    // behind a worker that waits 300 ms for each record.
+    let config = Config {
+        record_wait: Duration::from_millis(300),
+        queue_capacity: 1,
+        ..Config::default()
+    };
+    let (provider, exporter, stats) = setup(1_000_000, config);
+    if let Some(f) = fake().as_mut() {
+        f.record_threshold_ns = u64::MAX;
+    }
+    let tracer = provider.tracer("t");
+    for i in 0..6 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let s = stats.snapshot();
+    assert_eq!(spans.len(), 6);
+    let mut why: Vec<String> = spans.iter().filter_map(missing_of).collect();
+    why.sort();
+    assert_eq!(why.len(), 6, "{why:?}");
+    let full = why.iter().filter(|w| *w == "queue_full").count() as u64;
+    let none = why.iter().filter(|w| *w == "no_record").count() as u64;
+    assert_eq!((full, none), (s.missing_queue_full, s.missing_no_record), "{s:?}");
+    assert_eq!(full + none, 6);
+    assert!(full >= 1);
+    provider.shutdown().unwrap();
+}
+
+#[test]
+fn over_budget_spans_get_the_summary_only() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (spans, s) = three_slow_spans(Config {
+        budget: 0.0,
+        ..Config::default()
+    });
+    assert_eq!((s.annotated, s.missing_over_budget, s.children), (0, 3, 0), "{s:?}");
+    assert_eq!(spans.len(), 3);
+    for sp in &spans {
+        assert_eq!(attr_of(sp, attr::SYSCALLS_COUNT), Some(&Value::I64(1)));
+        assert_eq!(missing_of(sp).as_deref(), Some("over_budget"));
+    }
+}
+
+#[test]
+fn shutdown_out_of_time_passes_the_rest_on_and_nothing_after() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Records never come and the worker would wait 30 s for each: shutdown's time runs
+    // out, the worker passes everything on unannotated before the inner shuts down.
+    let config = Config {
+        record_wait: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let (provider, exporter, stats) = setup(1_000_000, config);
+    if let Some(f) = fake().as_mut() {
+        f.record_threshold_ns = u64::MAX;
+    }
+    let tracer = provider.tracer("t");
+    for i in 0..20 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    let _ = provider.shutdown_with_timeout(Duration::from_secs(2));
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 20);
+    assert!(spans.iter().all(|s| missing_of(s).as_deref() == Some("shutdown")));
+    let s = stats.snapshot();
+    assert_eq!((s.missing_shutdown, s.after_shutdown), (20, 0), "{s:?}");
+    assert_eq!(exporter.after_shutdown.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_stuck_inner_processor_never_gets_spans_after_its_shutdown() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 20 ms per span handed on: 40 annotated spans (80 hand-offs) take 1.6 s, the
+    // shutdown has 100 ms.
+    let collector = Collector {
+        delay: Duration::from_millis(20),
+        ..Collector::default()
+    };
+    let (provider, exporter, stats) = setup_with(1_000_000, Config::default(), collector);
+    let tracer = provider.tracer("t");
+    for i in 0..40 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    let r = provider.shutdown_with_timeout(Duration::from_millis(100));
+    assert!(r.is_err(), "{r:?}");
+    // Whatever the worker still holds now is never handed on.
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = exporter.get_finished_spans().unwrap();
+    let s = stats.snapshot();
+    assert_eq!(exporter.after_shutdown.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(s.after_shutdown > 0, "{s:?}");
+    let mut names: Vec<String> = parents(&spans).iter().map(|s| s.name.to_string()).collect();
+    let n = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n, "a span handed on twice");
+}
+
+#[test]
+fn module_unloaded_mid_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = Config {
+        record_wait: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let (provider, exporter, stats) = setup(1_000_000, config);
+    if let Some(f) = fake().as_mut() {
+        f.record_threshold_ns = u64::MAX; // no records: the worker holds its spans
+    }
+    let tracer = provider.tracer("t");
+    spin_span(&tracer, "queued".into(), 2);
+    let mut open = tracer.start("open");
+    // The module goes away.
+    if let Some(f) = fake().as_mut() {
+        f.gone = true;
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(2) {
+        std::hint::spin_loop();
+    }
+    open.end();
+    spin_span(&tracer, "after".into(), 2);
+    tracer.start("after-fast").end();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let mut got: Vec<(String, Option<String>)> =
+        spans.iter().map(|s| (s.name.to_string(), missing_of(s))).collect();
+    got.sort();
+    let inactive = Some("inactive".to_string());
+    assert_eq!(
+        got,
+        [
+            ("after".into(), inactive.clone()),
+            ("after-fast".into(), None),
+            ("open".into(), inactive.clone()),
+            ("queued".into(), inactive),
+        ]
+    );
+    assert_eq!(stats.snapshot().missing_inactive, 3);
+    provider.shutdown().unwrap();
 }

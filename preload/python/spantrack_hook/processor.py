@@ -284,7 +284,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._hurry_at = None  # monotonic: from then on queued spans go on unannotated
         self._worker_failed = False
         self._worker: Optional[threading.Thread] = None
-        self._credit = self.BUDGET_BURST_S
+        self._credit = self.BUDGET_BURST_S if self.BUDGET_PCT > 0 else 0.0
         self._credit_at = time.monotonic()
 
     def _before_fork(self):
