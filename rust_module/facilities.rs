@@ -44,6 +44,8 @@ extern "C" {
     fn st_chan_close(chan: *mut c_void);
     fn st_chan_write(chan: *mut c_void, data: *const c_void, len: usize) -> c_int;
     fn st_chan_give_fds(chan: *mut c_void, arg: *mut c_void) -> c_int;
+    /// With `st_lock` held: 1 if a buffer of the live channel `chan` holds unread bytes.
+    pub(crate) fn st_chan_unread(chan: *mut c_void) -> c_int;
     fn st_debugfs_create() -> c_int;
     fn st_debugfs_remove();
     pub(crate) fn st_wake_readers();

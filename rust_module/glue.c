@@ -8,13 +8,15 @@
  *
  * Functions named st_rs_* are implemented in Rust; st_* functions are called from Rust.
  */
-#include <linux/anon_inodes.h>
 #include <linux/binfmts.h>
 #include <linux/debugfs.h>
 #include <linux/delay.h>
 #include <linux/file.h>
 #include <linux/irq_work.h>
+#include <linux/fs.h>
+#include <linux/kmemleak.h>
 #include <linux/kobject.h>
+#include <linux/mount.h>
 #include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/poll.h>
@@ -28,6 +30,7 @@
 #include <linux/timer.h>
 #include <linux/tracepoint.h>
 #include <linux/uaccess.h>
+#include <linux/cred.h>
 #include <linux/vmalloc.h>
 #include <linux/workqueue.h>
 
@@ -37,7 +40,7 @@
 long st_rs_ioctl(unsigned int cmd, int tid, int tgid, void *out, size_t out_len,
 		 void __user *arg);
 long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
-int st_rs_poll(int tgid, u64 *seen);
+int st_rs_poll(int tgid);
 void st_rs_sys_enter(int tid, long nr, u64 mono, int have_slot, u64 slot);
 void st_rs_sys_exit(int tid, long ret, u64 mono);
 void st_rs_task_exit(int tid, int tgid);
@@ -47,6 +50,7 @@ void st_rs_expire(u64 mono);
 void st_rs_reap(void);
 long st_rs_sysfs_show(int attr, char *buf);
 long st_rs_sysfs_store(int attr, const char *buf, size_t len);
+long st_rs_stats_show(char *buf, size_t len);
 
 /* ---------------------------------------------------------------------------------------
  * Lock, memory, clocks
@@ -406,10 +410,128 @@ struct st_chan {
 	struct dentry *dir;
 };
 
+/*
+ * Reading relay buffers. Relay's own read (relay_file_read()) takes no lock the writer takes:
+ * it pairs writer fields (subbufs_produced, offset, data, padding) read at different moments
+ * and moves subbufs_consumed backwards when a switch happens in the middle of its reads. A
+ * writer stalled between relay_switch_subbuf()'s stores (a guest vCPU descheduled by the
+ * host for milliseconds, interrupts off or not) makes it hand out an old sub-buffer again
+ * and skip the new one: records doubled and lost, nothing counted (issue 13). So the
+ * buffers are read by st_relay_read() below, which reads and consumes under st_lock, the
+ * lock every write holds from its guard to its last store: a reader never sees a switch
+ * half done, and only readers move subbufs_consumed/bytes_consumed.
+ *
+ * The files are debugfs files (spantrack/<tgid>/cpu<N>); IOCTL_RELAY_FDS opens those same
+ * files for the caller. debugfs's proxy runs st_relay_read() only between
+ * debugfs_file_get()/put(), and debugfs_remove() (channel close, so also unload) waits for
+ * reads in progress and makes later ones fail with EIO: no code of this module runs for a
+ * descriptor after its channel is closed. The proxy still reads the file_operations at
+ * release (->release, ->owner), after the module may be gone, so they live in memory that
+ * is never freed (one small allocation per load) and name only built-in functions besides
+ * read: relay's open, poll and release (which hold and drop the buffer's reference).
+ * No owner: an open descriptor does not pin the module.
+ */
+static struct file_operations *st_relay_fops;
+/* Our own mount of debugfs (the one superblock), to open its files for IOCTL_RELAY_FDS. */
+static struct vfsmount *st_debugfs_mnt;
+static int st_debugfs_mnt_count;
+
+/* Bytes a reader may take per hold of st_lock (copied out with interrupts off). */
+#define ST_READ_CHUNK (16 * 1024)
+
+/* Under st_lock: bytes readable at the reader's position in the oldest unread sub-buffer,
+ * moving to the next sub-buffer when this one is used up. */
+static size_t st_buf_readable(struct rchan_buf *buf)
+{
+	size_t size = buf->chan->subbuf_size;
+
+	for (;;) {
+		size_t idx = buf->subbufs_consumed % buf->chan->n_subbufs;
+		size_t end;
+
+		if (buf->subbufs_consumed == buf->subbufs_produced)
+			end = min(buf->offset, size); /* the sub-buffer being written */
+		else
+			end = size - buf->padding[idx];
+		if (buf->bytes_consumed < end)
+			return end - buf->bytes_consumed;
+		if (buf->subbufs_consumed == buf->subbufs_produced)
+			return 0;
+		buf->subbufs_consumed++;
+		buf->bytes_consumed = 0;
+	}
+}
+
+/* Copies up to len unread bytes into dst and consumes them, under st_lock. */
+static size_t st_buf_take(struct rchan_buf *buf, void *dst, size_t len)
+{
+	size_t size = buf->chan->subbuf_size, got = 0;
+	unsigned long flags;
+
+	spin_lock_irqsave(&st_lock, flags);
+	while (got < len) {
+		size_t n = min(st_buf_readable(buf), len - got);
+		size_t idx = buf->subbufs_consumed % buf->chan->n_subbufs;
+
+		if (!n)
+			break;
+		memcpy(dst + got, buf->start + idx * size + buf->bytes_consumed, n);
+		buf->bytes_consumed += n;
+		got += n;
+	}
+	spin_unlock_irqrestore(&st_lock, flags);
+	return got;
+}
+
+/* Whole records in order, never the same bytes twice; 0 when nothing is unread (it does not
+ * block: poll /proc/spantrack/control). Concurrent readers get disjoint bytes. */
+static ssize_t st_relay_read(struct file *f, char __user *ubuf, size_t count, loff_t *ppos)
+{
+	struct rchan_buf *buf = f->private_data;
+	size_t chunk = min_t(size_t, count, ST_READ_CHUNK), done = 0;
+	void *bounce;
+
+	if (!count)
+		return 0;
+	bounce = kmalloc(chunk, GFP_KERNEL);
+	if (!bounce)
+		return -ENOMEM;
+	while (done < count) {
+		size_t n = st_buf_take(buf, bounce, min(count - done, chunk));
+
+		if (!n)
+			break;
+		/* Consumed already: a bad buffer loses these bytes (the caller's own). */
+		if (copy_to_user(ubuf + done, bounce, n)) {
+			if (!done)
+				done = -EFAULT;
+			break;
+		}
+		done += n;
+	}
+	kfree(bounce);
+	return done;
+}
+
+/* Under st_lock: does any buffer of the channel hold unread bytes? (poll readiness) */
+int st_chan_unread(void *p)
+{
+	struct rchan *chan = ((struct st_chan *)p)->rchan;
+	unsigned int cpu;
+
+	for_each_possible_cpu(cpu) {
+		struct rchan_buf *buf = *per_cpu_ptr(chan->buf, cpu);
+
+		if (buf && st_buf_readable(buf))
+			return 1;
+	}
+	return 0;
+}
+
 static struct dentry *st_create_buf_file(const char *filename, struct dentry *parent,
 					 umode_t mode, struct rchan_buf *buf, int *is_global)
 {
-	return debugfs_create_file(filename, 0400, parent, buf, &relay_file_operations);
+	return debugfs_create_file(filename, 0400, parent, buf, st_relay_fops);
 }
 
 static int st_remove_buf_file(struct dentry *dentry)
@@ -599,12 +721,10 @@ out:
 /*
  * IOCTL_RELAY_FDS (uapi::RelayFds): hands the calling process already-open, read-only file
  * descriptors for its own per-CPU relay buffers, so that it needs no access to debugfs
- * (root-only). Each file is what relay_file_open() makes of a debugfs relay file: the
- * kernel's relay_file_operations with the rchan_buf as private data and a reference on the
- * buffer (dropped by relay_file_release()), so the buffer outlives the channel, and the
- * module, as long as the descriptor is open; no code of this module runs for these files.
- * They share the anon inode, whose lock relay_file_read() takes: reads of such files are
- * serialised, as reads of one debugfs relay file are.
+ * (root-only). Each is the debugfs file spantrack/<tgid>/cpu<N> opened through the module's
+ * own debugfs mount, whatever the caller may open itself (dentry_open() checks no
+ * permission): read as the debugfs file is (st_relay_read()), failing with EIO once the
+ * channel is closed; relay's open holds the buffer until the descriptor is closed.
  * Called with the registration mutex held, which keeps the channel open.
  */
 #define ST_RELAY_FDS_MAX 64
@@ -620,6 +740,7 @@ int st_chan_give_fds(void *p, void __user *arg)
 	struct st_chan *c = p;
 	struct st_relay_fds *out;
 	struct file **files;
+	struct path path;
 	unsigned int cpu;
 	int ret = 0;
 
@@ -647,15 +768,14 @@ int st_chan_give_fds(void *p, void __user *arg)
 			ret = fd;
 			goto undo;
 		}
-		f = anon_inode_getfile("[spantrack-relay]", &relay_file_operations, buf, O_RDONLY);
+		path.mnt = st_debugfs_mnt;
+		path.dentry = buf->dentry;
+		f = path.dentry ? dentry_open(&path, O_RDONLY, current_cred()) : ERR_PTR(-ENOENT);
 		if (IS_ERR(f)) {
 			put_unused_fd(fd);
 			ret = PTR_ERR(f);
 			goto undo;
 		}
-		/* As relay_file_open(): the file holds the buffer until released. */
-		kref_get(&buf->kref);
-		nonseekable_open(file_inode(f), f);
 		files[cpu] = f;
 		out->fds[cpu] = fd;
 	}
@@ -683,11 +803,33 @@ free:
 
 int st_debugfs_create(void)
 {
+	struct file_system_type *debugfs_type;
+	struct file_operations *fops;
+	int err;
+
+	fops = kzalloc(sizeof(*fops), GFP_KERNEL);
+	if (!fops)
+		return -ENOMEM;
+	/* Never freed (see st_relay_fops): the proxy of a descriptor outliving the module
+	 * reads it at release. */
+	kmemleak_not_leak(fops);
+	fops->open = relay_file_operations.open;
+	fops->poll = relay_file_operations.poll;
+	fops->release = relay_file_operations.release;
+	fops->read = st_relay_read;
+	st_relay_fops = fops;
+
+	debugfs_type = get_fs_type("debugfs");
+	if (!debugfs_type)
+		return -ENODEV;
+	err = simple_pin_fs(debugfs_type, &st_debugfs_mnt, &st_debugfs_mnt_count);
+	if (err)
+		return err;
 	st_debugfs_root = debugfs_create_dir("spantrack", NULL);
 	if (IS_ERR(st_debugfs_root)) {
-		int err = PTR_ERR(st_debugfs_root);
-
+		err = PTR_ERR(st_debugfs_root);
 		st_debugfs_root = NULL;
+		simple_release_fs(&st_debugfs_mnt, &st_debugfs_mnt_count);
 		return err;
 	}
 	return 0;
@@ -699,6 +841,9 @@ void st_debugfs_remove(void)
 	st_linger_release_all();
 	debugfs_remove(st_debugfs_root);
 	st_debugfs_root = NULL;
+	/* Descriptors of RELAY_FDS hold their own reference on the mount. */
+	if (st_debugfs_mnt)
+		simple_release_fs(&st_debugfs_mnt, &st_debugfs_mnt_count);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -709,11 +854,17 @@ void st_debugfs_remove(void)
  * record waits at most a tick plus timer slack (4 ms at HZ=250) before its reader runs.
  */
 
-static DECLARE_WAIT_QUEUE_HEAD(st_readers);
+/*
+ * Pollers of control wait here. Allocated, not module memory: a poll()/select() caller
+ * leaves the queue only when it runs again after its wake-up, which a task kept off the
+ * CPU (cgroup CPU throttling, a loaded host) may do after the module is gone. Unload
+ * (st_proc_remove()) frees it once it is empty, or leaves it allocated when it is not.
+ */
+static struct wait_queue_head *st_readers;
 
 static void st_wake_fn(struct timer_list *t)
 {
-	wake_up_interruptible(&st_readers);
+	wake_up_interruptible(st_readers);
 }
 
 static DEFINE_TIMER(st_wake_timer, st_wake_fn);
@@ -772,22 +923,20 @@ static long st_control_ioctl(struct file *f, unsigned int cmd, unsigned long arg
 	return r;
 }
 
+/*
+ * Readable while the caller's process has unread bytes in its relay buffers: derived from
+ * the buffers under st_lock, no state kept per file, so level-triggered epoll reports
+ * records until they are read and any number of threads may poll one descriptor.
+ */
 static __poll_t st_control_poll(struct file *f, struct poll_table_struct *pt)
 {
-	poll_wait(f, &st_readers, pt);
-	if (st_rs_poll(current->tgid, (u64 *)&f->private_data))
+	poll_wait(f, st_readers, pt);
+	if (st_rs_poll(current->tgid))
 		return EPOLLIN | EPOLLRDNORM;
 	return 0;
 }
 
-static int st_control_open(struct inode *inode, struct file *f)
-{
-	f->private_data = NULL;
-	return 0;
-}
-
 static const struct proc_ops st_control_ops = {
-	.proc_open = st_control_open,
 	.proc_ioctl = st_control_ioctl,
 	.proc_poll = st_control_poll,
 	.proc_lseek = noop_llseek,
@@ -803,6 +952,48 @@ static const struct proc_ops st_end_ops = {
 	.proc_lseek = noop_llseek,
 };
 
+/*
+ * /proc/spantrack/stats: every counter, one "name value" line each (tracker.rs
+ * format_stats()), taken in one critical section at open: a reader sees one consistent set.
+ */
+static int st_stats_open(struct inode *inode, struct file *f)
+{
+	char *page = (char *)get_zeroed_page(GFP_KERNEL);
+	long n;
+
+	if (!page)
+		return -ENOMEM;
+	n = st_rs_stats_show(page, PAGE_SIZE);
+	if (n < 0) {
+		free_page((unsigned long)page);
+		return n;
+	}
+	/* Kept as a NUL-terminated string (the text has no NUL). */
+	page[min_t(long, n, PAGE_SIZE - 1)] = 0;
+	f->private_data = page;
+	return 0;
+}
+
+static ssize_t st_stats_read(struct file *f, char __user *ubuf, size_t len, loff_t *pos)
+{
+	const char *page = f->private_data;
+
+	return simple_read_from_buffer(ubuf, len, pos, page, strlen(page));
+}
+
+static int st_stats_release(struct inode *inode, struct file *f)
+{
+	free_page((unsigned long)f->private_data);
+	return 0;
+}
+
+static const struct proc_ops st_stats_ops = {
+	.proc_open = st_stats_open,
+	.proc_read = st_stats_read,
+	.proc_release = st_stats_release,
+	.proc_lseek = default_llseek,
+};
+
 static struct proc_dir_entry *st_proc_dir;
 
 static unsigned int st_readers_count(void)
@@ -810,58 +1001,71 @@ static unsigned int st_readers_count(void)
 	struct wait_queue_entry *e;
 	unsigned int n = 0;
 
-	spin_lock_irq(&st_readers.lock);
-	list_for_each_entry(e, &st_readers.head, entry)
+	spin_lock_irq(&st_readers->lock);
+	list_for_each_entry(e, &st_readers->head, entry)
 		n++;
-	spin_unlock_irq(&st_readers.lock);
+	spin_unlock_irq(&st_readers->lock);
 	return n;
 }
 
+/* How long unload waits for poll()/select() callers to leave the queue. */
+#define ST_DRAIN_MS 5000
+
 void st_proc_remove(void)
 {
-	unsigned long stable, deadline;
-	unsigned int last, n;
+	unsigned long deadline;
+	unsigned int n;
 
-	/* Removes the subtree and waits for handlers still running. */
+	/* Removes the subtree and waits for handlers still running: nobody queues again. */
 	proc_remove(st_proc_dir);
 	st_proc_dir = NULL;
-	/* No record can be written any more: stop the batched wake-up (the loop below wakes
-	 * everyone directly). */
+	/* No record can be written any more: stop the batched wake-up. */
 	timer_shutdown_sync(&st_wake_timer);
+	if (!st_readers)
+		return;
 	/*
-	 * st_readers is module memory, and pollers of control may still be queued on it:
-	 * poll() and select() callers leave when woken (their next ->poll() finds the entry
-	 * gone and returns at once); epoll and io_uring entries stay until told that the
-	 * queue is going away (POLLFREE). Nobody queues again: the entries are gone. Empty
-	 * the queue before the module's memory goes away.
+	 * epoll, io_uring and aio entries are taken off the queue by their callbacks at the
+	 * first wake-up (POLLFREE). poll() and select() callers are woken and take their
+	 * entries off when they run again (their next ->poll() finds the entry gone); wait
+	 * for that, bounded.
 	 */
-	/* poll()/select() entries go within milliseconds of a wake-up; the count stops
-	 * changing once only epoll-like entries are left (bounded: 2 s in all). */
-	last = st_readers_count();
-	stable = jiffies;
-	deadline = jiffies + 2 * HZ;
-	while (last && time_before(jiffies, deadline) &&
-	       time_before(jiffies, stable + msecs_to_jiffies(100))) {
-		wake_up_all(&st_readers);
+	deadline = jiffies + msecs_to_jiffies(ST_DRAIN_MS);
+	while ((n = st_readers_count()) && time_before(jiffies, deadline)) {
+		/* As wake_up_pollfree(), without its warning that poll()/select() entries
+		 * are still queued after the wake-up (they are, until they run). */
+		__wake_up(st_readers, TASK_NORMAL, 0, poll_to_key(EPOLLHUP | POLLFREE));
 		usleep_range(1000, 2000);
-		n = st_readers_count();
-		if (n != last)
-			stable = jiffies;
-		last = n;
 	}
-	wake_up_pollfree(&st_readers);
+	if (n) {
+		/* A poller still off the CPU: it will take the queue's lock when it runs. Leave
+		 * the queue allocated (a few bytes) rather than free it under it. */
+		pr_info("spantrack: %u poller(s) still queued at unload; their wait queue is left allocated\n", n);
+		kmemleak_not_leak(st_readers);
+		st_readers = NULL;
+		return;
+	}
 	/* epoll looks at the queue under RCU. */
 	synchronize_rcu();
+	kfree(st_readers);
+	st_readers = NULL;
 }
 
 int st_proc_create(void)
 {
-	st_proc_dir = proc_mkdir("spantrack", NULL);
-	if (!st_proc_dir)
+	st_readers = kmalloc(sizeof(*st_readers), GFP_KERNEL);
+	if (!st_readers)
 		return -ENOMEM;
+	init_waitqueue_head(st_readers);
+	st_proc_dir = proc_mkdir("spantrack", NULL);
+	if (!st_proc_dir) {
+		kfree(st_readers);
+		st_readers = NULL;
+		return -ENOMEM;
+	}
 	if (!proc_create("control", 0666, st_proc_dir, &st_control_ops) ||
 	    !proc_create("begin", 0666, st_proc_dir, &st_begin_ops) ||
-	    !proc_create("end", 0666, st_proc_dir, &st_end_ops)) {
+	    !proc_create("end", 0666, st_proc_dir, &st_end_ops) ||
+	    !proc_create("stats", 0444, st_proc_dir, &st_stats_ops)) {
 		st_proc_remove();
 		return -ENOMEM;
 	}
@@ -869,10 +1073,11 @@ int st_proc_create(void)
 }
 
 /* ---------------------------------------------------------------------------------------
- * /sys/kernel/spantrack: tunables (root writes) and counters.
+ * /sys/kernel/spantrack: tunables (root writes), one value per file. The counters are in
+ * /proc/spantrack/stats.
  */
 
-enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER, ST_STATS };
+enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER };
 
 #define ST_ATTR_FNS(fname, id)                                                            \
 	static ssize_t fname##_show(struct kobject *k, struct kobj_attribute *a, char *buf) \
@@ -891,20 +1096,14 @@ ST_ATTR_FNS(timeout_ns, ST_TIMEOUT)
 ST_ATTR_FNS(max_calls, ST_MAX_CALLS)
 ST_ATTR_FNS(filter, ST_FILTER)
 
-static ssize_t stats_show(struct kobject *k, struct kobj_attribute *a, char *buf)
-{
-	return st_rs_sysfs_show(ST_STATS, buf);
-}
-
 static struct kobj_attribute st_threshold_attr = __ATTR(threshold_ns, 0644, threshold_ns_show, threshold_ns_store);
 static struct kobj_attribute st_timeout_attr = __ATTR(timeout_ns, 0644, timeout_ns_show, timeout_ns_store);
 static struct kobj_attribute st_max_calls_attr = __ATTR(max_calls, 0644, max_calls_show, max_calls_store);
 static struct kobj_attribute st_filter_attr = __ATTR(filter, 0644, filter_show, filter_store);
-static struct kobj_attribute st_stats_attr = __ATTR_RO(stats);
 
 static struct attribute *st_attrs[] = {
 	&st_threshold_attr.attr, &st_timeout_attr.attr, &st_max_calls_attr.attr,
-	&st_filter_attr.attr,	 &st_stats_attr.attr,	NULL,
+	&st_filter_attr.attr,	 NULL,
 };
 
 static const struct attribute_group st_attr_group = { .attrs = st_attrs };

@@ -28,6 +28,7 @@ void *st_chan_open(int tgid);
 void st_chan_close(void *p);
 int st_chan_write(void *p, const void *data, size_t length);
 int st_chan_give_fds(void *p, void __user *arg);
+int st_chan_unread(void *p);
 int st_debugfs_create(void);
 void st_debugfs_remove(void);
 void st_wake_readers(void);

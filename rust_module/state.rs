@@ -612,21 +612,37 @@ extern "C" fn st_rs_ioctl(
     fac::to_c(r)
 }
 
+/// Poll readiness of `/proc/spantrack/control` for the process `tgid`: 1 while its relay
+/// buffers hold unread bytes. Derived from the buffers under the lock every write holds; no
+/// state per file, so level-triggered epoll keeps reporting unread records and threads
+/// polling one descriptor do not race.
 #[no_mangle]
-extern "C" fn st_rs_poll(tgid: c_int, seen: *mut u64) -> c_int {
+extern "C" fn st_rs_poll(tgid: c_int) -> c_int {
     let Some(g) = global() else { return 0 };
-    let written = match g.lock().tracker().process_info(tgid as u32) {
-        Some(p) => p.records_written,
-        None => return 0,
-    };
-    // SAFETY: `seen` is the file's private_data word, owned by this open file.
-    let seen = unsafe { &mut *seen };
-    if written != *seen {
-        *seen = written;
-        1
-    } else {
-        0
+    let mut l = g.lock();
+    let Some(idx) = l.tracker().process_of(tgid as u32) else { return 0 };
+    let p = g.channels.get(idx.index()).map_or(null_mut(), |c| c.load(Ordering::Acquire));
+    if p.is_null() {
+        return 0;
     }
+    // SAFETY: the channel stays open while it is in `channels` and we hold the lock
+    // (closing takes it out under the lock first); `st_chan_unread` requires the lock.
+    unsafe { fac::st_chan_unread(p) }
+}
+
+/// `/proc/spantrack/stats`: every counter as `name value` lines into `buf` (`len` bytes);
+/// the text's length.
+#[no_mangle]
+extern "C" fn st_rs_stats_show(buf: *mut c_char, len: usize) -> c_long {
+    let Some(g) = global() else { return -(ENOENT as c_long) };
+    // SAFETY: glue.c passes a page of its own, `len` bytes long.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, len) };
+    // SAFETY: sums per-CPU counters.
+    let fast = unsafe { fac::st_fast_uncharged_sum() };
+    let mut l = g.lock();
+    let t = l.tracker();
+    t.set_fast_uncharged(fast);
+    t.format_stats(out) as c_long
 }
 
 // ---------------------------------------------------------------------------------------
@@ -637,7 +653,6 @@ const ATTR_THRESHOLD: c_int = 0;
 const ATTR_TIMEOUT: c_int = 1;
 const ATTR_MAX_CALLS: c_int = 2;
 const ATTR_FILTER: c_int = 3;
-const ATTR_STATS: c_int = 4;
 const PAGE: usize = 4096;
 
 #[no_mangle]
@@ -660,14 +675,6 @@ extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
         ATTR_FILTER => {
             let f = *g.lock().tracker().filter();
             tunables::format_filter(&f, out)
-        }
-        ATTR_STATS => {
-            // SAFETY: sums per-CPU counters.
-            let fast = unsafe { fac::st_fast_uncharged_sum() };
-            let mut l = g.lock();
-            let t = l.tracker();
-            t.set_fast_uncharged(fast);
-            t.format_stats(out)
         }
         _ => return -(EINVAL as c_long),
     };

@@ -142,7 +142,7 @@ run() {
     line=null
   fi
   if [ -d "$sysfs" ] && [ "$trace" = spantrack ]; then
-    mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' $sysfs/stats 2>/dev/null)
+    mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' /proc/spantrack/stats 2>/dev/null)
   fi
   local peer_lines=0
   if [ -n "$peer_out" ]; then peer_lines=$(wc -l < "$peer_out" 2>/dev/null || echo 0); rm -f "$peer_out"; fi

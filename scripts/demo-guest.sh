@@ -117,6 +117,6 @@ echo
   --json-out "$out/traces.json" --min-ms "$((threshold_ms * 3))" || fail "show_traces failed"
 echo
 if [ "$ko" != none ]; then
-  say "/sys/kernel/spantrack/stats:"; sed 's/^/   /' /sys/kernel/spantrack/stats
+  say "/proc/spantrack/stats:"; sed 's/^/   /' /proc/spantrack/stats
 fi
 say "everything received: $out/traces.json (all traces), $out/spans.jsonl (raw spans)"

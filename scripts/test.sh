@@ -30,6 +30,7 @@ run_stage "host: build user-space programs" cargo build --release --workspace --
 venv=$("$here/python-env.sh") || exit 1
 run_stage "host: Python hook unit tests" env PYTHONDONTWRITEBYTECODE=1 \
   "$venv/bin/python" -m unittest discover -s preload/python/tests
+run_stage "host: in-VM runner fails a crashed test program" bash tests/harness/runner_selftest.sh
 run_stage "host: trace view tests (chromium)" env PYTHONDONTWRITEBYTECODE=1 \
   timeout 300 python3 -m unittest discover -s view/tests
 

@@ -7,7 +7,7 @@ use std::ffi::{c_int, c_long, CStr};
 use std::time::Duration;
 
 /// The ABI version this crate speaks (`spanhook_abi_version()`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// No record is larger (`SPANHOOK_RECORD_MAX`).
 pub const RECORD_MAX: usize = 256 * 1024;
 

@@ -47,12 +47,12 @@ extern "C" {
 #endif
 
 /* Version of this ABI. */
-#define SPANHOOK_ABI_VERSION 2u
+#define SPANHOOK_ABI_VERSION 3u
 
 /* No record is larger than this (header + entries; the module's relay sub-buffer). */
 #define SPANHOOK_RECORD_MAX (256u * 1024u)
 
-/* Returns SPANHOOK_ABI_VERSION (2). */
+/* Returns SPANHOOK_ABI_VERSION (3). */
 uint32_t spanhook_abi_version(void);
 
 /* 1 when the process is registered with the module, else 0. */

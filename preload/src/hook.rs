@@ -119,16 +119,26 @@ pub fn probe_module() -> Result<uapi::Info, String> {
 }
 
 fn check_info(control: RawFd) -> Result<uapi::Info, String> {
-    let info =
-        sys::ioctl_info(control).map_err(|e| format!("ioctl INFO: {}", sys::errno_text(e)))?;
+    let info = sys::ioctl_info(control).map_err(|e| {
+        // A module of another ABI version numbers its ioctls differently: ask the way
+        // older modules answer, to name both versions.
+        match (e, spantrack_sys::older_module_abi(control)) {
+            (libc::ENOTTY, Some(v)) => abi_mismatch(v),
+            _ => format!("ioctl INFO: {}", sys::errno_text(e)),
+        }
+    })?;
     if info.abi_version != uapi::ABI_VERSION {
-        return Err(format!(
-            "module ABI {} != library ABI {}",
-            info.abi_version,
-            uapi::ABI_VERSION
-        ));
+        return Err(abi_mismatch(info.abi_version));
     }
     Ok(info)
+}
+
+/// The start-up message when the loaded module speaks another ABI version.
+fn abi_mismatch(module: u32) -> String {
+    format!(
+        "spantrack.ko speaks ABI version {module}, this libspanhook.so ABI version {}: load a spantrack.ko and a libspanhook.so of the same release",
+        uapi::ABI_VERSION
+    )
 }
 
 impl Hook {
@@ -454,5 +464,16 @@ pub fn load() {
         if !env_flag("SPANHOOK_QUIET") {
             sys::log_line(&format!("inactive ({e})"));
         }
+    }
+}
+
+#[cfg(test)]
+mod abi_tests {
+    /// The start-up message names both versions (issue 13, item 6).
+    #[test]
+    fn mismatch_names_both_versions() {
+        let m = super::abi_mismatch(2);
+        assert!(m.contains("spantrack.ko speaks ABI version 2"), "{m}");
+        assert!(m.contains(&format!("libspanhook.so ABI version {}", super::uapi::ABI_VERSION)), "{m}");
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use hook::{probe_module, stat};
 
 /// Version of the C ABI below (`spanhook_abi_version()`).
-pub const SPANHOOK_ABI_VERSION: u32 = 2;
+pub const SPANHOOK_ABI_VERSION: u32 = 3;
 
 // Not in the crate's own unit tests: they check the never-initialised (inactive) state.
 #[cfg(not(test))]
@@ -184,7 +184,7 @@ mod tests {
     /// point says so and nothing blocks.
     #[test]
     fn inactive_entry_points() {
-        assert_eq!(spanhook_abi_version(), 2);
+        assert_eq!(spanhook_abi_version(), 3);
         assert_eq!(spanhook_active(), 0);
         assert_eq!(spanhook_threshold_ns(), u64::MAX);
         assert!(spanhook_active_slot().is_null());

@@ -84,6 +84,6 @@ for style in tracing context; do
 done
 
 grep -E '^(slots_set|calls_no_active_span|calls_unknown_active_span|slot_faults|calls_span_ended) ' \
-  /sys/kernel/spantrack/stats | sed 's/^/# /'
+  /proc/spantrack/stats | sed 's/^/# /'
 rmmod spantrack || nok "rmmod"
 finish

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Bad input (spantrack-stress fuzz, tests/vmtest/src/stress/fuzz.rs): random, malformed,
 # partial, oversized and bad-pointer writes to /proc/spantrack/{begin,end,control}, every
-# 0xF6 ioctl and random ioctls with bad arguments, invalid tunables and huge filter lists.
+# 0xB9 ioctl and random ioctls with bad arguments, invalid tunables and huge filter lists.
 # Each input gets its exact errno, counters move exactly as modelled, tunables and stats
 # are otherwise unchanged. FUZZ_SEED / FUZZ_ITERS repeat or resize a run (the seed is
 # printed); the debug kernel runs fewer iterations by default.

@@ -3,9 +3,9 @@
 # one log line per load, nothing else in the kernel log.
 . "$(dirname "$0")/lib.sh"
 ko=$1
-entries=(/proc/spantrack /proc/spantrack/control /proc/spantrack/begin /proc/spantrack/end
+entries=(/proc/spantrack /proc/spantrack/control /proc/spantrack/begin /proc/spantrack/end /proc/spantrack/stats
          /sys/kernel/spantrack /sys/kernel/spantrack/threshold_ns /sys/kernel/spantrack/timeout_ns
-         /sys/kernel/spantrack/max_calls /sys/kernel/spantrack/filter /sys/kernel/spantrack/stats
+         /sys/kernel/spantrack/max_calls /sys/kernel/spantrack/filter
          /sys/kernel/debug/spantrack)
 mark=$(dmesg_mark)
 good=0
@@ -13,6 +13,8 @@ for i in $(seq 20); do
   insmod "$ko" || { nok "insmod #$i"; break; }
   missing=""; for e in "${entries[@]}"; do [ -e "$e" ] || missing+=" $e"; done
   [ -z "$missing" ] || { nok "entries present after insmod #$i:$missing"; rmmod spantrack; break; }
+  [ "$i" = 1 ] && check "counters in /proc/spantrack/stats as 'name value' lines, not in sysfs (one value per file)" \
+    bash -c '[ ! -e /sys/kernel/spantrack/stats ] && grep -Eq "^records_written [0-9]+$" /proc/spantrack/stats && ! grep -Evq "^[a-z_]+ [0-9]+$" /proc/spantrack/stats'
   rmmod spantrack || { nok "rmmod #$i"; break; }
   left=""; for e in "${entries[@]}"; do [ -e "$e" ] && left+=" $e"; done
   [ -z "$left" ] || { nok "entries gone after rmmod #$i:$left"; break; }

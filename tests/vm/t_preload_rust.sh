@@ -213,8 +213,8 @@ kill $sink_pid 2>/dev/null; wait $sink_pid 2>/dev/null
 
 echo "$old_thr" > $thr
 sleep 0.3
-grep -E '^(processes|threads|open_spans|spans_slow|records_written|records_dropped) ' /sys/kernel/spantrack/stats | tr '\n' ' ' | sed 's/^/# stats: /'; echo
-check "module: no process left registered" grep -qx 'processes 0' /sys/kernel/spantrack/stats
+grep -E '^(processes|threads|open_spans|spans_slow|records_written|records_dropped) ' /proc/spantrack/stats | tr '\n' ' ' | sed 's/^/# stats: /'; echo
+check "module: no process left registered" grep -qx 'processes 0' /proc/spantrack/stats
 rmmod spantrack || nok "rmmod"
 if dmesg_since "$mark" | grep -Eq 'WARNING|BUG|Oops'; then nok "kernel log clean"; dmesg_since "$mark" | tail -20; else ok "kernel log clean"; fi
 rm -rf "$tmp"

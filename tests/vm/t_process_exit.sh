@@ -4,12 +4,12 @@
 . "$(dirname "$0")/lib.sh"
 ko=$1
 insmod "$ko" || { nok "insmod"; finish; exit; }
-stat() { awk -v k="$1" '$1 == k { print $2 }' /sys/kernel/spantrack/stats; }
+stat() { awk -v k="$1" '$1 == k { print $2 }' /proc/spantrack/stats; }
 ab0=$(stat spans_abandoned)
 pid=$(python3 - <<'PY'
 import fcntl, os, threading
 fd = os.open("/proc/spantrack/control", os.O_RDONLY)
-fcntl.ioctl(fd, (0xF6 << 8) | 0x91)
+fcntl.ioctl(fd, (0xB9 << 8) | 0x91)
 b = os.open("/proc/spantrack/begin", os.O_WRONLY)
 def worker(i):
     os.write(b, b"%032x %016x\n" % (0xfeed0000 + i, 0x100 + i))

@@ -22,7 +22,7 @@ out=$(python3 - <<'PY'
 import fcntl, os, errno
 fd = os.open("/proc/spantrack/control", os.O_RDONLY)
 res = []
-for cmd in [0, 0xF690, 0xF6FF, 0x12345678, (0xF6 << 8) | 0x93, (0xF6 << 8) | 0x92]:
+for cmd in [0, 0xB990, 0xB9FF, 0x12345678, (0xB9 << 8) | 0x93, (0xB9 << 8) | 0x92]:
     try:
         fcntl.ioctl(fd, cmd)
         res.append("ok")
@@ -32,7 +32,7 @@ print(" ".join(res))
 PY
 )
 check "unknown ioctls ENOTTY; UNREGISTER/UNREGISTER_THREAD unregistered ENOENT ($out)" [ "$out" = "ENOTTY ENOTTY ENOTTY ENOTTY ENOENT ENOENT" ]
-stats=$(cat /sys/kernel/spantrack/stats)
+stats=$(cat /proc/spantrack/stats)
 check "stats show no tracked process after all that" grep -Eq "^processes 0$" <<<"$stats"
 rmmod spantrack || nok "rmmod"
 finish

@@ -9,7 +9,7 @@ rm -f /tmp/busy.ready /tmp/busy.go /tmp/busy.out
 python3 - <<'PY' &
 import fcntl, os, glob, time
 fd = os.open("/proc/spantrack/control", os.O_RDONLY)
-fcntl.ioctl(fd, (0xF6 << 8) | 0x91)
+fcntl.ioctl(fd, (0xB9 << 8) | 0x91)
 b = os.open("/proc/spantrack/begin", os.O_WRONLY); e = os.open("/proc/spantrack/end", os.O_WRONLY)
 relay = [os.open(f, os.O_RDONLY | os.O_NONBLOCK) for f in glob.glob("/sys/kernel/debug/spantrack/%d/cpu*" % os.getpid())]
 line = b"0123456789abcdef0123456789abcdef 0123456789abcdef\n"
@@ -19,7 +19,7 @@ while not os.path.exists("/tmp/busy.go"):
     time.sleep(0.05)
 res = []
 for what, f in [("end", lambda: os.write(e, line)), ("begin", lambda: os.write(b, line)),
-                ("relay", lambda: os.read(relay[0], 4096)), ("ioctl", lambda: fcntl.ioctl(fd, (0xF6 << 8) | 0x93))]:
+                ("relay", lambda: os.read(relay[0], 4096)), ("ioctl", lambda: fcntl.ioctl(fd, (0xB9 << 8) | 0x93))]:
     try:
         f(); res.append(what + ":ok")
     except OSError as x:

@@ -5,7 +5,7 @@
 #![no_std]
 
 /// Version of everything in this file. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------------------
 // Paths
@@ -19,7 +19,10 @@ pub const PROC_CONTROL: &str = "/proc/spantrack/control";
 pub const PROC_BEGIN: &str = "/proc/spantrack/begin";
 /// Span end: the same line as the begin.
 pub const PROC_END: &str = "/proc/spantrack/end";
-/// Tunables and counters.
+/// Counters, one `name value` line each (read-only, readable by all). Names are stable:
+/// new counters may be added, none is renamed or removed within an ABI version.
+pub const PROC_STATS: &str = "/proc/spantrack/stats";
+/// Tunables (one value per file).
 pub const SYSFS_DIR: &str = "/sys/kernel/spantrack";
 /// Relay buffers of process `tgid` live in `RELAY_DIR/<tgid>/cpu<N>`.
 pub const RELAY_DIR: &str = "/sys/kernel/debug/spantrack";
@@ -30,8 +33,13 @@ pub const RELAY_FILE_BASE: &str = "cpu";
 // ioctl (on PROC_CONTROL)
 // ---------------------------------------------------------------------------------------
 
-/// ioctl type byte (the `'S'`-style magic in `_IO(type, nr)`).
-pub const IOCTL_TYPE: u32 = 0xF6;
+/// ioctl type byte (the `'S'`-style magic in `_IO(type, nr)`): 0xB9, free in the kernel's
+/// `Documentation/userspace-api/ioctl/ioctl-number.rst` (6.12). ABI versions 1 and 2 used
+/// 0xF6, which is LTTng's.
+pub const IOCTL_TYPE: u32 = 0xB9;
+/// The ioctl type of ABI versions 1 and 2 (LTTng's 0xF6). Used only by
+/// [`IOCTL_INFO_ABI2`].
+pub const IOCTL_TYPE_ABI2: u32 = 0xF6;
 
 const IOC_NRSHIFT: u32 = 0;
 const IOC_TYPESHIFT: u32 = 8;
@@ -58,6 +66,11 @@ pub const IOCTL_UNREGISTER_THREAD: u32 = io(0x92);
 pub const IOCTL_UNREGISTER: u32 = io(0x93);
 /// Fill an [`Info`] for the calling process. Works whether or not it is registered.
 pub const IOCTL_INFO: u32 = ior(0x94, core::mem::size_of::<Info>());
+/// `IOCTL_INFO` as a module of ABI version 1 or 2 numbers it (type [`IOCTL_TYPE_ABI2`],
+/// same [`Info`]). A module of this version answers it with `ENOTTY`; user space asks it
+/// only after `IOCTL_INFO` got `ENOTTY`, to say which ABI the loaded module speaks.
+pub const IOCTL_INFO_ABI2: u32 =
+    (IOC_READ << IOC_DIRSHIFT) | ((core::mem::size_of::<Info>() as u32) << IOC_SIZESHIFT) | (IOCTL_TYPE_ABI2 << IOC_TYPESHIFT) | 0x94;
 
 /// Register (or, with address 0, clear) the calling thread's *active-span slot*: an aligned
 /// [`ActiveSlot`] in the thread's own memory, passed as the ioctl argument (its address).
@@ -66,7 +79,7 @@ pub const IOCTL_INFO: u32 = ior(0x94, core::mem::size_of::<Info>());
 /// innermost span begun on the thread. The runtime writes the slot at every switch (a task
 /// resumed or suspended, a context attached or detached): one store, no system call. The
 /// module reads it at system-call entry without faulting; an unreadable slot (paged out)
-/// counts in `stats` (`slot_faults`) and the call is charged to no span. Spans the thread
+/// counts in `PROC_STATS` (`slot_faults`) and the call is charged to no span. Spans the thread
 /// had begun before are kept open, no longer on its stack: with a slot, spans belong to
 /// the process and can be active on any of its threads, in any number (no depth limit).
 /// A new thread starts without a slot; `exec` clears it. The ioctl call itself is never
@@ -159,9 +172,9 @@ pub const ERR_UNTRACKED: i32 = 1; // EPERM
 pub const ERR_DUPLICATE: i32 = 17; // EEXIST
 /// End of a span that is not open in the writer's process.
 pub const ERR_UNKNOWN_SPAN: i32 = 2; // ENOENT
-/// The span table is full: the span is not tracked (counted in `stats`).
+/// The span table is full: the span is not tracked (counted in `PROC_STATS`).
 pub const ERR_TABLE_FULL: i32 = 28; // ENOSPC
-/// The thread already has `MAX_DEPTH` open spans (counted in `stats`).
+/// The thread already has `MAX_DEPTH` open spans (counted in `PROC_STATS`).
 pub const ERR_TOO_DEEP: i32 = 75; // EOVERFLOW
 
 /// Longest accepted line, newline included.
@@ -436,6 +449,17 @@ pub fn decode_record(buf: &[u8]) -> Result<(RecordHeader, EntriesIter<'_>, usize
 
 #[cfg(test)]
 mod tests {
+    /// The ioctl type is not LTTng's 0xF6 (issue 13); INFO of ABI 1-2 keeps 0xF6 and the
+    /// same number, so a library can name an older module's version.
+    #[test]
+    fn ioctl_type_is_not_lttngs() {
+        assert_eq!(ABI_VERSION, 3);
+        for cmd in [IOCTL_REGISTER, IOCTL_UNREGISTER_THREAD, IOCTL_UNREGISTER, IOCTL_INFO, IOCTL_RELAY_FDS, IOCTL_SET_ACTIVE_SLOT] {
+            assert_eq!((cmd >> 8) & 0xff, 0xB9, "{cmd:#x}");
+        }
+        assert_eq!(IOCTL_INFO_ABI2, (IOCTL_INFO & !0xff00) | (0xF6 << 8));
+    }
+
     extern crate std;
     use super::*;
     use core::mem::{align_of, offset_of};

@@ -50,6 +50,15 @@ pub fn ioctl_info(control: RawFd) -> Result<uapi::Info, i32> {
     }
 }
 
+/// The loaded module's ABI version when it is older than this crate's and so does not
+/// answer `IOCTL_INFO` (a different ioctl type): `IOCTL_INFO_ABI2`'s answer, if any.
+pub fn older_module_abi(control: RawFd) -> Option<u32> {
+    let mut info = uapi::Info::default();
+    // SAFETY: as `ioctl_info`: the request writes one `Info` (its size is in the number).
+    let r = unsafe { libc::ioctl(control, uapi::IOCTL_INFO_ABI2 as _, &mut info as *mut uapi::Info) };
+    (r == 0).then_some(info.abi_version)
+}
+
 /// `poll()` one descriptor for POLLIN: its `revents` (0 on timeout) or the errno.
 pub fn poll_in(fd: RawFd, timeout_ms: i32) -> Result<i16, i32> {
     let mut p = libc::pollfd {

@@ -1,4 +1,4 @@
-"""The C ABI of libspanhook.so (version 2), reached through ctypes.CDLL(None): when the
+"""The C ABI of libspanhook.so (version 3), reached through ctypes.CDLL(None): when the
 library is LD_PRELOADed its symbols are global in the process.
 
 ctypes releases the GIL around each call, so a worker waiting in take_record never holds
@@ -7,7 +7,7 @@ up the service's threads."""
 import ctypes
 import errno
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 U64_MAX = (1 << 64) - 1
 
 
@@ -59,7 +59,7 @@ class SpanHookLibrary:
 
 
 def load():
-    """The library's handles when it is in the process with ABI 2, else None."""
+    """The library's handles when it is in the process with ABI 3, else None."""
     try:
         lib = SpanHookLibrary(ctypes.CDLL(None))
     except (OSError, AttributeError):

@@ -4,7 +4,7 @@
 import struct
 from typing import List, NamedTuple
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 RECORD_MAGIC = int.from_bytes(b"SPTR", "little")
 
 # RecordHeader: magic u32, version u16, header_size u16, total_size u32, n_entries u32,

@@ -202,7 +202,7 @@ fn module_present() -> Result<(), String> {
         uapi::PROC_CONTROL.to_string(),
         uapi::PROC_BEGIN.to_string(),
         uapi::PROC_END.to_string(),
-        sysfs::path("stats"),
+        uapi::PROC_STATS.to_string(),
         uapi::RELAY_DIR.to_string(),
     ] {
         if !std::path::Path::new(&p).exists() {

@@ -94,6 +94,11 @@ impl Fd {
     pub fn raw(&self) -> i32 {
         self.0
     }
+
+    /// Takes ownership of an open descriptor.
+    pub fn from_raw(fd: i32) -> Fd {
+        Fd(fd)
+    }
 }
 
 impl Drop for Fd {

@@ -109,7 +109,7 @@ pub const OPEN_GAUGES: [&str; 2] = ["spans_open", "open_spans"];
 
 impl Stats {
     pub fn read() -> Result<Stats, String> {
-        let p = path("stats");
+        let p = uapi::PROC_STATS;
         let text = std::fs::read_to_string(&p).map_err(|e| format!("read {p}: {e}"))?;
         let mut map = BTreeMap::new();
         for line in text.lines() {

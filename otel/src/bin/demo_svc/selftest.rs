@@ -224,9 +224,9 @@ fn describe(kids: &[&SpanData]) -> String {
         .join(", ")
 }
 
-/// Reads `name value` lines of `/sys/kernel/spantrack/stats`.
+/// Reads `name value` lines of `/proc/spantrack/stats`.
 fn kernel_stat(name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("{}/stats", uapi::SYSFS_DIR)).ok()?;
+    let text = std::fs::read_to_string(uapi::PROC_STATS).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == name).then(|| v.trim().parse().ok()).flatten()

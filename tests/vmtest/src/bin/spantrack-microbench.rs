@@ -172,7 +172,7 @@ fn main() {
     println!("span begin+end pair, slow (relay record)    {:8.1} ns", (mono_ns() - t0) as f64 / n as f64);
     activation(begin, end, ctl);
     sysfs_set("threshold_ns", "1000000");
-    let stats = std::fs::read_to_string(format!("{}/stats", uapi::SYSFS_DIR)).unwrap_or_default();
+    let stats = std::fs::read_to_string(uapi::PROC_STATS).unwrap_or_default();
     for l in stats.lines().filter(|l| l.starts_with("records_")) {
         println!("  {l}");
     }

@@ -108,8 +108,11 @@ pub fn registration(ctx: &mut Ctx) -> Result<(), String> {
     ctx.relay()?.expect_none()
 }
 
-/// Case 13. poll() on a control fd: POLLIN once per batch of new records, a blocked poll is
-/// woken by a slow span's record, and times out when nothing is new.
+/// Case 13. poll() on a control fd: readable exactly while the process has unread records
+/// (level-triggered: derived from the relay buffers, no state per descriptor), a blocked
+/// poll is woken by a slow span's record, two threads polling one descriptor both see it,
+/// level-triggered epoll reports it until it is read, and a poll times out when nothing is
+/// unread.
 pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
     let _g = TunableGuard::save()?;
     sysfs::set(sysfs::THRESHOLD, "1000000")?;
@@ -118,22 +121,20 @@ pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
     let main_tid = ctx.main_tid;
     let pfd = Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY)?;
     let raw = pfd.raw();
-    // A fresh fd may report the records of the earlier cases once; then nothing is new.
-    let first = poll_in(raw, 0).map_err(|e| format!("poll: {}", errno_name(e)))?;
-    let again = poll_in(raw, 0).map_err(|e| format!("poll: {}", errno_name(e)))?;
-    ensure_eq!(
-        again,
-        0,
-        "revents of a second poll(0) with nothing new (first gave {first:#x})"
-    );
+    let poll0 = || poll_in(raw, 0).map_err(|e| format!("poll: {}", errno_name(e)));
+    // Records of the earlier cases are read (kept for them) first: then nothing is unread.
+    ctx.relay()?.read_available();
+    ensure_eq!(poll0()?, 0, "revents of poll(0) with nothing unread");
     let t = Instant::now();
     let r = poll_in(raw, 200).map_err(|e| format!("poll: {}", errno_name(e)))?;
     let waited = t.elapsed();
-    ensure_eq!(r, 0, "revents of poll(200 ms) with nothing new");
+    ensure_eq!(r, 0, "revents of poll(200 ms) with nothing unread");
     ensure!(
         waited >= Duration::from_millis(150),
         "poll(200 ms) returned after {waited:?}"
     );
+    let ep = Epoll::new(raw)?;
+    ensure_eq!(ep.wait(0)?, 0, "level-triggered epoll_wait(0) with nothing unread");
 
     // A poll blocked in another thread wakes when a slow span's record is written.
     let k = new_key();
@@ -150,8 +151,6 @@ pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
     });
     let (polled, elapsed) = polled.map_err(|_| "poller panicked".to_string())?;
     run.check(&ops, |_, _| Some(0))?;
-    let relay = ctx.relay()?;
-    let recs = relay.wait_for(&[k])?;
     let revents = polled.map_err(|e| format!("blocking poll: {}", errno_name(e)))?;
     ensure!(
         revents & libc::POLLIN != 0,
@@ -161,6 +160,21 @@ pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
         elapsed >= Duration::from_millis(80) && elapsed < Duration::from_millis(4000),
         "blocking poll returned POLLIN after {elapsed:?}: expected it to wait for the span (~100 ms)"
     );
+    // Unread, so still readable: for this descriptor again, for two threads polling it at
+    // once, and for level-triggered epoll, twice.
+    ensure!(poll0()? & libc::POLLIN != 0, "poll(0) again before the record is read: not readable");
+    let both: Vec<Result<i16, i32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2).map(|_| s.spawn(move || poll_in(raw, 2000))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(Err(0))).collect()
+    });
+    ensure!(
+        both.iter().all(|r| matches!(r, Ok(v) if v & libc::POLLIN != 0)),
+        "two threads polling one descriptor with a record unread: {both:?} (expected POLLIN for both)"
+    );
+    ensure_eq!(ep.wait(0)?, 1, "level-triggered epoll_wait(0) with a record unread");
+    ensure_eq!(ep.wait(0)?, 1, "level-triggered epoll_wait(0) again, the record still unread");
+    let relay = ctx.relay()?;
+    let recs = relay.wait_for(&[k])?;
     check_record(
         &recs[0],
         &Expect {
@@ -174,9 +188,9 @@ pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
             run: Some(&run),
         },
     )?;
-    // Reported once: nothing new now.
-    let r = poll_in(raw, 0).map_err(|e| format!("poll: {}", errno_name(e)))?;
-    ensure_eq!(r, 0, "revents of poll(0) after POLLIN was reported");
+    // Read: nothing unread now.
+    ensure_eq!(poll0()?, 0, "revents of poll(0) after the record was read");
+    ensure_eq!(ep.wait(0)?, 0, "level-triggered epoll_wait(0) after the record was read");
     // A fast span (no record) is nothing new either.
     let k2 = new_key();
     let ops2 = [Op::begin(&k2), Op::Getpid, Op::end(&k2)];
@@ -196,11 +210,40 @@ pub fn poll(ctx: &mut Ctx) -> Result<(), String> {
                 rec.describe()
             );
         }
-        let _ = poll_in(raw, 0);
+        ensure_eq!(poll0()?, 0, "revents of poll(0) after every record was read");
     }
-    // The main control fd saw nothing of this (its own "since" state): not asserted, as the
-    // interface leaves it to each fd.
     Ok(())
+}
+
+/// A level-triggered epoll instance watching one descriptor for EPOLLIN.
+struct Epoll(Fd);
+
+impl Epoll {
+    fn new(watched: i32) -> Result<Epoll, String> {
+        // SAFETY: plain system call.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(format!("epoll_create1: {}", errno_name(sys::errno())));
+        }
+        let ep = Fd::from_raw(ep);
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+        // SAFETY: `ev` is a valid event for the duration of the call.
+        if unsafe { libc::epoll_ctl(ep.raw(), libc::EPOLL_CTL_ADD, watched, &mut ev) } < 0 {
+            return Err(format!("epoll_ctl ADD: {}", errno_name(sys::errno())));
+        }
+        Ok(Epoll(ep))
+    }
+
+    /// Number of ready descriptors after at most `timeout_ms`.
+    fn wait(&self, timeout_ms: i32) -> Result<i32, String> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: room for one event.
+        let n = unsafe { libc::epoll_wait(self.0.raw(), &mut ev, 1, timeout_ms) };
+        if n < 0 {
+            return Err(format!("epoll_wait: {}", errno_name(sys::errno())));
+        }
+        Ok(n)
+    }
 }
 
 /// Case 14. Over the whole run: records written + dropped == slow spans; the records this

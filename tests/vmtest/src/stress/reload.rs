@@ -544,7 +544,7 @@ fn churn_thread(stop: Arc<AtomicBool>, tag: u64) -> Churn {
         if i % 20 == 0 && !reopen {
             let r = sys::ioctl_info(ctl.raw()).err().unwrap_or(0);
             note(r, &mut c, &mut reopen, &mut registered);
-            let _ = std::fs::read_to_string(format!("{}/stats", uapi::SYSFS_DIR));
+            let _ = std::fs::read_to_string(uapi::PROC_STATS);
             if let Ok(mut rd) = BulkReader::open(pid as u32) {
                 rd.poll(512, &mut rng, |_| c.relay_records += 1);
                 for (&e, &n) in &rd.read_errnos.0 {
