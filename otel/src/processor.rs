@@ -336,6 +336,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     pub(crate) fn with_hook(inner: P, config: Config, hook: SpanHook) -> Self {
         let stats = Arc::new(ProcessorStats::default());
         let shared = new_shared();
+        shared.last_threshold.store(hook.threshold_ns(), Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let (wstats, wconfig, wshared) = (Arc::clone(&stats), config.clone(), Arc::clone(&shared));
         let join = std::thread::Builder::new()
@@ -719,7 +720,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        ready.sort_by(|a, b| b.0.ratio.cmp(&a.0.ratio));
+        ready.sort_by_key(|r| std::cmp::Reverse(r.0.ratio));
         for (w, rec) in ready {
             if self.shared.hurrying() {
                 self.pass(w, missing::SHUTDOWN);

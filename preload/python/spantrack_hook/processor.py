@@ -107,7 +107,9 @@ class SpantrackSpanProcessor(SpanProcessor):
         self.counters = collections.Counter()
         self._threshold = U64_MAX
         self._threshold_read_at = -1e9
-        self._last_threshold = U64_MAX  # the last one an active library reported
+        # The last threshold an active library reported (spans that end after the module
+        # went away are compared with it).
+        self._last_threshold = lib.threshold_ns() if lib.active() == 1 else U64_MAX
         self._inactive = False
         self._shut = False
         self._reset_worker_state()
