@@ -268,11 +268,26 @@ class OverloadTest(unittest.TestCase):
 
 
 def run_child(code):
+    """Runs `code` after the prelude in a new interpreter (OUT: a file its exporter writes
+    "pid name reason" lines to); returns (the completed process, those lines split)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "spans")
+        r = _run_child(code, out)
+        rows = []
+        if os.path.exists(out):
+            with open(out) as f:
+                rows = [line.split() for line in f]
+        return r, rows
+
+
+def _run_child(code, out):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPANTRACK", "PYTHON"))}
     env["PYTHONPATH"] = os.pathsep.join([PKG_DIR, HERE])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     prelude = textwrap.dedent("""\
         import os, sys, threading
+        OUT = sys.argv[1]
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
         from fake_spanhook import FakeSpanHook, make_record
@@ -304,68 +319,57 @@ def run_child(code):
                 fake.records[(tid, sid)] = make_record(tid, sid, calls)
             s.end(end_time=t0 + ms * 1_000_000)
     """)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), out], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 class ProcessTest(unittest.TestCase):
-    def lines(self, path):
-        with open(path) as f:
-            return [line.split() for line in f]
-
     def test_exit_without_shutdown_exports_everything(self):
-        import tempfile
-        with tempfile.TemporaryDirectory() as d:
-            out = os.path.join(d, "spans")
-            r = run_child(f"""
-                fake, provider, head, tracer = pipeline({out!r})
-                gate = threading.Event()
-                orig = fake.take_record
-                fake.take_record = lambda *a: gate.wait(0.2) or orig(*a)
-                for i in range(30):
-                    span(fake, tracer, f"s{{i}}", 5, [(1, 10, 0, 1000)] * 3)
-                # no shutdown: the interpreter exits with the queue full of spans
-            """)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            names = [n for _, n, _ in self.lines(out) if n.startswith("s")]
-            self.assertEqual(sorted(names), sorted(f"s{i}" for i in range(30)))
+        r, rows = run_child("""
+            fake, provider, head, tracer = pipeline(OUT)
+            gate = threading.Event()
+            orig = fake.take_record
+            fake.take_record = lambda *a: gate.wait(0.2) or orig(*a)
+            for i in range(30):
+                span(fake, tracer, f"s{i}", 5, [(1, 10, 0, 1000)] * 3)
+            # no shutdown: the interpreter exits with the queue full of spans
+        """)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = [n for _, n, _ in rows if n.startswith("s")]
+        self.assertEqual(sorted(names), sorted(f"s{i}" for i in range(30)))
 
     def test_fork_parent_and_child_each_export_their_own_once(self):
-        import tempfile
-        with tempfile.TemporaryDirectory() as d:
-            out = os.path.join(d, "spans")
-            r = run_child(f"""
-                fake, provider, head, tracer = pipeline({out!r})
-                gate = threading.Event()
-                orig = fake.take_record
-                # Each take waits for the gate as long as the processor says (as the
-                # library does): spans are still queued when the fork comes.
-                fake.take_record = lambda t, s, ms: (gate.wait(ms / 1000) or True) and orig(t, s, ms)
-                for i in range(10):
-                    span(fake, tracer, f"p{{i}}", 5, [(1, 10, 0, 1000)])
-                pid = os.fork()
-                if pid == 0:
-                    for i in range(5):
-                        span(fake, tracer, f"c{{i}}", 5, [(1, 10, 0, 1000)])
-                    provider.shutdown()
-                    os._exit(0)
-                gate.set()
-                for i in range(10, 15):
-                    span(fake, tracer, f"p{{i}}", 5, [(1, 10, 0, 1000)])
-                _, status = os.waitpid(pid, 0)
+        r, rows = run_child("""
+            fake, provider, head, tracer = pipeline(OUT)
+            gate = threading.Event()
+            orig = fake.take_record
+            # Each take waits for the gate as long as the processor says (as the library
+            # does): spans are still queued when the fork comes.
+            fake.take_record = lambda t, s, ms: (gate.wait(ms / 1000) or True) and orig(t, s, ms)
+            for i in range(10):
+                span(fake, tracer, f"p{i}", 5, [(1, 10, 0, 1000)])
+            pid = os.fork()
+            if pid == 0:
+                for i in range(5):
+                    span(fake, tracer, f"c{i}", 5, [(1, 10, 0, 1000)])
                 provider.shutdown()
-                sys.exit(status)
-            """)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            rows = self.lines(out)
-            pids = sorted({p for p, _, _ in rows})
-            self.assertEqual(len(pids), 2, rows)
-            by_pid = {p: sorted(n for q, n, _ in rows if q == p and n != "write") for p in pids}
-            parent = [p for p in pids if any(n.startswith("p") for n in by_pid[p])]
-            self.assertEqual(len(parent), 1, by_pid)
-            child = [p for p in pids if p != parent[0]][0]
-            self.assertEqual(by_pid[parent[0]], sorted(f"p{i}" for i in range(15)))
-            self.assertEqual(by_pid[child], sorted(f"c{i}" for i in range(5)))
+                os._exit(0)
+            gate.set()
+            for i in range(10, 15):
+                span(fake, tracer, f"p{i}", 5, [(1, 10, 0, 1000)])
+            _, status = os.waitpid(pid, 0)
+            provider.shutdown()
+            sys.exit(status)
+        """)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pids = sorted({p for p, _, _ in rows})
+        self.assertEqual(len(pids), 2, rows)
+        by_pid = {p: sorted(n for q, n, _ in rows if q == p and n != "write") for p in pids}
+        parent = [p for p in pids if any(n.startswith("p") for n in by_pid[p])]
+        self.assertEqual(len(parent), 1, by_pid)
+        child = [p for p in pids if p != parent[0]][0]
+        self.assertEqual(by_pid[parent[0]], sorted(f"p{i}" for i in range(15)))
+        self.assertEqual(by_pid[child], sorted(f"c{i}" for i in range(5)))
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def check(out, path):
         say("fork: parent and child each exported their own spans in their own process",
             len(pids) == 2 and all(exported.get(n, ("",))[0] == p for p, ns in pids.items()
                                    for n in ns), f"{len(pids)} processes")
-    annotated = sum(1 for _, why, _ in exported.values() if why == "-")
+    annotated = sum(1 for _, why, summ in exported.values() if why == "-" and summ)
     reasons = {}
     for _, why, _ in exported.values():
         if why != "-":
@@ -188,7 +188,7 @@ def bench(threads, spans):
         elapsed = run(out, "shutdown", threads, spans)
         made, exported, kids, dup = tally(out)
         summary = sum(1 for _, why, _ in exported.values() if why == "over_budget")
-        annotated = sum(1 for _, why, _ in exported.values() if why == "-")
+        annotated = sum(1 for _, why, summ in exported.values() if why == "-" and summ)
         nothing = len(exported) - annotated - summary
         print(f"made {len(made)} exported {len(exported)} annotated {annotated} "
               f"summary {summary} nothing {nothing} children {kids} service_s {elapsed:.2f}",
