@@ -16,6 +16,10 @@
 
 use kernel::prelude::*;
 
+// Kernel-series differences (cfg flags from Kbuild); first, for its macro.
+#[macro_use]
+mod compat;
+
 // The ABI crate's `#![no_std]` only means something at a crate root.
 #[allow(unused_attributes, dead_code)]
 #[path = "../uapi/src/lib.rs"]
@@ -47,7 +51,7 @@ use facilities::{
     DebugfsRoot, ExpiryTimer, ProcEntries, ReapWork, SysfsDir, Tracepoints, TrackedBitmaps,
 };
 
-module! {
+spantrack_module! {
     type: SpanTrack,
     name: "spantrack",
     author: "spantrack developers",

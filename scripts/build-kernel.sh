@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Rust-enabled Linux 6.12 guest kernel for VARIANT=release|debug into the cache
-# (outside the repository), keyed by kernel source version, config fragments and rustc version.
-# A second run with the same key returns at once. Prints the kernel build directory.
+# Builds the Rust-enabled guest kernel for VARIANT into the cache (outside the repository).
+# VARIANT=release|debug: Linux 6.12 (Debian's linux-source-6.12); release-7|debug-7: the 7.x
+# series of lib.sh ($KSERIES_7, fetched by scripts/kernel-source.sh). Keyed by series, kernel
+# source version, config fragments (kconfig/base + flavour [+ series-<series>.config]) and
+# rustc version. A second run with the same key returns at once. Prints the build directory.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -9,38 +11,50 @@ root=$(cd "$here/.." && pwd)
 
 "$here/setup.sh" --check >&2 || die "build prerequisites missing (run scripts/setup.sh)"
 
-kdir=$(kernel_dir)
+# The C compiler of the series must be there before anything is unpacked.
+cc=clang; [ "$KLLVM" = 1 ] || cc=clang$KLLVM
+command -v "$cc" >/dev/null 2>&1 || die "Linux $KSERIES needs $cc (LLVM >= 17.0.1 for 7.x; Debian 12: apt-get install clang-19 lld-19 llvm-19 libclang1-19, which scripts/setup.sh does)"
+[ -d "$LIBCLANG_PATH" ] || die "bindgen needs libclang in $LIBCLANG_PATH (package libclang1-$KLLVM_VER)"
+
+kdir=$(kernel_dir) || die "cannot find the kernel source of series $KSERIES"
 if [ -f "$kdir/.spantrack-built" ]; then
   echo "$kdir"; exit 0
 fi
 
 mkdir -p "$SPANTRACK_CACHE"
-exec 9>"$SPANTRACK_CACHE/.lock-$VARIANT"
+exec 9>"$SPANTRACK_CACHE/.lock-$KSERIES-$KFLAVOUR"
 flock 9
 if [ -f "$kdir/.spantrack-built" ]; then echo "$kdir"; exit 0; fi
 
 t0=$(now)
-stage "building kernel ($VARIANT) into $kdir (first run only; ~6-15 min on 2 cores)"
+read -r srcver tarball < <(kernel_source)
+stage "building kernel $KSERIES ($VARIANT, source $srcver) into $kdir (first run only; 20-40 min on 2 busy cores)"
 # Built in place: a kernel tree records absolute paths. The marker file is written last.
 rm -rf "$kdir"
 mkdir -p "$kdir"
-tar -C "$kdir" --strip-components=1 -xf /usr/src/linux-source-6.12.tar.xz
+tar -C "$kdir" --strip-components=1 -xf "$tarball"
 stage "unpacked source in $(elapsed "$t0")"
 cd "$kdir"
 
-make -s "${KMAKE_FLAGS[@]}" rustavailable >&2 || die "the kernel says Rust is not available with $KRUSTC and $(command -v bindgen)"
+make -s "${KMAKE_FLAGS[@]}" rustavailable >&2 || die "Linux $KSERIES says Rust is not available with $KRUSTC, $(command -v bindgen) and $cc (see its message above; minimum versions: scripts/min-tool-version.sh in $kdir)"
 make -s "${KMAKE_FLAGS[@]}" tinyconfig >&2
-scripts/kconfig/merge_config.sh -m .config "$root/kconfig/base.config" "$root/kconfig/$VARIANT.config" >&2
+# shellcheck disable=SC2046
+scripts/kconfig/merge_config.sh -m .config $(kconfig_fragments) >&2
 make -s "${KMAKE_FLAGS[@]}" olddefconfig >&2
 
 # Every option the fragments ask for must have survived the dependency resolution.
+# Options a series fragment lists in a "# spantrack-drop:" line do not exist in that series.
+# shellcheck disable=SC2046
+dropped=" $(cat $(kconfig_fragments) | sed -n 's/^# spantrack-drop://p' | tr '\n' ' ') "
 bad=0
 while IFS= read -r line; do
+  opt=${line#\# }; opt=${opt%%[= ]*}
+  case "$dropped" in *" $opt "*) continue;; esac
   case "$line" in
     CONFIG_*=*) grep -qx -- "$line" .config || { echo "spantrack: config wanted '$line', got '$(grep -- "^${line%%=*}[= ]" .config || echo unset)'" >&2; bad=1; } ;;
     "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}; grep -q "^$opt=" .config && { echo "spantrack: config wanted $opt off" >&2; bad=1; } ;;
   esac
-done < <(cat "$root/kconfig/base.config" "$root/kconfig/$VARIANT.config")
+done < <(cat $(kconfig_fragments))
 [ "$bad" = 0 ] || die "kernel config fragment not satisfied (see above)"
 
 t1=$(now)

@@ -13,9 +13,13 @@ check_only=0
 # Debian packages: kernel source, the Debian rustc the kernel is built with (+ core sources),
 # LLVM toolchain, kernel build tools, QEMU, and what the demo and tests use in the guest;
 # chromium (headless) for the trace view's browser tests.
+# The 7.x kernel series needs LLVM >= 17.0.1: Debian 12's clang-19 (+ lld, llvm, libclang
+# for bindgen). Its source is not an apt package of Debian 12: scripts/kernel-source.sh
+# downloads it (curl) from deb.debian.org the first time a 7.x kernel is built.
 DEB_PACKAGES=(
   linux-source-6.12 rustc-web rust-web-src
   clang lld llvm libclang-dev
+  clang-19 lld-19 llvm-19 libclang1-19 curl
   flex bison bc libelf-dev libssl-dev cpio kmod make xz-utils
   qemu-system-x86 python3 python3-venv python3-pip
   iproute2 procps util-linux strace busybox-static

@@ -8,7 +8,7 @@
 # kmemleak or other kernel report, even if the command succeeded; 98 when the guest never
 # finished (timeout, panic).
 #
-# Usage: scripts/vm-run.sh [--variant release|debug] [--icount] [--timeout SECONDS]
+# Usage: scripts/vm-run.sh [--variant release|debug|release-7|debug-7] [--icount] [--timeout SECONDS]
 #                          [--smp N] [--mem MB] [--keep DIR] -- COMMAND...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,8 +29,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || die "vm-run.sh: no command given (usage: scripts/vm-run.sh [options] -- COMMAND...)"
-case "$VARIANT" in release|debug) ;; *) die "--variant must be release or debug";; esac
 export VARIANT
+. "$here/lib.sh"   # again: checks --variant and sets the series' toolchain
 
 kdir=$("$here/build-kernel.sh")
 bz="$kdir/arch/x86/boot/bzImage"
