@@ -423,10 +423,10 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 Err(TrySendError::Full(m)) => {
                     let now = Instant::now();
                     hurry(now >= annotate_until);
+                    msg = Some(m); // kept until here: dropping it would disconnect the ack
                     if now >= give_up {
                         break;
                     }
-                    msg = Some(m);
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(TrySendError::Disconnected(_)) => gone = true, // worker gone: nothing queued

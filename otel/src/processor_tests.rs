@@ -594,3 +594,30 @@ fn module_unloaded_mid_run() {
     assert_eq!(stats.snapshot().missing_inactive, 3);
     provider.shutdown().unwrap();
 }
+
+#[test]
+fn a_shutdown_that_cannot_even_queue_its_barrier_returns() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let collector = Collector {
+        delay: Duration::from_millis(5),
+        ..Collector::default()
+    };
+    let config = Config {
+        queue_capacity: 4,
+        ..Config::default()
+    };
+    let (provider, exporter, stats) = setup_with(1_000_000, config, collector);
+    let tracer = provider.tracer("t");
+    for i in 0..40 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    let t = Instant::now();
+    assert!(provider.shutdown_with_timeout(Duration::from_millis(20)).is_err());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    drop(provider);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(exporter.after_shutdown.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let s = stats.snapshot();
+    let n = parents(&exporter.get_finished_spans().unwrap()).len() as u64;
+    assert!(n + s.after_shutdown <= 40, "{n} {s:?}");
+}

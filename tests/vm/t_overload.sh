@@ -39,7 +39,7 @@ load
 run timeout 300 "$py" $w run "$t/unload" unload "$threads" > "$t/unload.log" 2>&1 &
 pid=$!
 # Under load first: until 100 spans have been made.
-for _ in $(seq 600); do [ "$(grep -c ' made ' "$t/unload" 2>/dev/null)" -ge 100 ] && break; sleep 0.1; done
+for _ in $(seq 600); do n=$(grep -c ' made ' "$t/unload" 2>/dev/null); [ "${n:-0}" -ge 100 ] && break; sleep 0.1; done
 rmmod spantrack; rc=$?
 check "python unload: rmmod under load succeeds (rc $rc)" [ "$rc" = 0 ]
 wait $pid; rc=$?
