@@ -343,7 +343,8 @@ class SpantrackSpanProcessor(SpanProcessor):
             drained = not self._pending and not self._busy
             leftover = list(self._pending)
             self._pending.clear()
-            if stop and self._worker is not None:
+            worker = self._worker
+            if stop and worker is not None:
                 self._pending.append(_STOP)
                 self._work.notify()
             elif not stop:
@@ -352,6 +353,8 @@ class SpantrackSpanProcessor(SpanProcessor):
             self._forward_unannotated(item, annotate.MISSING_SHUTDOWN)
         if not drained:
             self._pass_rest(annotate.MISSING_SHUTDOWN)  # the worker is stuck
+        elif stop and worker is not None and worker is not threading.current_thread():
+            worker.join(max(0.1, deadline - time.monotonic()))  # it stops at once
         return drained
 
     def _has_credit(self) -> bool:

@@ -190,9 +190,13 @@ def bench(threads, spans):
         summary = sum(1 for _, why, _ in exported.values() if why == "over_budget")
         annotated = sum(1 for _, why, summ in exported.values() if why == "-" and summ)
         nothing = len(exported) - annotated - summary
+        reasons = {}
+        for _, why, _ in exported.values():
+            if why not in ("-", "over_budget"):
+                reasons[why] = reasons.get(why, 0) + 1
         print(f"made {len(made)} exported {len(exported)} annotated {annotated} "
-              f"summary {summary} nothing {nothing} children {kids} service_s {elapsed:.2f}",
-              flush=True)
+              f"summary {summary} nothing {nothing} children {kids} service_s {elapsed:.2f} "
+              f"reasons {json.dumps(reasons, separators=(',', ':'))}", flush=True)
     finally:
         os.unlink(out)
 

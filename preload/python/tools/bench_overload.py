@@ -51,7 +51,7 @@ def main():
         base = base or t
         print(f"{name:<28} {got['made']:>6} {got['exported']:>8} {got['annotated']:>9} "
               f"{got['summary']:>7} {got['nothing']:>7} {got['children']:>8} {t:>9.2f}"
-              f"  ({100 * (t / base - 1):+.1f}%)")
+              f"  ({100 * (t / base - 1):+.1f}%) {got.get('reasons', '')}")
 
 
 if __name__ == "__main__":
