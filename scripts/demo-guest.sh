@@ -25,7 +25,7 @@ if [ -z "$out" ]; then
   if [ -d /run/spout ] && [ -w /run/spout ]; then out=/run/spout/demo-output; else out=/tmp/spantrack-demo; fi
 fi
 threshold_ms=${DEMO_THRESHOLD_MS:-10}
-rport=${DEMO_RECEIVER_PORT:-4318}; fport=${DEMO_FRONTEND_PORT:-8081}; cport=${DEMO_CURRENCY_PORT:-8082}
+rport=${DEMO_RECEIVER_PORT:-4318}; fport=${DEMO_FRONTEND_PORT:-8081}; cport=${DEMO_CURRENCY_PORT:-8082}; aport=${DEMO_CATALOG_PORT:-8083}
 
 say() { echo "== $*"; }
 fail() { echo "demo: $*" >&2; exit 1; }
@@ -88,11 +88,16 @@ else
     "$py" demo/currency.py "$cport" > "$out/currency.log" 2>&1 &
 fi
 cpid=$!; pids+=($cpid)
+say "catalog service: Python async (demo/catalog.py: FastAPI on one asyncio event loop) on 127.0.0.1:$aport"
+env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=catalog \
+  "$py" demo/catalog.py "$aport" > "$out/catalog.log" 2>&1 &
+apid=$!; pids+=($apid)
 say "frontend service: Python (demo/frontend.py) on 127.0.0.1:$fport"
 env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=frontend CURRENCY_URL="http://127.0.0.1:$cport" \
-  "$py" demo/frontend.py "$fport" > "$out/frontend.log" 2>&1 &
+  CATALOG_URL="http://127.0.0.1:$aport" "$py" demo/frontend.py "$fport" > "$out/frontend.log" 2>&1 &
 fpid=$!; pids+=($fpid)
 "$py" demo/wait.py port "$cport" 120 || fail "currency did not start: $(cat "$out/currency.log")"
+"$py" demo/wait.py port "$aport" 120 || fail "catalog did not start: $(cat "$out/catalog.log")"
 "$py" demo/wait.py port "$fport" 120 || fail "frontend did not start: $(cat "$out/frontend.log")"
 
 case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac
@@ -100,13 +105,13 @@ say "requests (client-side latency as the caller saw it):"
 "$py" demo/drive.py "http://127.0.0.1:$fport" "$out/requests.json" || fail "the driver failed"
 
 say "stopping the services (they flush their spans on the way out)"
-kill -TERM "$fpid" "$cpid"
-for p in "$fpid" "$cpid"; do
+kill -TERM "$fpid" "$cpid" "$apid"
+for p in "$fpid" "$cpid" "$apid"; do
   for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
 done
 n=$("$py" demo/wait.py quiet "$rport" 2 60) || fail "the receiver never went quiet"
 say "the receiver got $n spans"
-for svc in frontend currency; do
+for svc in frontend currency catalog; do
   grep -v '^\s*$' "$out/$svc.log" | sed "s/^/   [$svc] /" | grep -E 'spanhook|spantrack|Error|Traceback' | head -n 5
 done
 
