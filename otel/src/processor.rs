@@ -587,7 +587,8 @@ struct Budget {
     at: Instant,
 }
 
-const BUDGET_BURST_S: f64 = 0.05;
+/// A burst of slow spans (an incident) is annotated whole; sustained load gets `share`.
+const BUDGET_BURST_S: f64 = 1.0;
 
 impl Budget {
     fn new(share: f64) -> Budget {

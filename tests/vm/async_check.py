@@ -92,6 +92,10 @@ def main():
         if "spantrack.syscalls.count" not in r["attributes"]:
             unannotated.append(f"{r['name']} ({r['span_id']})")
             continue
+        if "spantrack.annotation.missing" in r["attributes"]:
+            unannotated.append(f"{r['name']} ({r['span_id']}): without its calls, "
+                               f"{r['attributes']['spantrack.annotation.missing']}")
+            continue
         mine = calls.get(r["span_id"], [])
         got = collections.Counter(c["name"] for c in mine if c["name"] in markers)
         want = collections.Counter(expect[kind])

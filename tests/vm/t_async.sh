@@ -32,9 +32,10 @@ check_spans() { # file label [checker options]
 lsmod | grep -q '^spantrack' && rmmod spantrack
 insmod "$ko" || { nok "insmod"; finish; exit; }
 echo 1000000 > /sys/kernel/spantrack/threshold_ns
-run() { env LD_PRELOAD="$lib" SPANHOOK_QUIET=1 "$@"; }
+# What is checked here is attribution: the annotation budget (t_overload's subject) is off.
+run() { env LD_PRELOAD="$lib" SPANHOOK_QUIET=1 SPANTRACK_BUDGET_PCT=100 "$@"; }
 # A service in the background: exec'd, so that $! is the service itself (SIGTERM stops it).
-serve() { local log=$1; shift; (exec env LD_PRELOAD="$lib" SPANHOOK_QUIET=1 "$@" > "$log" 2>&1) & }
+serve() { local log=$1; shift; (exec env LD_PRELOAD="$lib" SPANHOOK_QUIET=1 SPANTRACK_BUDGET_PCT=100 "$@" > "$log" 2>&1) & }
 
 # --- Python, plain asyncio ----------------------------------------------------------------
 if run "$py" $w raw "$t/raw.json" > "$t/raw.log" 2>&1; then

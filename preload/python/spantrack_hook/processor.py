@@ -88,7 +88,7 @@ class SpantrackSpanProcessor(SpanProcessor):
     # handing them on, in percent of one CPU (0: summaries only; 100 or more: no limit),
     # and how much unused budget it may save up (seconds of CPU).
     BUDGET_PCT = max(0.0, _env_float("SPANTRACK_BUDGET_PCT", 10.0))
-    BUDGET_BURST_S = 0.05
+    BUDGET_BURST_S = 1.0  # a burst of slow spans (an incident) is annotated whole
     # shutdown(), and the interpreter's exit when nobody called it: the worker annotates
     # for at most this long, then passes what is left on unannotated (`shutdown`), leaving
     # the rest of it to the exporters' own shutdown.
