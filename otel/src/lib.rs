@@ -25,6 +25,7 @@ pub mod hook;
 #[cfg(feature = "http-client")]
 pub mod http_client;
 pub mod processor;
+pub mod threshold;
 
 pub use hook::SpanHook;
 pub use processor::{Config, ProcessorStats, SpantrackProcessor, StatsSnapshot};
