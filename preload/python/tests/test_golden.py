@@ -65,6 +65,8 @@ class GoldenRecords(unittest.TestCase):
         self.assertEqual(record.RECORD_MAGIC, lay["record_magic"])
         self.assertEqual(record.HEADER_SIZE, lay["record_header_size"])
         self.assertEqual(record.ENTRY_SIZE, lay["syscall_entry_size"])
+        self.assertEqual(record.RECORD_MAX_SIZE, lay["record_max_size"])
+        self.assertEqual(record.MAX_SPAN_THREADS, lay["max_span_threads"])
         f = lay["flags"]
         self.assertEqual((record.REC_CALLS_TRUNCATED, record.REC_POOL_EXHAUSTED,
                           record.REC_ENDED_ELSEWHERE, record.REC_MANY_THREADS,
