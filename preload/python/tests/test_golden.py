@@ -29,6 +29,14 @@ def load(name):
         return json.load(f)
 
 
+def decode(hex_bytes):
+    try:
+        return record.decode(bytes.fromhex(hex_bytes))
+    except record.RecordError as e:
+        raise AssertionError(f"{e}: after an ABI version bump, rerun "
+                             "python3 tests/golden/make_records.py and review the diff") from e
+
+
 def typed(v):
     """A JSON value with its type made explicit (True and 1 are different exports)."""
     return (type(v).__name__, v)
@@ -78,7 +86,7 @@ class GoldenRecords(unittest.TestCase):
         for name, g in self.doc["records"].items():
             with self.subTest(name):
                 raw = bytes.fromhex(g["hex"])
-                rec = record.decode(raw)
+                rec = decode(g["hex"])
                 h = g["header"]
                 self.assertEqual(len(raw), h["total_size"])
                 got = dict(trace_id=rec.trace_id.hex(), span_id=rec.span_id.hex(), tid=rec.tid,
@@ -107,7 +115,7 @@ class GoldenSpans(unittest.TestCase):
         for c in cases:
             with self.subTest(c["name"]):
                 span = make_span(c["span"])
-                rec = record.decode(bytes.fromhex(records[c["record"]]["hex"])) if c["record"] else None
+                rec = decode(records[c["record"]]["hex"]) if c["record"] else None
                 exp = c["expected"]
                 mode, _, why = c["mode"].partition(":")
                 if "refused" in exp:
