@@ -33,6 +33,8 @@ run_stage "host: Python hook unit tests" env PYTHONDONTWRITEBYTECODE=1 \
 run_stage "host: in-VM runner fails a crashed test program" bash tests/harness/runner_selftest.sh
 run_stage "host: trace view tests (chromium)" env PYTHONDONTWRITEBYTECODE=1 \
   timeout 300 python3 -m unittest discover -s view/tests
+run_stage "host: spantrack command tests" env PYTHONDONTWRITEBYTECODE=1 \
+  timeout 120 python3 -m unittest discover -s cli/tests
 
 for v in ${VARIANTS:-release debug}; do
   if ! run_stage "$v: kernel (cached after first build)" env VARIANT=$v "$here/build-kernel.sh"; then continue; fi

@@ -7,13 +7,14 @@ use std::ffi::{c_int, c_long, CStr};
 use std::time::Duration;
 
 /// The ABI version this crate speaks (`spanhook_abi_version()`).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// No record is larger (`SPANHOOK_RECORD_MAX`, the module's `record::RECORD_MAX_SIZE`).
 pub const RECORD_MAX: usize = spantrack_logic::record::RECORD_MAX_SIZE;
 
 type VersionFn = unsafe extern "C" fn() -> u32;
 type ActiveFn = unsafe extern "C" fn() -> c_int;
 type SpanFn = unsafe extern "C" fn(*const u8, *const u8) -> c_int;
+type BeginThresholdFn = unsafe extern "C" fn(*const u8, *const u8, u64) -> c_int;
 type ThresholdFn = unsafe extern "C" fn() -> u64;
 type TakeFn = unsafe extern "C" fn(*const u8, *const u8, *mut u8, usize, u32) -> c_long;
 type UnregisterFn = unsafe extern "C" fn() -> c_int;
@@ -25,6 +26,7 @@ type SlotFn = unsafe extern "C" fn() -> *mut u64;
 pub struct SpanHook {
     active: ActiveFn,
     begin: SpanFn,
+    begin_threshold: BeginThresholdFn,
     end: SpanFn,
     threshold: ThresholdFn,
     take: TakeFn,
@@ -96,6 +98,7 @@ impl SpanHook {
         Ok(SpanHook {
             active: lookup!(c"spanhook_active", ActiveFn),
             begin: lookup!(c"spanhook_span_begin", SpanFn),
+            begin_threshold: lookup!(c"spanhook_span_begin_threshold", BeginThresholdFn),
             end: lookup!(c"spanhook_span_end", SpanFn),
             threshold: lookup!(c"spanhook_threshold_ns", ThresholdFn),
             take: lookup!(c"spanhook_take_record", TakeFn),
@@ -123,6 +126,7 @@ impl SpanHook {
         SpanHook {
             active,
             begin,
+            begin_threshold: crate::processor_tests::begin_threshold_fn(),
             end,
             threshold,
             take,
@@ -143,6 +147,13 @@ impl SpanHook {
     pub fn begin(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
         // SAFETY: the pointers are valid for 16 and 8 bytes.
         errno_result(unsafe { (self.begin)(trace_id.as_ptr(), span_id.as_ptr()) })
+    }
+
+    /// Opens the span with its own threshold (`None`: the module's `threshold_ns`).
+    #[inline]
+    pub fn begin_with_threshold(&self, trace_id: &[u8; 16], span_id: &[u8; 8], threshold_ns: Option<u64>) -> Result<(), i32> {
+        // SAFETY: the pointers are valid for 16 and 8 bytes.
+        errno_result(unsafe { (self.begin_threshold)(trace_id.as_ptr(), span_id.as_ptr(), threshold_ns.unwrap_or(u64::MAX)) })
     }
 
     /// Closes the span (any thread); `Err(errno)`.

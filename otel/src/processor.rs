@@ -2,9 +2,12 @@
 //! where each span begins and ends (through libspanhook.so), and hands slow spans, annotated
 //! with the system calls the kernel recorded, to the processor it wraps.
 //!
-//! Service threads only write the begin/end (one `write(2)` each) and, for a span that may
-//! be slow, push it onto a bounded queue: no lock, no clock read, no wake-up (any system call
-//! there would land in the record of an enclosing span). One worker thread (untracked by the
+//! Service threads only write the begin/end (one `write(2)` each), update their operation's
+//! latency estimate ([`crate::threshold`]: the span's own end time, locks only tried, a busy
+//! one skips the sample) and, for a span that may be slow, push it onto a bounded queue: no
+//! waiting lock, no clock read, no wake-up (any system call there would land in the record
+//! of an enclosing span). With adaptive thresholds (the default) each begin carries its
+//! operation's threshold, and each slow span says why it was slow. One worker thread (untracked by the
 //! kernel) polls the queue, waits for the records, builds the annotated span and its
 //! children, and feeds the inner processor. Without the library (or with an inactive one)
 //! the processor is a pure pass-through.
@@ -25,13 +28,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::Span as _;
-use opentelemetry::Context;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use crate::annotate::{annotate_with, mark, missing, summarise, Record};
 use crate::hook::{Absent, SpanHook, RECORD_MAX};
+use crate::threshold::{self, Op, OpTable, Source, ThresholdConfig};
 
 /// Tunables of a [`SpantrackProcessor`].
 #[derive(Clone, Debug)]
@@ -58,6 +62,9 @@ pub struct Config {
     /// attributes only, with `spantrack.annotation.missing = over_budget`. Default:
     /// `SPANTRACK_BUDGET_PCT` percent, else 10%.
     pub budget: f64,
+    /// Per-operation thresholds (adaptive by default; [`ThresholdConfig`], from the
+    /// `SPANTRACK_THRESHOLD*` variables).
+    pub threshold: ThresholdConfig,
 }
 
 impl Default for Config {
@@ -69,6 +76,7 @@ impl Default for Config {
             idle_poll: Duration::from_millis(10),
             min_child_call: Duration::ZERO,
             budget: budget_from_env(),
+            threshold: ThresholdConfig::default(),
         }
     }
 }
@@ -114,6 +122,9 @@ pub struct ProcessorStats {
     /// down (the worker was stuck in the inner processor past the shutdown's timeout):
     /// never handed to it.
     pub after_shutdown: AtomicU64,
+    /// Slow spans past their operation's annotations per second
+    /// (`Config::threshold.annotations_per_s`): summary only, `over_budget`.
+    pub op_capped: AtomicU64,
 }
 
 /// A copy of [`ProcessorStats`].
@@ -135,6 +146,7 @@ pub struct StatsSnapshot {
     pub missing_worker_error: u64,
     pub missing_inactive: u64,
     pub after_shutdown: u64,
+    pub op_capped: u64,
 }
 
 impl StatsSnapshot {
@@ -169,6 +181,7 @@ impl ProcessorStats {
             missing_worker_error: g(&self.missing_worker_error),
             missing_inactive: g(&self.missing_inactive),
             after_shutdown: g(&self.after_shutdown),
+            op_capped: g(&self.op_capped),
         }
     }
 
@@ -238,6 +251,16 @@ struct Waiting<P> {
     slow: bool,
     /// Its duration in thousandths of the threshold: the slowest go first.
     ratio: u64,
+    /// Why it is slow (its threshold and operation).
+    why: Why,
+}
+
+/// The threshold a span was judged by, where it came from, and its operation.
+#[derive(Clone, Debug)]
+struct Why {
+    threshold_ns: u64,
+    source: Source,
+    op: Option<Arc<Op>>,
 }
 
 /// A span handed to the worker (no clock read on the service thread: the worker starts the
@@ -247,6 +270,7 @@ struct Queued<P> {
     inner: Arc<P>,
     slow: bool,
     ratio: u64,
+    why: Why,
 }
 
 // Spans travel by value: boxing them would allocate on the service thread.
@@ -285,6 +309,7 @@ pub struct SpantrackProcessor<P: SpanProcessor + 'static> {
     stats: Arc<ProcessorStats>,
     shared: Arc<Shared>,
     config: Config,
+    ops: Arc<OpTable>,
 }
 
 fn new_shared() -> Arc<Shared> {
@@ -327,6 +352,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 worker: None,
                 stats: Arc::default(),
                 shared: new_shared(),
+                ops: Arc::new(OpTable::new(config.threshold.clone())),
                 config,
             },
         }
@@ -338,10 +364,14 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
         let shared = new_shared();
         shared.last_threshold.store(hook.threshold_ns(), Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let ops = Arc::new(OpTable::new(config.threshold.clone()));
         let (wstats, wconfig, wshared) = (Arc::clone(&stats), config.clone(), Arc::clone(&shared));
         let join = std::thread::Builder::new()
             .name("spantrack-otel".into())
-            .spawn(move || run_worker(hook, rx, wconfig, wstats, wshared));
+            .spawn({
+                let ops = Arc::clone(&ops);
+                move || run_worker(hook, rx, wconfig, wstats, wshared, ops)
+            });
         match join {
             Ok(join) => SpantrackProcessor {
                 inner: Arc::new(inner),
@@ -354,6 +384,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 stats,
                 shared,
                 config,
+                ops,
             },
             // No worker, no annotation: still a correct pass-through.
             Err(_) => SpantrackProcessor {
@@ -364,6 +395,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 stats,
                 shared,
                 config,
+                ops,
             },
         }
     }
@@ -387,6 +419,11 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The operations seen so far, with their estimators and counters (shared).
+    pub fn operations(&self) -> Arc<OpTable> {
+        Arc::clone(&self.ops)
     }
 
     /// Sends a flush (or shutdown) barrier to the worker and waits for its acknowledgement:
@@ -475,6 +512,53 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     }
 }
 
+/// `SpanKind` as a small number (part of an operation's key).
+fn kind_code(k: &opentelemetry::trace::SpanKind) -> u8 {
+    use opentelemetry::trace::SpanKind;
+    match k {
+        SpanKind::Client => 0,
+        SpanKind::Server => 1,
+        SpanKind::Producer => 2,
+        SpanKind::Consumer => 3,
+        SpanKind::Internal => 4,
+    }
+}
+
+/// CLOCK_REALTIME in ns (the worker's clock for the per-operation cap).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Takes the span's own threshold (`spantrack.threshold_ns`, set at its start) off it.
+fn take_threshold(span: &mut SpanData) -> Option<u64> {
+    let i = span.attributes.iter().rposition(|kv| kv.key.as_str() == threshold::attr::THRESHOLD_NS)?;
+    let kv = span.attributes.remove(i);
+    match kv.value {
+        opentelemetry::Value::I64(v) => u64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+/// Says why a slow span was slow: its threshold, where it came from, and its operation's
+/// statistics now (`spantrack.threshold_ns`, `spantrack.threshold.source`,
+/// `spantrack.op.p50_ns/p95_ns/p99_ns`, `spantrack.op.samples`, `spantrack.op.cv`).
+fn explain(span: &mut SpanData, why: &Why) {
+    use threshold::attr;
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    span.attributes.push(KeyValue::new(attr::THRESHOLD_NS, i(why.threshold_ns)));
+    span.attributes.push(KeyValue::new(attr::THRESHOLD_SOURCE, why.source.as_str()));
+    if let Some(op) = &why.op {
+        let e = op.estimate();
+        for (k, v) in [(attr::OP_P50_NS, e.p50_ns), (attr::OP_P95_NS, e.p95_ns), (attr::OP_P99_NS, e.p99_ns)] {
+            if let Some(v) = v {
+                span.attributes.push(KeyValue::new(k, i(v)));
+            }
+        }
+        span.attributes.push(KeyValue::new(attr::OP_SAMPLES, i(e.samples)));
+        span.attributes.push(KeyValue::new(attr::OP_CV, e.cv));
+    }
+}
+
 fn duration_ns(span: &SpanData) -> u64 {
     span.end_time
         .duration_since(span.start_time)
@@ -488,7 +572,24 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
         // Last, so that the begin is as close as possible to the service's own code.
         if let Some(h) = &self.hook {
             let sc = span.span_context();
-            if sc.is_valid() && h.begin(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes()).is_err() {
+            if !sc.is_valid() {
+                return;
+            }
+            let (t, s) = (sc.trace_id().to_bytes(), sc.span_id().to_bytes());
+            let r = if self.ops.config().adaptive {
+                // The operation's threshold now, kept on the span until its end (where it is
+                // removed from a fast span). The SDK shows a span's name and kind only in a
+                // copy of its data.
+                let op = span.exported_data().and_then(|d| self.ops.get_or_add(&d.name, kind_code(&d.span_kind)));
+                let threshold = op.and_then(|op| op.threshold().0);
+                if let Some(ns) = threshold {
+                    span.set_attribute(KeyValue::new(threshold::attr::THRESHOLD_NS, i64::try_from(ns).unwrap_or(i64::MAX)));
+                }
+                h.begin_with_threshold(&t, &s, threshold)
+            } else {
+                h.begin(&t, &s)
+            };
+            if r.is_err() {
                 bump(&self.stats.begin_errors);
             }
         }
@@ -510,12 +611,30 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
             let dur = duration_ns(&span);
             return self.pass_untracked(span, dur);
         }
-        let threshold = h.threshold_ns();
+        let module_threshold = h.threshold_ns();
         let dur = duration_ns(&span);
-        if threshold == u64::MAX || dur < threshold / 2 {
+        let mut span = span;
+        // The span's own threshold (set at its start), taken off the span.
+        let own = take_threshold(&mut span);
+        let op = self.ops.get_or_add(&span.name, kind_code(&span.span_kind));
+        if let Some(op) = &op {
+            let end = span.end_time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            op.record(dur, end, self.ops.config().floor_ns);
+        }
+        let (threshold, source) = match own {
+            Some(t) => (t, Source::Adaptive),
+            None if self.ops.config().adaptive => (module_threshold, Source::Warmup),
+            None => (module_threshold, Source::Fixed),
+        };
+        // A span's own threshold is the one the kernel used: only the clocks' difference (the
+        // SDK's times vs the begin/end writes) is uncertain; the module's may have changed
+        // since the library last read it.
+        let margin = if source == Source::Adaptive { threshold / 16 } else { threshold / 2 };
+        if threshold == u64::MAX || module_threshold == u64::MAX || dur < threshold - margin {
             bump(&self.stats.passed_fast);
             return self.inner.on_end(span);
         }
+        let why = Why { threshold_ns: threshold, source, op };
         if self.shared.last_threshold.load(Ordering::Relaxed) != threshold {
             self.shared.last_threshold.store(threshold, Ordering::Relaxed);
         }
@@ -526,15 +645,22 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
             inner: Arc::clone(&self.inner),
             slow,
             ratio,
+            why,
         });
         match w.tx.try_send(msg) {
             Ok(()) => bump(&self.stats.queued),
             Err(TrySendError::Full(Msg::Span(mut m))) => {
                 bump(&self.stats.queue_full);
+                if m.slow {
+                    explain(&mut m.span, &m.why);
+                }
                 mark_missing(&mut m.span, m.slow, missing::QUEUE_FULL, &self.stats);
                 self.inner.on_end(m.span);
             }
             Err(TrySendError::Disconnected(Msg::Span(mut m))) => {
+                if m.slow {
+                    explain(&mut m.span, &m.why);
+                }
                 let why = if self.shared.shut.load(Ordering::Acquire) {
                     missing::SHUTDOWN
                 } else {
@@ -561,6 +687,9 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
+        if let Some(v) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
+            self.ops.set_service(&v.as_str());
+        }
         // Called while the provider is built, before any span: nothing else holds `inner`.
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.set_resource(resource);
@@ -628,12 +757,16 @@ struct Ctx<'a> {
     buf: Vec<u8>,
     min_child_ns: u64,
     budget: Budget,
+    annotations_per_s: u32,
 }
 
 impl Ctx<'_> {
     /// Passes a span on without its calls (saying why when it is slow).
     fn pass<P: SpanProcessor>(&self, w: Waiting<P>, why: &'static str) {
-        let Waiting { mut span, inner, slow, .. } = w;
+        let Waiting { mut span, inner, slow, why: reason, .. } = w;
+        if slow {
+            explain(&mut span, &reason);
+        }
         mark_missing(&mut span, slow, why, self.stats);
         self.shared.deliver(&*inner, [span], self.stats);
     }
@@ -647,7 +780,8 @@ impl Ctx<'_> {
 
     /// Annotates the span with its record (within the budget), or summarises it.
     fn annotate<P: SpanProcessor>(&mut self, w: Waiting<P>, bytes: &[u8]) {
-        let Waiting { mut span, inner, .. } = w;
+        let Waiting { mut span, inner, why: reason, .. } = w;
+        explain(&mut span, &reason);
         let rec = match Record::decode(bytes) {
             Ok(r) => r,
             Err(_) => {
@@ -656,7 +790,11 @@ impl Ctx<'_> {
                 return self.shared.deliver(&*inner, [span], self.stats);
             }
         };
-        if !self.budget.allows() {
+        let capped = reason.op.as_ref().is_some_and(|op| !op.allow_annotation(self.annotations_per_s, now_ns()));
+        if capped {
+            bump(&self.stats.op_capped);
+        }
+        if capped || !self.budget.allows() {
             let why = match summarise(&mut span, &rec, self.min_child_ns) {
                 Ok(()) => missing::OVER_BUDGET,
                 Err(_) => {
@@ -671,6 +809,9 @@ impl Ctx<'_> {
         match annotate_with(&mut span, &rec, self.new_id, self.min_child_ns) {
             Ok(children) => {
                 bump(&self.stats.annotated);
+                if let Some(op) = &reason.op {
+                    op.annotated.fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
                 self.shared.deliver(&*inner, children, self.stats);
             }
@@ -739,7 +880,22 @@ fn run_worker<P: SpanProcessor>(
     config: Config,
     stats: Arc<ProcessorStats>,
     shared: Arc<Shared>,
+    ops: Arc<OpTable>,
 ) {
+    let pid = std::process::id();
+    let mut published = Instant::now();
+    let publish = |stats: &ProcessorStats| {
+        if let Some(dir) = &config.threshold.publish_dir {
+            let s = stats.snapshot();
+            let doc = ops.to_json(pid, &[("annotated", s.annotated), ("missing", s.missing()), ("op_capped", s.op_capped)]);
+            let _ = threshold::publish(dir, pid, &doc);
+        }
+    };
+    let unpublish = || {
+        if let Some(dir) = &config.threshold.publish_dir {
+            threshold::unpublish(dir, pid);
+        }
+    };
     // Our own system calls must never be attributed to anything.
     let _ = hook.unregister_thread();
     let ids = RandomIdGenerator::default();
@@ -752,6 +908,7 @@ fn run_worker<P: SpanProcessor>(
         buf: Vec::with_capacity(RECORD_MAX),
         min_child_ns: u64::try_from(config.min_child_call.as_nanos()).unwrap_or(u64::MAX),
         budget: Budget::new(config.budget),
+        annotations_per_s: config.threshold.annotations_per_s,
     };
     let mut waiting: VecDeque<Waiting<P>> = VecDeque::new();
     let cap = config.queue_capacity.max(1);
@@ -768,6 +925,7 @@ fn run_worker<P: SpanProcessor>(
                         deadline: Instant::now() + config.record_wait,
                         slow: q.slow,
                         ratio: q.ratio,
+                        why: q.why,
                     };
                     if shared.hurrying() {
                         cx.pass(w, missing::SHUTDOWN);
@@ -825,6 +983,7 @@ fn run_worker<P: SpanProcessor>(
                             deadline: Instant::now(),
                             slow: q.slow,
                             ratio: q.ratio,
+                            why: q.why,
                         };
                         cx.pass(w, missing::SHUTDOWN);
                     }
@@ -832,12 +991,18 @@ fn run_worker<P: SpanProcessor>(
             }
             let _ = ack.try_send(());
             if stop {
+                unpublish();
                 return;
             }
             continue;
         }
+        if published.elapsed() >= Duration::from_secs(1) {
+            publish(&stats);
+            published = Instant::now();
+        }
         if waiting.is_empty() {
             if gone {
+                unpublish();
                 return;
             }
             std::thread::sleep(config.idle_poll);

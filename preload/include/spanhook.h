@@ -47,12 +47,12 @@ extern "C" {
 #endif
 
 /* Version of this ABI. */
-#define SPANHOOK_ABI_VERSION 3u
+#define SPANHOOK_ABI_VERSION 4u
 
 /* No record is larger than this (header + entries; the module's relay sub-buffer). */
 #define SPANHOOK_RECORD_MAX (256u * 1024u)
 
-/* Returns SPANHOOK_ABI_VERSION (3). */
+/* Returns SPANHOOK_ABI_VERSION (4). */
 uint32_t spanhook_abi_version(void);
 
 /* 1 when the process is registered with the module, else 0. */
@@ -66,6 +66,14 @@ int spanhook_active(void);
  * -EOVERFLOW 16 spans already open on the thread. Errors are counted (SPANHOOK_STAT_...).
  */
 int spanhook_span_begin(const uint8_t trace_id[16], const uint8_t span_id[8]);
+
+/*
+ * spanhook_span_begin with the span's own threshold (ABI 4): the module reports the span
+ * when it lasts at least threshold_ns (clamped to 1 hour), whatever its sysfs threshold_ns
+ * (which applies to spans begun without one). UINT64_MAX: none of its own. Same returns.
+ */
+int spanhook_span_begin_threshold(const uint8_t trace_id[16], const uint8_t span_id[8],
+                                  uint64_t threshold_ns);
 
 /*
  * Closes the span; may be called from any thread of the process (the record then has

@@ -161,15 +161,22 @@ impl Hook {
     /// `-errno`.
     #[inline]
     pub fn span_write(&self, end: bool, trace_id: &[u8; 16], span_id: &[u8; 8]) -> i32 {
-        use spantrack_logic::key::{format_span_line, SpanKey, SPAN_LINE_LEN};
+        self.span_write_threshold(end, trace_id, span_id, None)
+    }
+
+    /// [`Hook::span_write`]; a begin carries the span's own threshold when there is one
+    /// (ABI 4; ignored for an end).
+    #[inline]
+    pub fn span_write_threshold(&self, end: bool, trace_id: &[u8; 16], span_id: &[u8; 8], threshold_ns: Option<u64>) -> i32 {
+        use spantrack_logic::key::{format_begin_line, SpanKey, BEGIN_LINE_MAX};
         let key = SpanKey {
             trace_id: *trace_id,
             span_id: *span_id,
         };
-        let mut line = [0u8; SPAN_LINE_LEN];
-        format_span_line(&key, &mut line);
+        let mut buf = [0u8; BEGIN_LINE_MAX];
+        let line = format_begin_line(&key, if end { None } else { threshold_ns }, &mut buf);
         let fd = if end { self.end } else { self.begin };
-        let r = sys::write_all_once(fd, &line);
+        let r = sys::write_all_once(fd, line);
         if r < 0 {
             self.bump(if end { stat::END_ERRORS } else { stat::BEGIN_ERRORS }, 1);
         }

@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use hook::{probe_module, stat};
 
 /// Version of the C ABI below (`spanhook_abi_version()`).
-pub const SPANHOOK_ABI_VERSION: u32 = 3;
+pub const SPANHOOK_ABI_VERSION: u32 = 4;
 
 // Not in the crate's own unit tests: they check the never-initialised (inactive) state.
 #[cfg(not(test))]
@@ -49,7 +49,8 @@ unsafe fn read_ids(trace_id: *const u8, span_id: *const u8) -> Option<([u8; 16],
     Some((t, s))
 }
 
-/// Version of this ABI: 2 (adds `spanhook_active_slot`).
+/// Version of this ABI: 4 (adds `spanhook_span_begin_threshold`; 2 added
+/// `spanhook_active_slot`).
 #[no_mangle]
 pub extern "C" fn spanhook_abi_version() -> u32 {
     SPANHOOK_ABI_VERSION
@@ -74,6 +75,25 @@ pub unsafe extern "C" fn spanhook_span_begin(trace_id: *const u8, span_id: *cons
     // SAFETY: forwarded caller guarantee.
     match unsafe { read_ids(trace_id, span_id) } {
         Some((t, s)) => h.span_write(false, &t, &s),
+        None => -libc::EINVAL,
+    }
+}
+
+/// [`spanhook_span_begin`] with the span's own threshold: the module reports the span when
+/// it lasts at least `threshold_ns` (clamped to 1 hour), whatever its sysfs `threshold_ns`;
+/// `UINT64_MAX`: no threshold of its own (as `spanhook_span_begin`). Same returns.
+///
+/// # Safety
+/// As [`spanhook_span_begin`].
+#[no_mangle]
+pub unsafe extern "C" fn spanhook_span_begin_threshold(trace_id: *const u8, span_id: *const u8, threshold_ns: u64) -> libc::c_int {
+    let Some(h) = hook::active() else {
+        return -libc::ENODEV;
+    };
+    let t = (threshold_ns != u64::MAX).then_some(threshold_ns);
+    // SAFETY: forwarded caller guarantee.
+    match unsafe { read_ids(trace_id, span_id) } {
+        Some((tr, s)) => h.span_write_threshold(false, &tr, &s, t),
         None => -libc::EINVAL,
     }
 }
@@ -184,7 +204,7 @@ mod tests {
     /// point says so and nothing blocks.
     #[test]
     fn inactive_entry_points() {
-        assert_eq!(spanhook_abi_version(), 3);
+        assert_eq!(spanhook_abi_version(), 4);
         assert_eq!(spanhook_active(), 0);
         assert_eq!(spanhook_threshold_ns(), u64::MAX);
         assert!(spanhook_active_slot().is_null());

@@ -6,10 +6,16 @@
 
 use crate::uapi;
 
-/// Length of a formatted span line, newline included (`SPAN_LINE_MAX`).
+/// Length of a formatted span line without a threshold, newline included.
 pub const SPAN_LINE_LEN: usize = 32 + 1 + 16 + 1;
+/// Longest begin line: with a threshold of 13 digits (`SPAN_LINE_MAX`).
+pub const BEGIN_LINE_MAX: usize = SPAN_LINE_LEN + 13 + 1;
+/// Digits of the largest threshold a begin line may carry.
+const THRESHOLD_DIGITS_MAX: usize = 13;
 
-const _: () = assert!(SPAN_LINE_LEN == uapi::SPAN_LINE_MAX);
+const _: () = assert!(BEGIN_LINE_MAX == uapi::SPAN_LINE_MAX);
+const _: () = assert!(uapi::BEGIN_THRESHOLD_MAX_NS == crate::tunables::MAX_THRESHOLD_NS);
+const _: () = assert!(uapi::BEGIN_THRESHOLD_MAX_NS < 10_000_000_000_000);
 
 /// W3C trace context ids of one span, parsed once at begin/end: hashed and compared as bytes.
 #[repr(C)]
@@ -164,6 +170,86 @@ pub fn parse_span_line(buf: &[u8]) -> Result<SpanKey, i32> {
         return Err(uapi::ERR_MALFORMED);
     }
     Ok(key)
+}
+
+/// Parses a begin line: a span line ([`parse_span_line`]) optionally followed, before the
+/// optional `'\n'`, by one space and the span's threshold in ns (1 to 13 decimal digits, no
+/// sign). Returns the key and the threshold (`None`: the line had none).
+///
+/// Errors: [`uapi::ERR_MALFORMED`] for a malformed line or threshold,
+/// [`uapi::ERR_THRESHOLD_RANGE`] above [`uapi::BEGIN_THRESHOLD_MAX_NS`].
+pub fn parse_begin_line(buf: &[u8]) -> Result<(SpanKey, Option<u64>), i32> {
+    let line = match buf {
+        [rest @ .., b'\n'] => rest,
+        _ => buf,
+    };
+    let Some((ids, rest)) = line.split_at_checked(SPAN_LINE_LEN - 1) else {
+        return Err(uapi::ERR_MALFORMED);
+    };
+    if rest.is_empty() {
+        return parse_span_line(ids).map(|k| (k, None));
+    }
+    let [b' ', digits @ ..] = rest else {
+        return Err(uapi::ERR_MALFORMED);
+    };
+    if digits.is_empty() || digits.len() > THRESHOLD_DIGITS_MAX {
+        return Err(uapi::ERR_MALFORMED);
+    }
+    let mut v: u64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return Err(uapi::ERR_MALFORMED);
+        }
+        // 13 digits < 10^13 never overflow a u64.
+        v = v.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+    }
+    let key = parse_span_line(ids)?;
+    if v > uapi::BEGIN_THRESHOLD_MAX_NS {
+        return Err(uapi::ERR_THRESHOLD_RANGE);
+    }
+    Ok((key, Some(v)))
+}
+
+/// Formats a begin line [`parse_begin_line`] accepts: the span line, and `threshold_ns`
+/// (clamped to [`uapi::BEGIN_THRESHOLD_MAX_NS`]) when there is one. Returns the written part
+/// of `out`.
+pub fn format_begin_line<'b>(key: &SpanKey, threshold_ns: Option<u64>, out: &'b mut [u8; BEGIN_LINE_MAX]) -> &'b [u8] {
+    let mut line = [0u8; SPAN_LINE_LEN];
+    format_span_line(key, &mut line);
+    let Some(t) = threshold_ns else {
+        if let Some(o) = out.get_mut(..SPAN_LINE_LEN) {
+            o.copy_from_slice(&line);
+        }
+        return out.get(..SPAN_LINE_LEN).unwrap_or(&[]);
+    };
+    let mut t = t.min(uapi::BEGIN_THRESHOLD_MAX_NS);
+    let mut digits = [0u8; THRESHOLD_DIGITS_MAX];
+    let mut n = 0;
+    loop {
+        if let Some(d) = digits.get_mut(THRESHOLD_DIGITS_MAX.wrapping_sub(n).wrapping_sub(1)) {
+            *d = b'0' + (t % 10) as u8;
+        }
+        n += 1;
+        t /= 10;
+        if t == 0 || n == THRESHOLD_DIGITS_MAX {
+            break;
+        }
+    }
+    let ids = SPAN_LINE_LEN - 1;
+    let len = ids + 1 + n + 1;
+    if let (Some(o), Some(l)) = (out.get_mut(..ids), line.get(..ids)) {
+        o.copy_from_slice(l);
+    }
+    if let Some(o) = out.get_mut(ids) {
+        *o = b' ';
+    }
+    if let (Some(o), Some(d)) = (out.get_mut(ids + 1..ids + 1 + n), digits.get(THRESHOLD_DIGITS_MAX - n..)) {
+        o.copy_from_slice(d);
+    }
+    if let Some(o) = out.get_mut(len - 1) {
+        *o = b'\n';
+    }
+    out.get(..len).unwrap_or(&[])
 }
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
@@ -363,7 +449,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn begin_lines_with_thresholds() {
+        let k = parse_span_line(LINE).unwrap();
+        let ids = &LINE[..49];
+        let with = |t: &str| {
+            let mut l = ids.to_vec();
+            l.extend_from_slice(t.as_bytes());
+            l
+        };
+        // Old lines are still accepted, with and without the newline.
+        assert_eq!(parse_begin_line(LINE), Ok((k, None)));
+        assert_eq!(parse_begin_line(ids), Ok((k, None)));
+        assert_eq!(parse_begin_line(&with(" 5000000\n")), Ok((k, Some(5_000_000))));
+        assert_eq!(parse_begin_line(&with(" 0")), Ok((k, Some(0))));
+        assert_eq!(parse_begin_line(&with(" 3600000000000\n")), Ok((k, Some(3_600_000_000_000))));
+        assert_eq!(with(" 3600000000000\n").len(), uapi::SPAN_LINE_MAX);
+        assert_eq!(parse_begin_line(&with(" 3600000000001")), Err(uapi::ERR_THRESHOLD_RANGE));
+        assert_eq!(parse_begin_line(&with(" 9999999999999")), Err(uapi::ERR_THRESHOLD_RANGE));
+        for bad in [" ", " \n", "  5", " 5 ", " +5", " -5", " 5x", " 0x10", " 10000000000000", "\t5", " 5\n\n", "5", " 5\r\n", " 1e6"] {
+            assert_eq!(parse_begin_line(&with(bad)), Err(uapi::ERR_MALFORMED), "{bad:?}");
+        }
+        // A bad id with a good threshold is still malformed.
+        let mut l = with(" 5");
+        l[3] = b'z';
+        assert_eq!(parse_begin_line(&l), Err(uapi::ERR_MALFORMED));
+        // End lines take no threshold.
+        assert_eq!(parse_span_line(&with(" 5")), Err(uapi::ERR_MALFORMED));
+        let mut out = [0u8; BEGIN_LINE_MAX];
+        assert_eq!(format_begin_line(&k, None, &mut out), LINE);
+        assert_eq!(format_begin_line(&k, Some(0), &mut out), &with(" 0\n")[..]);
+        assert_eq!(format_begin_line(&k, Some(u64::MAX), &mut out), &with(" 3600000000000\n")[..]);
+    }
+
     proptest! {
+        #[test]
+        fn begin_lines_round_trip(t in 1u128.., s in 1u64.., th in proptest::option::of(0u64..=uapi::BEGIN_THRESHOLD_MAX_NS)) {
+            let k = key_of(t, s);
+            let mut out = [0u8; BEGIN_LINE_MAX];
+            let l = format_begin_line(&k, th, &mut out).to_vec();
+            prop_assert_eq!(parse_begin_line(&l), Ok((k, th)));
+        }
+
+        #[test]
+        fn begin_lines_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = parse_begin_line(&bytes);
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let r = parse_span_line(&bytes);

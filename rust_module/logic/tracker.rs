@@ -224,7 +224,13 @@ pub struct SpanSlot {
     total_call_ns: u64,
     unitemised_calls: u64,
     unitemised_ns: u64,
+    /// The span's own threshold from its begin line; [`DEFAULT_THRESHOLD`]: the one
+    /// [`Tracker::end`] is given (the sysfs `threshold_ns`).
+    threshold_ns: u64,
 }
+
+/// `SpanSlot::threshold_ns` of a span begun without a threshold.
+pub const DEFAULT_THRESHOLD: u64 = u64::MAX;
 
 impl SpanSlot {
     /// A free slot (what [`Tracker::new`] writes; all-zero storage is equally valid).
@@ -247,6 +253,7 @@ impl SpanSlot {
         total_call_ns: 0,
         unitemised_calls: 0,
         unitemised_ns: 0,
+        threshold_ns: DEFAULT_THRESHOLD,
     };
 }
 
@@ -1292,6 +1299,19 @@ impl<'a> Tracker<'a> {
         now_mono: u64,
         now_real: u64,
     ) -> Result<(), i32> {
+        self.begin_with_threshold(tid, key, now_mono, now_real, None)
+    }
+
+    /// [`Tracker::begin`] of a span with its own threshold (`None`: the default given to
+    /// [`Tracker::end`]).
+    pub fn begin_with_threshold(
+        &mut self,
+        tid: u32,
+        key: SpanKey,
+        now_mono: u64,
+        now_real: u64,
+        threshold_ns: Option<u64>,
+    ) -> Result<(), i32> {
         let Some((ti, t)) = self
             .thread_index
             .get(&tid)
@@ -1344,6 +1364,7 @@ impl<'a> Tracker<'a> {
                 open: if indexed { OPEN_INDEXED } else { OPEN },
                 begin_mono_ns: now_mono,
                 begin_real_ns: now_real,
+                threshold_ns: threshold_ns.unwrap_or(DEFAULT_THRESHOLD),
                 ..SpanSlot::EMPTY
             };
         }
@@ -1363,8 +1384,10 @@ impl<'a> Tracker<'a> {
         Ok(())
     }
 
-    /// [`Tracker::begin`] of a raw begin line; a malformed line gives `ERR_MALFORMED`
-    /// (counted in `begins_malformed`), the writer's call is excluded in every case.
+    /// [`Tracker::begin`] of a raw begin line, with its threshold if it has one
+    /// ([`crate::key::parse_begin_line`]); a malformed line gives `ERR_MALFORMED` (a
+    /// threshold out of range `ERR_THRESHOLD_RANGE`), counted in `begins_malformed`, and
+    /// changes nothing else; the writer's call is excluded in every case.
     pub fn begin_line(
         &mut self,
         tid: u32,
@@ -1372,8 +1395,8 @@ impl<'a> Tracker<'a> {
         now_mono: u64,
         now_real: u64,
     ) -> Result<(), i32> {
-        match crate::key::parse_span_line(line) {
-            Ok(key) => self.begin(tid, key, now_mono, now_real),
+        match crate::key::parse_begin_line(line) {
+            Ok((key, threshold)) => self.begin_with_threshold(tid, key, now_mono, now_real, threshold),
             Err(e) => {
                 if let Some(ti) = self.thread_index.get(&tid) {
                     self.exclude_current_call(ti);
@@ -1386,7 +1409,8 @@ impl<'a> Tracker<'a> {
 
     /// Ends span `key`, written by thread `writer_tid` (any thread of the span's process;
     /// the span need not be the innermost one of its thread). The writer's system call in
-    /// progress is not recorded. If the span lasted at least `threshold_ns`, its record is
+    /// progress is not recorded. If the span lasted at least its own threshold (from its
+    /// begin line) or, when it was begun without one, `threshold_ns`, its record is
     /// encoded into `out` (which should hold `record::record_size(max_calls)` bytes; calls
     /// that do not fit are counted as unitemised and flagged `REC_CALLS_TRUNCATED`).
     /// Errors (each counted): `ERR_UNTRACKED`; `ERR_UNKNOWN_SPAN` if the span is not open in
@@ -1421,6 +1445,7 @@ impl<'a> Tracker<'a> {
         if s.tid != writer_tid {
             s.flags |= uapi::REC_ENDED_ELSEWHERE;
         }
+        let threshold_ns = if s.threshold_ns == DEFAULT_THRESHOLD { threshold_ns } else { s.threshold_ns };
         let outcome = if now_mono.saturating_sub(s.begin_mono_ns) >= threshold_ns {
             bump(&mut self.stats.spans_slow);
             let (tgid, dropped) = self

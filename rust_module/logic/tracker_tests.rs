@@ -1056,7 +1056,7 @@ fn default_storage_sizes() {
     use core::mem::size_of;
     assert_eq!(size_of::<ProcessSlot>(), 40);
     assert_eq!(size_of::<ThreadSlot>(), 128);
-    assert_eq!(size_of::<SpanSlot>(), 144);
+    assert_eq!(size_of::<SpanSlot>(), 152);
     assert_eq!(size_of::<EntryChunk>(), 1032);
     assert_eq!(size_of::<TableSlot<u32>>(), 12);
     assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
@@ -2064,4 +2064,54 @@ proptest! {
             check_invariants(&tr);
         }
     }
+}
+
+/// ABI 4: a begin line may carry the span's own threshold, used at its end instead of the
+/// default (the sysfs `threshold_ns`); old lines get the default; a bad threshold changes
+/// nothing.
+#[test]
+fn begin_line_thresholds() {
+    use crate::key::{format_begin_line, BEGIN_LINE_MAX};
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let mut out = vec![0u8; BIG];
+    let line = |k: u64, t: Option<u64>| {
+        let mut b = [0u8; BEGIN_LINE_MAX];
+        format_begin_line(&key(k), t, &mut b).to_vec()
+    };
+    let end = |tr: &mut Tracker<'_>, k: u64, at: u64, default: u64, out: &mut [u8]| {
+        let mut b = [0u8; 50];
+        let l = format_span_line(&key(k), &mut b).to_vec();
+        tr.end_line(100, &l, at, 0, default, out).unwrap()
+    };
+    // Own threshold 10: a 20 ns span is slow although the default is 1000...
+    tr.begin_line(100, &line(1, Some(10)), 0, 0).unwrap();
+    assert!(matches!(end(&mut tr, 1, 20, 1000, &mut out), EndOutcome::Slow { .. }));
+    // ... and a 500 ns span with its own 1000 is fast although the default is 1.
+    tr.begin_line(100, &line(2, Some(1000)), 0, 0).unwrap();
+    assert_eq!(end(&mut tr, 2, 500, 1, &mut out), EndOutcome::Fast);
+    // Without one: the default at the end.
+    tr.begin_line(100, &line(3, None), 0, 0).unwrap();
+    assert!(matches!(end(&mut tr, 3, 500, 100, &mut out), EndOutcome::Slow { .. }));
+    // Nested spans keep their own.
+    tr.begin_line(100, &line(4, Some(100)), 0, 0).unwrap();
+    tr.begin_line(100, &line(5, Some(10_000)), 0, 0).unwrap();
+    assert_eq!(end(&mut tr, 5, 5000, 0, &mut out), EndOutcome::Fast);
+    assert!(matches!(end(&mut tr, 4, 5000, 1_000_000, &mut out), EndOutcome::Slow { .. }));
+    // Malformed or out of range: refused, counted, nothing opened.
+    let before = tr.stats();
+    let mut bad = line(6, Some(5));
+    bad.insert(50, b'x');
+    assert_eq!(tr.begin_line(100, &bad, 0, 0), Err(crate::uapi::ERR_MALFORMED));
+    let mut big = line(6, None);
+    big.truncate(49);
+    big.extend_from_slice(b" 3600000000001\n");
+    assert_eq!(tr.begin_line(100, &big, 0, 0), Err(crate::uapi::ERR_THRESHOLD_RANGE));
+    let after = tr.stats();
+    assert_eq!(after.begins_malformed, before.begins_malformed + 2);
+    assert_eq!(after.spans_begun, before.spans_begun);
+    assert_eq!(tr.end_line(100, &line(6, None), 1, 0, 0, &mut out), Err(ERR_UNKNOWN_SPAN));
+    check_invariants(&tr);
 }

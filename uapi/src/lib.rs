@@ -4,8 +4,9 @@
 //! `spantrack-uapi` crate. Uses `core` only.
 #![no_std]
 
-/// Version of everything in this file. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 3;
+/// Version of everything in this file. Bumped on any incompatible change (4: a begin line
+/// may carry the span's own threshold).
+pub const ABI_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------
 // Paths
@@ -15,7 +16,11 @@ pub const ABI_VERSION: u32 = 3;
 pub const PROC_DIR: &str = "/proc/spantrack";
 /// Control file: `ioctl`s (registration, info) and `poll` (records ready for this process).
 pub const PROC_CONTROL: &str = "/proc/spantrack/control";
-/// Span begin: write one line `"<32 hex trace id> <16 hex span id>\n"`.
+/// Span begin: write one line `"<32 hex trace id> <16 hex span id>\n"`, or (ABI 4)
+/// `"<32 hex trace id> <16 hex span id> <threshold ns>\n"`: the span's own threshold, 1 to
+/// 13 decimal digits, at most [`BEGIN_THRESHOLD_MAX_NS`]; the span is reported when it lasts
+/// at least that long, whatever the sysfs `threshold_ns` (which applies to spans begun
+/// without one).
 pub const PROC_BEGIN: &str = "/proc/spantrack/begin";
 /// Span end: the same line as the begin.
 pub const PROC_END: &str = "/proc/spantrack/end";
@@ -164,7 +169,8 @@ pub struct Info {
 // Errors returned by writes to PROC_BEGIN / PROC_END (positive errno values).
 // ---------------------------------------------------------------------------------------
 
-/// The line is not `"<32 hex> <16 hex>"` with an optional `'\n'`, or an id is all zero.
+/// The line is not `"<32 hex> <16 hex>"` (for a begin: optionally followed by `" <decimal
+/// threshold ns>"`) with an optional `'\n'`, or an id is all zero.
 pub const ERR_MALFORMED: i32 = 22; // EINVAL
 /// The writing thread is not tracked (its process did not register).
 pub const ERR_UNTRACKED: i32 = 1; // EPERM
@@ -177,8 +183,13 @@ pub const ERR_TABLE_FULL: i32 = 28; // ENOSPC
 /// The thread already has `MAX_DEPTH` open spans (counted in `PROC_STATS`).
 pub const ERR_TOO_DEEP: i32 = 75; // EOVERFLOW
 
-/// Longest accepted line, newline included.
-pub const SPAN_LINE_MAX: usize = 32 + 1 + 16 + 1;
+/// A begin line's threshold is out of range (above [`BEGIN_THRESHOLD_MAX_NS`]).
+pub const ERR_THRESHOLD_RANGE: i32 = 34; // ERANGE
+
+/// Largest threshold a begin line may carry (1 hour, the sysfs `threshold_ns` maximum).
+pub const BEGIN_THRESHOLD_MAX_NS: u64 = 3_600_000_000_000;
+/// Longest accepted line, newline included: a begin line with a 13-digit threshold.
+pub const SPAN_LINE_MAX: usize = 32 + 1 + 16 + 1 + 13 + 1;
 /// Open spans one thread can nest.
 pub const MAX_DEPTH: usize = 16;
 
@@ -453,7 +464,8 @@ mod tests {
     /// same number, so a library can name an older module's version.
     #[test]
     fn ioctl_type_is_not_lttngs() {
-        assert_eq!(ABI_VERSION, 3);
+        assert_eq!(ABI_VERSION, 4);
+        assert_eq!(SPAN_LINE_MAX, 64); // glue.c's ST_LINE_BUF
         for cmd in [IOCTL_REGISTER, IOCTL_UNREGISTER_THREAD, IOCTL_UNREGISTER, IOCTL_INFO, IOCTL_RELAY_FDS, IOCTL_SET_ACTIVE_SLOT] {
             assert_eq!((cmd >> 8) & 0xff, 0xB9, "{cmd:#x}");
         }

@@ -45,7 +45,7 @@ def install(lib=None) -> bool:
         from . import abi
         lib = abi.load()
         if lib is None:
-            _debug("libspanhook.so (ABI 3) is not in the process: doing nothing")
+            _debug("libspanhook.so (ABI 4) is not in the process: doing nothing")
             return False
         if lib.active() != 1:
             _debug("libspanhook.so is inactive (no module?): doing nothing")

@@ -1,4 +1,4 @@
-"""The C ABI of libspanhook.so (version 3), reached through ctypes.CDLL(None): when the
+"""The C ABI of libspanhook.so (version 4), reached through ctypes.CDLL(None): when the
 library is LD_PRELOADed its symbols are global in the process.
 
 ctypes releases the GIL around each call, so a worker waiting in take_record never holds
@@ -9,7 +9,7 @@ import errno
 
 from .record import RECORD_MAX_SIZE
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 U64_MAX = (1 << 64) - 1
 
 
@@ -27,6 +27,9 @@ class SpanHookLibrary:
         self.abi_version = fn("spanhook_abi_version", ctypes.c_uint32)
         self.active = fn("spanhook_active", ctypes.c_int)
         self.span_begin = fn("spanhook_span_begin", ctypes.c_int, p, p)
+        # (trace id, span id, threshold ns; U64_MAX: the module's threshold_ns)
+        self.span_begin_threshold = fn("spanhook_span_begin_threshold", ctypes.c_int, p, p,
+                                       ctypes.c_uint64)
         self.span_end = fn("spanhook_span_end", ctypes.c_int, p, p)
         self.threshold_ns = fn("spanhook_threshold_ns", ctypes.c_uint64)
         self._take_record = fn("spanhook_take_record", ctypes.c_long, p, p,
@@ -61,7 +64,7 @@ class SpanHookLibrary:
 
 
 def load():
-    """The library's handles when it is in the process with ABI 3, else None."""
+    """The library's handles when it is in the process with ABI 4, else None."""
     try:
         lib = SpanHookLibrary(ctypes.CDLL(None))
     except (OSError, AttributeError):

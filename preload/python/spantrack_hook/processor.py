@@ -40,7 +40,7 @@ from typing import Optional
 
 from opentelemetry.sdk.trace import SpanProcessor
 
-from . import activation, annotate, record
+from . import activation, annotate, record, threshold
 from .abi import U64_MAX
 
 log = logging.getLogger("spantrack")
@@ -64,14 +64,48 @@ def _env_float(name: str, default: float) -> float:
 
 class _Item:
     """A span waiting for the worker."""
-    __slots__ = ("span", "thread_name", "borderline", "deadline", "ratio")
+    __slots__ = ("span", "thread_name", "borderline", "deadline", "ratio", "why")
 
-    def __init__(self, span, thread_name, borderline, deadline, ratio):
+    def __init__(self, span, thread_name, borderline, deadline, ratio, why=None):
         self.span = span
         self.thread_name = thread_name
         self.borderline = borderline
         self.deadline = deadline  # monotonic: wait for the record until then
         self.ratio = ratio  # duration / threshold: the slowest go first within the budget
+        self.why = why  # (threshold ns, source, operation or None): why it is slow
+
+
+# OpenTelemetry's SpanKind values (operation keys) by name, for `spantrack top`.
+_KIND_NAMES = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}
+
+# The attributes that say why a span was annotated (the same in Rust: threshold::attr).
+ATTR_THRESHOLD_NS = "spantrack.threshold_ns"
+ATTR_THRESHOLD_SOURCE = "spantrack.threshold.source"
+ATTR_OP_P50_NS = "spantrack.op.p50_ns"
+ATTR_OP_P95_NS = "spantrack.op.p95_ns"
+ATTR_OP_P99_NS = "spantrack.op.p99_ns"
+ATTR_OP_SAMPLES = "spantrack.op.samples"
+ATTR_OP_CV = "spantrack.op.cv"
+
+
+def explain(span, why):
+    """A copy of a slow span that says why it was slow: the threshold it was judged by,
+    where that came from, and its operation's statistics now."""
+    if why is None:
+        return span
+    ns, source, op = why
+    attrs = dict(span.attributes or {})
+    attrs[ATTR_THRESHOLD_NS] = ns
+    attrs[ATTR_THRESHOLD_SOURCE] = source
+    if op is not None:
+        e = op.estimate()
+        for k, v in ((ATTR_OP_P50_NS, e["p50_ns"]), (ATTR_OP_P95_NS, e["p95_ns"]),
+                     (ATTR_OP_P99_NS, e["p99_ns"])):
+            if v is not None:
+                attrs[k] = v
+        attrs[ATTR_OP_SAMPLES] = e["samples"]
+        attrs[ATTR_OP_CV] = e["cv"]
+    return annotate._copy(span, attrs)
 
 
 class SpantrackSpanProcessor(SpanProcessor):
@@ -112,7 +146,15 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._last_threshold = lib.threshold_ns() if lib.active() == 1 else U64_MAX
         self._inactive = False
         self._shut = False
+        # Per-operation thresholds (threshold.py; SPANTRACK_THRESHOLD* variables).
+        self.threshold_config = threshold.ThresholdConfig()
+        self.operations = threshold.OpTable(self.threshold_config)
+        self._service = (None, None)  # (resource, its service.name)
+        self._publish_dir = os.environ.get("SPANTRACK_OPS_DIR", threshold.DEFAULT_OPS_DIR)
+        self._publisher = None
         self._reset_worker_state()
+        if self._publish_dir and lib.active() == 1 and getattr(lib, "publishes", True):
+            self._start_publisher()
         if hasattr(os, "register_at_fork"):
             weak = weakref.WeakMethod
             before, parent, child = (weak(self._before_fork), weak(self._after_fork_parent),
@@ -147,9 +189,17 @@ class SpantrackSpanProcessor(SpanProcessor):
         ctx = span.context
         if self._inactive or self._shut or ctx is None or not ctx.trace_flags.sampled:
             return
-        rc = self._lib.span_begin(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
+        own = None
+        if self.threshold_config.adaptive:
+            op = self._operation(span)
+            own = op.threshold if op is not None else None
+            rc = self._lib.span_begin_threshold(ctx.trace_id.to_bytes(16, "big"),
+                                                ctx.span_id.to_bytes(8, "big"),
+                                                U64_MAX if own is None else own)
+        else:
+            rc = self._lib.span_begin(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
         if rc == 0:
-            self._open[(ctx.trace_id, ctx.span_id)] = threading.current_thread().name
+            self._open[(ctx.trace_id, ctx.span_id)] = (threading.current_thread().name, own)
             self.counters["begun"] += 1
         else:
             self.counters[f"begin_error_{-rc}"] += 1
@@ -165,8 +215,8 @@ class SpantrackSpanProcessor(SpanProcessor):
 
     def _on_end(self, span) -> None:
         ctx = span.context
-        thread_name = self._open.pop((ctx.trace_id, ctx.span_id), None) if ctx else None
-        if thread_name is None:
+        opened = self._open.pop((ctx.trace_id, ctx.span_id), None) if ctx else None
+        if opened is None:
             # Not tracked: spantrack inactive (forked child, module gone), the begin was
             # refused, or not sampled.
             self._pass_untracked(span)
@@ -176,16 +226,29 @@ class SpantrackSpanProcessor(SpanProcessor):
             self.counters[f"end_error_{-rc}"] += 1
             self._pass_untracked(span)
             return
-        threshold = self._current_threshold()
+        thread_name, own = opened
+        module_threshold = self._current_threshold()
         duration = (span.end_time or 0) - (span.start_time or 0)
-        if threshold == U64_MAX or duration < threshold // 2:
+        op = self._operation(span)
+        if op is not None:
+            op.record(duration, span.end_time or 0, self.threshold_config.floor_ns)
+        if own is not None:
+            threshold_ns, source = own, threshold.SOURCE_ADAPTIVE
+        else:
+            threshold_ns = module_threshold
+            source = threshold.SOURCE_WARMUP if self.threshold_config.adaptive else threshold.SOURCE_FIXED
+        # A span's own threshold is the one the kernel used: only the clocks' difference (the
+        # SDK's times vs the begin/end writes) is uncertain; the module's may have changed
+        # since it was last read.
+        margin = threshold_ns // 16 if own is not None else threshold_ns // 2
+        if module_threshold == U64_MAX or duration < threshold_ns - margin:
             self.counters["fast"] += 1
             self._inner.on_end(span)
             return
-        borderline = duration < threshold
+        borderline = duration < threshold_ns
         wait = self.TAKE_TIMEOUT_BORDERLINE_MS if borderline else self.TAKE_TIMEOUT_MS
         item = _Item(span, thread_name, borderline, time.monotonic() + wait / 1000,
-                     duration / max(1, threshold))
+                     duration / max(1, threshold_ns), (threshold_ns, source, op))
         with self._lock:
             queued = not self._closed and len(self._pending) < self.QUEUE_SIZE
             if queued:
@@ -218,12 +281,14 @@ class SpantrackSpanProcessor(SpanProcessor):
             start = time.monotonic()
             deadline = start + self.SHUTDOWN_TIMEOUT_MS / 1000
             self._finish(start + (deadline - start) * self.ANNOTATE_SHARE, deadline, stop=True)
+            self._stop_publisher()
         self._inner.shutdown()
 
     def _at_exit(self) -> None:
         """The interpreter exits: what is queued goes on (annotated while time allows),
         then the exporters flush; shutdown() (the provider's own atexit handler, which runs
         after this one) only finds an empty queue."""
+        self._stop_publisher()
         if self._shut:
             return
         start = time.monotonic()
@@ -235,6 +300,73 @@ class SpantrackSpanProcessor(SpanProcessor):
             log.exception("spantrack: flushing at exit failed")
 
     # --- threshold ------------------------------------------------------------------------
+
+    PUBLISH_EVERY_S = 1.0
+
+    def _start_publisher(self) -> None:
+        """Publishes the per-operation statistics for `spantrack top` once a second from a
+        thread of its own, untracked by the module (its writes are never a span's)."""
+        stop = threading.Event()
+        weak = weakref.ref(self)
+        lib = self._lib
+
+        def run():
+            lib.unregister_thread()
+            pid = os.getpid()
+            while not stop.wait(self.PUBLISH_EVERY_S):
+                p = weak()
+                if p is None:
+                    return
+                try:
+                    threshold.publish(p._publish_dir, pid, p.operations_document())
+                except Exception:
+                    pass
+                del p
+        try:
+            t = threading.Thread(target=run, name="spantrack-publisher", daemon=True)
+            t.start()
+            self._publisher = (t, stop)
+        except Exception:
+            self._publisher = None
+
+    def _stop_publisher(self) -> None:
+        pub, self._publisher = self._publisher, None
+        if pub is not None:
+            pub[1].set()
+            threshold.unpublish(self._publish_dir, os.getpid())
+
+    def operations_document(self) -> dict:
+        """The per-operation statistics `spantrack top` shows (published as JSON)."""
+        cfg = self.threshold_config
+        ops = []
+        for (service, name, kind), op in list(self.operations.ops.items()):
+            e = op.estimate()
+            ops.append({"service": service, "name": name,
+                        "kind": _KIND_NAMES.get(kind, str(kind)), "spans": op.spans,
+                        "annotated": op.annotated, "capped": op.capped, "samples": e["samples"],
+                        "p50_ns": e["p50_ns"], "p95_ns": e["p95_ns"], "p99_ns": e["p99_ns"],
+                        "cv": e["cv"],
+                        "threshold_ns": op.threshold if cfg.adaptive else None,
+                        "source": (threshold.SOURCE_FIXED if not cfg.adaptive else
+                                   threshold.SOURCE_ADAPTIVE if op.threshold is not None
+                                   else threshold.SOURCE_WARMUP)})
+        c = self.counters
+        return {"pid": os.getpid(), "time": time.time(), "runtime": "python",
+                "mode": "adaptive" if cfg.adaptive else "fixed",
+                "percentile_bp": cfg.percentile_bp, "warmup": cfg.warmup,
+                "ops_overflow": self.operations.overflow, "annotated": c["annotated"],
+                "missing": sum(v for k, v in c.items() if k.startswith("missing_")),
+                "op_capped": c["op_capped"], "operations": ops}
+
+    def _operation(self, span):
+        """The span's operation (service, name, kind), None past the table's size."""
+        resource = span.resource
+        cached_resource, service = self._service
+        if resource is not cached_resource:
+            service = resource.attributes.get("service.name", "") if resource is not None else ""
+            self._service = (resource, service)
+        kind = span.kind
+        return self.operations.get((service, span.name, kind.value if kind is not None else 0))
 
     def _current_threshold(self) -> int:
         now = time.monotonic()
@@ -262,7 +394,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         if item.borderline:
             self._inner.on_end(item.span)
         else:
-            self._forward(annotate.mark(item.span, why), why)
+            self._forward(annotate.mark(explain(item.span, item.why), why), why)
 
     def _forward(self, span, why: Optional[str]) -> None:
         if why is not None:
@@ -302,6 +434,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         # library does not register a forked child: then the child's spans pass through.
         self._reset_worker_state()
         self.counters = collections.Counter()
+        self._publisher = None  # the parent's thread (its file is the parent's)
         activation.reset_after_fork()
         self._inactive = self._lib.active() != 1
 
@@ -466,15 +599,20 @@ class SpantrackSpanProcessor(SpanProcessor):
         return raw, None
 
     def _annotate_and_forward(self, item: _Item, raw: bytes) -> None:
-        span = item.span
         t0 = time.thread_time()
+        span = explain(item.span, item.why)
+        op = item.why[2] if item.why is not None else None
         try:
             rec = record.decode(raw)
             ctx = span.context
             if rec.trace_id != ctx.trace_id.to_bytes(16, "big") or \
                     rec.span_id != ctx.span_id.to_bytes(8, "big"):
                 raise record.RecordError("the record is another span's")
-            if self._has_credit():
+            capped = op is not None and not op.allow_annotation(
+                self.threshold_config.annotations_per_s, time.time_ns())
+            if capped:
+                self.counters["op_capped"] += 1
+            if not capped and self._has_credit():
                 why = None
                 out = annotate.build(span, rec, item.thread_name, self.MIN_CHILD_NS)
             else:
@@ -493,6 +631,8 @@ class SpantrackSpanProcessor(SpanProcessor):
             return
         t0 += time.thread_time() - t1  # the parent would have been exported anyway
         self.counters["annotated"] += 1
+        if op is not None:
+            op.annotated += 1
         inner_on_end = self._inner.on_end
         for i in range(1, len(out)):
             try:

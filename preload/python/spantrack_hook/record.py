@@ -5,7 +5,7 @@ constants are checked against it by tests/test_golden.py through tests/golden/re
 import struct
 from typing import List, NamedTuple
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 RECORD_MAGIC = int.from_bytes(b"SPTR", "little")
 
 # RecordHeader: magic u32, version u16, header_size u16, total_size u32, n_entries u32,

@@ -6,7 +6,9 @@ An operation is service + span name + span kind. Its latencies go into a log-lin
 histogram (8 buckets per power of two, 320 buckets up to 2^42 ns); two alternating windows;
 the threshold is the previous window's percentile, or the lower of it and the current
 window's once that one is warm; until then the module's threshold_ns applies (warm-up).
-Percentile estimates are within 1/16 of the exact sample percentile.
+Percentile estimates (bucket midpoints) are within 1/16 of the exact sample percentile; the
+threshold is the upper edge of the percentile's bucket (within 1/8 above it, and at most
+1 - q of a window's samples at or above it).
 """
 
 import itertools
@@ -19,7 +21,7 @@ MAX_EXP = 42
 N_BUCKETS = 8 * (MAX_EXP - 2)
 MAX_WINDOW_SAMPLES = 1 << 20
 MAX_THRESHOLD_NS = 3_600_000_000_000
-REFRESH_EVERY = 16
+REFRESH_EVERY = 32
 
 SOURCE_ADAPTIVE = "adaptive"
 SOURCE_FIXED = "fixed"
@@ -61,6 +63,20 @@ def percentile(counts, n: int, q_bp: int):
         if cum >= rank:
             return _MIDS[i]
     return _MIDS[len(counts) - 1]
+
+
+def percentile_upper(counts, n: int, q_bp: int):
+    """Upper edge of the bucket holding the percentile: the threshold (at most 1 - q of the
+    samples at or above it; within 1/8 above the exact percentile)."""
+    if n == 0:
+        return None
+    rank = max(1, -(-(n * q_bp) // 10_000))
+    for i, cum in enumerate(itertools.accumulate(counts)):
+        if cum >= rank:
+            lo, w = bucket_bounds(i)
+            return lo + w
+    lo, w = bucket_bounds(len(counts) - 1)
+    return lo + w
 
 
 def _percentiles(counts, n: int, qs):
@@ -129,7 +145,7 @@ class ThresholdConfig:
         self.window_ns = (s if s >= 1 else 60) * 1_000_000_000
         self.floor_ns = max(0, num("SPANTRACK_THRESHOLD_FLOOR_NS", 0))
         self.max_ops = max(0, num("SPANTRACK_THRESHOLD_MAX_OPS", 256))
-        self.annotations_per_s = max(0, num("SPANTRACK_OP_ANNOTATIONS_PER_S", 10))
+        self.annotations_per_s = max(0, num("SPANTRACK_OP_ANNOTATIONS_PER_S", 100))
 
 
 class Estimator:
@@ -173,8 +189,8 @@ class Estimator:
 
     def threshold_ns(self):
         c, p = self.cur, self.cur ^ 1
-        tp = percentile(self.windows[p], self.n[p], self.percentile_bp) if self.n[p] >= self.warmup else None
-        tc = percentile(self.windows[c], self.n[c], self.percentile_bp) if self.n[c] >= self.warmup else None
+        tp = percentile_upper(self.windows[p], self.n[p], self.percentile_bp) if self.n[p] >= self.warmup else None
+        tc = percentile_upper(self.windows[c], self.n[c], self.percentile_bp) if self.n[c] >= self.warmup else None
         if tp is not None and tc is not None:
             return min(tp, tc)
         return tp if tp is not None else tc
@@ -185,6 +201,37 @@ class Estimator:
         p50, p95, p99 = _percentiles(both, n, (5000, 9500, 9900))
         return {"threshold_ns": self.threshold_ns(), "p50_ns": p50, "p95_ns": p95,
                 "p99_ns": p99, "samples": n, "cv": cv(both, n)}
+
+
+DEFAULT_OPS_DIR = "/tmp/spantrack-ops"
+
+
+def publish(directory: str, pid: int, doc: dict) -> None:
+    """Writes doc as JSON to <directory>/<pid>.json (a new file renamed over it; the
+    directory is created sticky and world-writable like /tmp)."""
+    import json
+    if not os.path.isdir(directory):
+        try:
+            os.mkdir(directory, 0o1777)
+            os.chmod(directory, 0o1777)
+        except OSError:
+            pass
+    tmp = os.path.join(directory, f".{pid}.json.tmp")
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    os.rename(tmp, os.path.join(directory, f"{pid}.json"))
+
+
+def unpublish(directory: str, pid: int) -> None:
+    try:
+        os.unlink(os.path.join(directory, f"{pid}.json"))
+    except OSError:
+        pass
 
 
 class Op:
@@ -213,7 +260,9 @@ class Op:
             est = self.est
             rotated = est.record(dur, now_ns)
             n = est.n[est.cur]
-            if rotated or n % REFRESH_EVERY == 0 or n <= est.warmup:
+            # The threshold changes only when a window closes, when the current one turns
+            # warm, and (slowly) as a warm one fills.
+            if rotated or n == est.warmup or (n > est.warmup and n % REFRESH_EVERY == 0):
                 t = est.threshold_ns()
                 self.threshold = None if t is None else min(max(t, floor_ns, 1), MAX_THRESHOLD_NS)
         finally:

@@ -17,6 +17,8 @@ class FakeSpanHook:
         self.unregistered = []   # thread idents
         self.take_calls = []     # (trace_id, span_id, timeout_ms, thread ident)
         self.begin_rc = 0
+        self.thresholds = {}     # (trace_id, span_id) -> own threshold or None
+        self.publishes = False   # no `spantrack top` publisher thread in host tests
         self.lock = threading.Lock()
 
     def abi_version(self):
@@ -28,6 +30,12 @@ class FakeSpanHook:
     def span_begin(self, trace_id, span_id):
         self.calls.append(("begin", trace_id, span_id, threading.get_ident()))
         return self.begin_rc
+
+    def span_begin_threshold(self, trace_id, span_id, threshold_ns):
+        """ABI 4: the begin with the span's own threshold (U64_MAX: none), kept in
+        self.thresholds[(trace_id, span_id)]."""
+        self.thresholds[(trace_id, span_id)] = None if threshold_ns == U64_MAX else threshold_ns
+        return self.span_begin(trace_id, span_id)
 
     def span_end(self, trace_id, span_id):
         self.calls.append(("end", trace_id, span_id, threading.get_ident()))

@@ -8,8 +8,8 @@ use crate::sys;
 use spantrack_logic::key::{format_span_line, parse_span_line, SpanKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Length of a begin/end line, newline included.
-pub const LINE_LEN: usize = spantrack_uapi::SPAN_LINE_MAX;
+/// Length of a begin/end line without a threshold, newline included.
+pub const LINE_LEN: usize = spantrack_logic::key::SPAN_LINE_LEN;
 
 /// The W3C ids of one span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

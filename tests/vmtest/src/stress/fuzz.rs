@@ -74,10 +74,27 @@ impl Model {
         if b.is_empty() || b.len() > LINE_MAX_GLUE {
             return Err(libc::EINVAL);
         }
-        let Some(id) = spec_line(b) else {
+        // ABI 4: a begin line may end in " <1-13 digits>" (its threshold, at most 1 hour:
+        // ERANGE above).
+        let (ids, threshold) = match b.strip_suffix(b"\n").unwrap_or(b) {
+            l if !is_end && l.len() > 50 && l[49] == b' ' => (&l[..49], Some(&l[50..])),
+            _ => (b, None),
+        };
+        let Some(id) = spec_line(ids) else {
             self.bump(if is_end { "ends_malformed" } else { "begins_malformed" });
             return Err(libc::EINVAL);
         };
+        if let Some(t) = threshold {
+            if t.is_empty() || t.len() > 13 || !t.iter().all(u8::is_ascii_digit) {
+                self.bump("begins_malformed");
+                return Err(libc::EINVAL);
+            }
+            let v: u64 = std::str::from_utf8(t).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            if v > 3_600_000_000_000 {
+                self.bump("begins_malformed");
+                return Err(libc::ERANGE);
+            }
+        }
         if !tracked {
             self.bump(if is_end { "ends_untracked" } else { "begins_untracked" });
             return Err(libc::EPERM);
@@ -122,6 +139,23 @@ fn gen_line(rng: &mut Rng, pool: &[[u8; 50]]) -> Vec<u8> {
         }
         if rng.chance(200) {
             l.pop();
+        }
+        if rng.chance(150) {
+            // A threshold (ABI 4): valid ones of 50 to 60 minutes (no fuzzed span lasts that
+            // long: the model writes no records), some too large or too long.
+            let nl = l.last() == Some(&b'\n');
+            if nl {
+                l.pop();
+            }
+            let v = match rng.below(3) {
+                0 => 3_000_000_000_000 + rng.below(600_000_000_001),
+                1 => 3_600_000_000_000 + rng.below(10),
+                _ => 10_000_000_000_000 + rng.next_u64() % 90_000_000_000_000, // 14 digits
+            };
+            l.extend_from_slice(format!(" {v}").as_bytes());
+            if nl {
+                l.push(b'\n');
+            }
         }
         l
     };
