@@ -29,6 +29,9 @@ pub mod attr {
     pub const DROPPED_UNITEMISED_CALLS: &str = "spantrack.dropped.unitemised_calls";
     /// Their nanoseconds.
     pub const DROPPED_UNITEMISED_NS: &str = "spantrack.dropped.unitemised_ns";
+    /// Why calls were not itemised, when some were not: `max_calls` (the per-span limit),
+    /// `entry_pool` (the module's entry pool was empty) or `max_calls,entry_pool`.
+    pub const DROPPED_REASON: &str = "spantrack.dropped.reason";
     /// Records of the process the kernel dropped (relay full) before this one.
     pub const DROPPED_RECORDS_BEFORE: &str = "spantrack.dropped.records_before";
     /// The span was ended from another thread than the one that began it (set only then).
@@ -141,16 +144,31 @@ pub fn call_interval(
     (system_time(start), system_time(end))
 }
 
-/// `12.3ms`, `45.6us`, `789ns`, `1.23s`.
+/// `789ns`, `45.6us`, `12.3ms`, `1.23s`: the unit by the exact value, then rounded half up
+/// in integers (the README's spec; the Python hook's `fmt_ns` is the same).
 pub fn format_ns(ns: u64) -> String {
+    let ns = u128::from(ns);
     if ns < 1_000 {
         format!("{ns}ns")
     } else if ns < 1_000_000 {
-        format!("{:.1}us", ns as f64 / 1e3)
+        let t = (ns + 50) / 100;
+        format!("{}.{}us", t / 10, t % 10)
     } else if ns < 1_000_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
+        let t = (ns + 50_000) / 100_000;
+        format!("{}.{}ms", t / 10, t % 10)
     } else {
-        format!("{:.2}s", ns as f64 / 1e9)
+        let h = (ns + 5_000_000) / 10_000_000;
+        format!("{}.{:02}s", h / 100, h % 100)
+    }
+}
+
+/// [`attr::DROPPED_REASON`] of a record's flags, `None` when every call was itemised.
+pub fn dropped_reason(flags: u32) -> Option<&'static str> {
+    match (flags & uapi::REC_CALLS_TRUNCATED != 0, flags & uapi::REC_POOL_EXHAUSTED != 0) {
+        (true, true) => Some("max_calls,entry_pool"),
+        (true, false) => Some("max_calls"),
+        (false, true) => Some("entry_pool"),
+        (false, false) => None,
     }
 }
 
@@ -216,6 +234,9 @@ pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Res
         KeyValue::new(attr::DROPPED_RECORDS_BEFORE, int(h.records_dropped_before)),
         KeyValue::new(attr::THREAD_ID, i64::from(h.tid)),
     ]);
+    if let Some(why) = dropped_reason(h.flags) {
+        span.attributes.push(KeyValue::new(attr::DROPPED_REASON, why));
+    }
     // Only when true (as the Python hook): every attribute costs the exporter ~1k instructions.
     if h.flags & uapi::REC_ENDED_ELSEWHERE != 0 {
         span.attributes.push(KeyValue::new(attr::ENDED_ELSEWHERE, true));

@@ -1,7 +1,9 @@
 //! Names of Linux errno values (x86_64), for the `error.type` of failed system calls: the
 //! user-visible ones of `asm-generic/errno-base.h` and `errno.h` (1..=133) and the
 //! kernel-internal restart codes (512..=531) that a system-call exit tracepoint can see
-//! when a signal interrupts a call. Generated from the headers.
+//! when a signal interrupts a call. Generated from the headers. The one errno table of the
+//! exported spans: the Python hook's `spantrack_hook/errnos.py` is generated from `USER` and
+//! `KERNEL` below by `preload/python/tools/gen_errno.py` (a test keeps it current).
 
 /// The symbolic name of errno `e` (`"EAGAIN"`, `"ENOENT"`, ...), `None` if it has none.
 pub fn errno_name(e: u32) -> Option<&'static str> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 /// The ABI version this crate speaks (`spanhook_abi_version()`).
 pub const ABI_VERSION: u32 = 3;
-/// No record is larger (`SPANHOOK_RECORD_MAX`).
-pub const RECORD_MAX: usize = 256 * 1024;
+/// No record is larger (`SPANHOOK_RECORD_MAX`, the module's `record::RECORD_MAX_SIZE`).
+pub const RECORD_MAX: usize = spantrack_logic::record::RECORD_MAX_SIZE;
 
 type VersionFn = unsafe extern "C" fn() -> u32;
 type ActiveFn = unsafe extern "C" fn() -> c_int;

@@ -2,41 +2,16 @@
 //! span id), limited in record count and in bytes; when full, the oldest record is evicted
 //! and counted. Used under one mutex held only for these map operations.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// Hashes span ids by folding their bytes with a multiply (FxHash's step): the ids are random
-/// (W3C ids from the service's generator), so SipHash's ~150 instructions per key buy
-/// nothing here; a record is hashed ~4 times between relay and the worker.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
+/// The map's hasher: std's SipHash-1-3, keyed at random for each store. The ids are not all
+/// the service's own: trace ids arrive in requests' `traceparent` headers, chosen by whoever
+/// sends them. With an unkeyed hash (the FxHash step used before) a sender could pick ids that
+/// all collide and make every insert and take of this process walk one long chain; with a
+/// secret key it cannot. SipHash costs more per key than that multiply, a small price next to
+/// the record's copy (a record is hashed ~4 times between relay and the worker).
+pub type IdHashState = RandomState;
 
 /// (trace id, span id) of a span, as the W3C bytes.
 pub type SpanIds = ([u8; 16], [u8; 8]);
@@ -53,7 +28,7 @@ struct Held {
 
 /// Records waiting to be taken, oldest evicted first.
 pub struct RecordStore {
-    map: HashMap<SpanIds, Held, BuildHasherDefault<IdHasher>>,
+    map: HashMap<SpanIds, Held, IdHashState>,
     /// Insertion order; entries whose `seq` no longer matches the map were taken or
     /// replaced and are skipped (and compacted away when they pile up).
     order: VecDeque<(u64, SpanIds)>,
@@ -77,7 +52,7 @@ pub enum Take {
 impl RecordStore {
     pub fn new(max_records: usize, max_bytes: usize) -> Self {
         RecordStore {
-            map: HashMap::default(),
+            map: HashMap::with_hasher(IdHashState::new()),
             order: VecDeque::new(),
             next_seq: 0,
             bytes: 0,
@@ -167,16 +142,19 @@ mod tests {
     }
 
     #[test]
-    fn id_hasher_tells_single_byte_changes_apart() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let bh = BuildHasherDefault::<IdHasher>::default();
+    fn ids_are_hashed_with_a_key_of_each_store() {
+        use std::hash::BuildHasher;
+        // Two stores hash the same ids differently: what collides in one does not in another,
+        // and no other process can compute either.
+        let (a, b) = (RecordStore::new(1, 1), RecordStore::new(1, 1));
         let base: SpanIds = ([7; 16], [9; 8]);
+        assert_ne!(a.map.hasher().hash_one(base), b.map.hasher().hash_one(base));
         let mut seen = std::collections::HashSet::new();
-        assert!(seen.insert(bh.hash_one(base)));
+        assert!(seen.insert(a.map.hasher().hash_one(base)));
         for i in 0..24 {
             let mut x = base;
             if i < 16 { x.0[i] ^= 1 } else { x.1[i - 16] ^= 1 }
-            assert!(seen.insert(bh.hash_one(x)), "byte {i}");
+            assert!(seen.insert(a.map.hasher().hash_one(x)), "byte {i}");
         }
         // Many sequential ids still store and come back.
         let mut st = RecordStore::new(100_000, usize::MAX);

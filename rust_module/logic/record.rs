@@ -5,7 +5,10 @@
 use crate::uapi::{RecordHeader, SyscallEntry, RECORD_HEADER_SIZE, SYSCALL_ENTRY_SIZE};
 use core::mem::offset_of;
 
-/// Largest record the module writes (a relay sub-buffer must hold it).
+/// Largest record the module writes (a relay sub-buffer must hold it): a reader's buffer of
+/// this size takes any record. The one definition in Rust; the Python hook's
+/// (`record.RECORD_MAX_SIZE`) and `spanhook.h`'s (`SPANHOOK_RECORD_MAX`) are checked against
+/// it by tests (`otel/tests/golden.rs`, `tests/golden/records.json`).
 pub const RECORD_MAX_SIZE: usize = 256 * 1024;
 
 /// Most itemised calls one record can carry within [`RECORD_MAX_SIZE`] (8188).

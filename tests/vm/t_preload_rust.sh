@@ -4,7 +4,7 @@
 #    the library says so in one stderr line (none with SPANHOOK_QUIET=1);
 #  - module loaded, service not preloaded: nothing changes, nothing registers;
 #  - module loaded and preloaded: the self-test's slow spans carry exactly their system calls
-#    as child spans (see otel/src/bin/demo_svc/selftest.rs), also with a clocksource
+#    as child spans (see otel/demo_svc/src/selftest.rs), also with a clocksource
 #    without vDSO;
 #  - a forked child of a preloaded process is quietly inactive, the parent stays active;
 #  - in Python processes (only) the library puts preload/python first on PYTHONPATH;

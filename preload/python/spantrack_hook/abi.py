@@ -7,6 +7,8 @@ up the service's threads."""
 import ctypes
 import errno
 
+from .record import RECORD_MAX_SIZE
+
 ABI_VERSION = 3
 U64_MAX = (1 << 64) - 1
 
@@ -40,7 +42,7 @@ class SpanHookLibrary:
         """The record of a slow span as bytes, None when there is none within timeout_ms.
         Raises OSError for other errors. Not thread-safe (one buffer): one caller thread."""
         if self._buf is None:
-            self._buf = ctypes.create_string_buffer(256 * 1024)
+            self._buf = ctypes.create_string_buffer(RECORD_MAX_SIZE)
         while True:
             n = self._take_record(trace_id, span_id, self._buf, len(self._buf), timeout_ms)
             if n > 0:

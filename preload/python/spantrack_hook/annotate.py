@@ -4,8 +4,6 @@ CLOCK_MONOTONIC times converted to wall clock, clamped inside the parent). A slo
 goes on without its calls gets `spantrack.annotation.missing` saying why (`mark`, or
 `summarise` for the summary attributes alone)."""
 
-import errno
-import os
 import random
 from typing import Iterator, List, Optional
 
@@ -13,7 +11,9 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .record import REC_CALLS_TRUNCATED, REC_ENDED_ELSEWHERE, REC_POOL_EXHAUSTED, SpanRecord
+from .errnos import error_type
+from .record import (REC_CALLS_TRUNCATED, REC_ENDED_ELSEWHERE, REC_POOL_EXHAUSTED, RecordError,
+                     SpanRecord)
 from .syscalls import syscall_name
 
 # The kernel's convention: a return value in -4095..-1 is a negated errno.
@@ -55,27 +55,37 @@ class _CopiedSpan(ReadableSpan):
 
 
 def fmt_ns(ns: int) -> str:
-    """Compact duration: 12.3ms, 0.4ms, 35us."""
-    if ns >= 100_000:
-        return f"{ns / 1e6:.1f}ms"
-    return f"{ns / 1e3:.0f}us"
+    """789ns, 45.6us, 12.3ms, 1.23s: the unit by the exact value, then rounded half up in
+    integers (the README's spec; the Rust processor's `format_ns` is the same)."""
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        t = (ns + 50) // 100
+        return f"{t // 10}.{t % 10}us"
+    if ns < 1_000_000_000:
+        t = (ns + 50_000) // 100_000
+        return f"{t // 10}.{t % 10}ms"
+    h = (ns + 5_000_000) // 10_000_000
+    return f"{h // 100}.{h % 100:02d}s"
 
 
 def top_calls(rec: SpanRecord, n: int = TOP_CALLS) -> str:
-    """"fsync:12.3ms(1), write:0.2ms(4)": itemised calls by name, longest total first."""
-    by_name = {}
+    """"fsync:12.3ms(1), write:200.0us(4)": itemised calls by system call number, longest
+    total first (then most calls, then lowest number)."""
+    by_nr = {}
     for e in rec.entries:
-        name = syscall_name(e.nr)
-        total, count = by_name.get(name, (0, 0))
-        by_name[name] = (total + max(0, e.end_mono_ns - e.start_mono_ns), count + 1)
-    ranked = sorted(by_name.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
-    return ", ".join(f"{name}:{fmt_ns(total)}({count})" for name, (total, count) in ranked[:n])
+        total, count = by_nr.get(e.nr, (0, 0))
+        by_nr[e.nr] = (total + max(0, e.end_mono_ns - e.start_mono_ns), count + 1)
+    ranked = sorted(by_nr.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+    return ", ".join(f"{syscall_name(nr)}:{fmt_ns(total)}({count})"
+                     for nr, (total, count) in ranked[:n])
 
 
 def errno_name(ret: int) -> Optional[str]:
-    """`EAGAIN` for ret == -11; None when ret is not a failure."""
+    """`EAGAIN` for ret == -11, `errno_4000` for a number without a name (errnos.py, generated
+    from the Rust table); None when ret is not a failure."""
     if -MAX_ERRNO <= ret <= -1:
-        return errno.errorcode.get(-ret, f"E{-ret}")
+        return error_type(-ret)
     return None
 
 
@@ -99,7 +109,12 @@ def mark(span: ReadableSpan, why: str) -> ReadableSpan:
 
 def summary_attributes(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
                        min_child_ns: int = 0) -> dict:
-    """The span's attributes plus the record's summary (count, duration, top calls, ...)."""
+    """The span's attributes plus the record's summary (count, duration, top calls, ...).
+    Raises RecordError for the record of another span (as the Rust `summarise`)."""
+    ctx = span.context
+    if rec.trace_id != ctx.trace_id.to_bytes(16, "big") or \
+            rec.span_id != ctx.span_id.to_bytes(8, "big"):
+        raise RecordError("the record is another span's")
     attrs = dict(span.attributes or {})
     attrs["spantrack.syscalls.count"] = rec.total_calls
     attrs["spantrack.syscalls.duration_ns"] = rec.total_call_ns
@@ -123,8 +138,8 @@ def summary_attributes(span: ReadableSpan, rec: SpanRecord, thread_name: Optiona
     attrs["thread.id"] = rec.tid
     if rec.n_threads > 1:
         attrs["spantrack.threads"] = rec.n_threads
-    if thread_name and "thread.name" not in attrs:
-        attrs["thread.name"] = thread_name
+    # `thread_name` is not exported: the Rust processor cannot know it, and both export the
+    # same attributes (README, "What a slow span carries"); `thread.id` names the thread.
     return attrs
 
 
@@ -149,6 +164,7 @@ def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None
     if info is not None:
         common["instrumentation_info"] = info
     lo, hi = span.start_time, span.end_time
+    hi = max(hi, lo)  # a parent that ends before it starts (bad clocks): children at its start
     offset = rec.begin_real_ns - rec.begin_mono_ns
     trace_id, flags, state, parent_id = ctx.trace_id, ctx.trace_flags, ctx.trace_state, ctx.span_id
     taken = {parent_id}
@@ -158,8 +174,8 @@ def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None
     default_tid = rec.tid
     append = out.append
     for nr, tid, ret, start_mono, end_mono in rec.entries:
-        if end_mono - start_mono < min_child_ns:
-            continue
+        if min_child_ns and end_mono - start_mono < min_child_ns:
+            continue  # (without a minimum, an entry that ends before it starts is a child too)
         start = start_mono + offset
         start = lo if start < lo else hi if start > hi else start
         end = end_mono + offset
@@ -174,7 +190,7 @@ def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None
         if -MAX_ERRNO <= ret <= -1:
             err = errno_name(ret)
             cattrs["error.type"] = err
-            status = Status(StatusCode.ERROR, f"{err}: {os.strerror(-ret)}")
+            status = Status(StatusCode.ERROR, err)
         append(ReadableSpan(name=syscall_name(nr),
                             context=new_context(trace_id, sid, False, flags, state),
                             parent=ctx, attributes=cattrs, kind=internal, status=status,

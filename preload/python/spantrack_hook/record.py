@@ -1,4 +1,5 @@
-"""Decoding of one span record as spantrack.ko writes it (the layout is uapi/src/lib.rs:
+"""Decoding of one span record as spantrack.ko writes it (the layout is uapi/src/lib.rs; these
+constants are checked against it by tests/test_golden.py through tests/golden/records.json:
 `RecordHeader`, 128 bytes, then `n_entries` x `SyscallEntry`, 32 bytes, little-endian)."""
 
 import struct
@@ -17,6 +18,11 @@ _ENTRY = struct.Struct("<IIqQQ")
 HEADER_SIZE = _HEADER.size
 ENTRY_SIZE = _ENTRY.size
 assert HEADER_SIZE == 128 and ENTRY_SIZE == 32
+# Largest record the module writes (rust_module/logic/record.rs RECORD_MAX_SIZE): a buffer
+# this big takes any record.
+RECORD_MAX_SIZE = 256 * 1024
+# Distinct threads a record counts exactly (uapi MAX_SPAN_THREADS).
+MAX_SPAN_THREADS = 8
 
 # RecordHeader.flags
 REC_CALLS_TRUNCATED = 1 << 0

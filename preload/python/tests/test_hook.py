@@ -108,7 +108,7 @@ class AnnotateTest(unittest.TestCase):
                           [(NR["write"], 10, 0, 100_000), (NR["fsync"], 0, 200_000, 12_300_000),
                            (NR["write"], 10, 13 * MS, 100_000), (NR["read"], -11, 14 * MS, 5_000)])
         rec = record.decode(raw)
-        self.assertEqual(annotate.top_calls(rec), "fsync:12.3ms(1), write:0.2ms(2), read:5us(1)")
+        self.assertEqual(annotate.top_calls(rec), "fsync:12.3ms(1), write:200.0us(2), read:5.0us(1)")
         self.assertEqual(annotate.errno_name(-11), "EAGAIN")
         self.assertIsNone(annotate.errno_name(0))
         self.assertIsNone(annotate.errno_name(-4096))
@@ -145,12 +145,12 @@ class ProcessorTest(unittest.TestCase):
         self.assertEqual(parent.context.span_id, s.get_span_context().span_id)
         a = parent.attributes
         self.assertEqual(a["spantrack.syscalls.count"], 5)
-        self.assertEqual(a["spantrack.syscalls.top"], "fsync:12.3ms(1), futex:1.0ms(1), write:0.2ms(1)")
+        self.assertEqual(a["spantrack.syscalls.top"], "fsync:12.3ms(1), futex:1.0ms(1), write:200.0us(1)")
         self.assertEqual(a["spantrack.dropped.unitemised_calls"], 2)
         self.assertEqual(a["spantrack.dropped.unitemised_ns"], 3_000)
         self.assertEqual(a["spantrack.dropped.records_before"], 1)
         self.assertEqual(a["thread.id"], 4242)
-        self.assertEqual(a["thread.name"], threading.current_thread().name)
+        self.assertNotIn("thread.name", a)  # the Rust processor cannot know it: not exported
         for name in ("write", "fsync", "futex"):
             c = spans[name]
             self.assertEqual(c.parent.span_id, parent.context.span_id)
@@ -186,7 +186,7 @@ class ProcessorTest(unittest.TestCase):
         a = spans["slow"].attributes
         self.assertEqual(a["spantrack.syscalls.itemised"], 3)
         self.assertEqual(a["spantrack.syscalls.summarised"], 1)
-        self.assertIn("write:0.2ms(1)", a["spantrack.syscalls.top"])
+        self.assertIn("write:200.0us(1)", a["spantrack.syscalls.top"])
         self.assertEqual(self.p.head.counters["syscall_spans"], 2)
 
     def test_children_are_clamped_inside_the_parent(self):
