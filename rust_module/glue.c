@@ -81,8 +81,16 @@ void st_unlock_irqrestore(unsigned long flags)
  */
 void st_clocks(u64 *mono, u64 *real)
 {
-	*mono = ktime_get_ns();
-	*real = ktime_get_real_ns();
+	ktime_t now = ktime_get();
+
+	*mono = ktime_to_ns(now);
+	/*
+	 * The same instant on the wall clock, by the timekeeper's own offset: two separate reads
+	 * drift apart by however long the CPU is held up between them (a guest vCPU descheduled
+	 * by a busy host: milliseconds), and every call of the record would be placed that much
+	 * late in its span.
+	 */
+	*real = ktime_to_ns(ktime_mono_to_real(now));
 }
 
 /* Serialises registration (relay channels are created and closed in sleeping context). */
