@@ -39,8 +39,8 @@ extern "C" {
     );
     pub(crate) fn st_subbuf_size() -> usize;
     pub(crate) fn st_n_subbufs() -> usize;
-    pub(crate) fn st_chan_may_open() -> c_int;
-    fn st_chan_open(tgid: c_int) -> *mut c_void;
+    pub(crate) fn st_chan_may_open(uid: c_uint, per_uid: c_uint) -> c_int;
+    fn st_chan_open(tgid: c_int, uid: c_uint) -> *mut c_void;
     fn st_chan_close(chan: *mut c_void);
     fn st_chan_write(chan: *mut c_void, data: *const c_void, len: usize) -> c_int;
     fn st_chan_give_fds(chan: *mut c_void, arg: *mut c_void) -> c_int;
@@ -275,10 +275,11 @@ impl Drop for ReapWork {
 pub(crate) struct RelayChannel(NonNull<c_void>);
 
 impl RelayChannel {
-    /// Creates the channel. Sleeps: not from probe context.
-    pub(crate) fn open(tgid: i32) -> Result<Self> {
+    /// Creates the channel of process `tgid`, registered by user `uid` (charged to it while
+    /// descriptors hold its buffers after it closes). Sleeps: not from probe context.
+    pub(crate) fn open(tgid: i32, uid: u32) -> Result<Self> {
         // SAFETY: plain call; returns NULL on failure.
-        let p = unsafe { st_chan_open(tgid) };
+        let p = unsafe { st_chan_open(tgid, uid as c_uint) };
         NonNull::new(p).map(Self).ok_or(ENOMEM)
     }
 

@@ -37,7 +37,7 @@
 #include "glue.h"
 
 /* Implemented in Rust. */
-long st_rs_ioctl(unsigned int cmd, int tid, int tgid, void *out, size_t out_len,
+long st_rs_ioctl(unsigned int cmd, int tid, int tgid, unsigned int uid, void *out, size_t out_len,
 		 void __user *arg);
 long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
 int st_rs_poll(int tgid);
@@ -81,8 +81,16 @@ void st_unlock_irqrestore(unsigned long flags)
  */
 void st_clocks(u64 *mono, u64 *real)
 {
-	*mono = ktime_get_ns();
-	*real = ktime_get_real_ns();
+	ktime_t now = ktime_get();
+
+	*mono = ktime_to_ns(now);
+	/*
+	 * The same instant on the wall clock, by the timekeeper's own offset: two separate reads
+	 * drift apart by however long the CPU is held up between them (a guest vCPU descheduled
+	 * by a busy host: milliseconds), and every call of the record would be placed that much
+	 * late in its span.
+	 */
+	*real = ktime_to_ns(ktime_mono_to_real(now));
 }
 
 /* Serialises registration (relay channels are created and closed in sleeping context). */
@@ -408,6 +416,7 @@ static struct dentry *st_debugfs_root;
 struct st_chan {
 	struct rchan *rchan;
 	struct dentry *dir;
+	unsigned int uid; /* who registered it (charged while its buffers linger) */
 };
 
 /*
@@ -562,12 +571,14 @@ size_t st_n_subbufs(void)
  * the process's to keep, so a process that registers, takes descriptors and unregisters
  * in a loop would pin 1 MiB per CPU each round. We keep a reference on each such rchan
  * (relay_destroy_buf() clears the rchan's per-CPU pointer when it frees a buffer, so we
- * can see when they are all gone) and refuse REGISTER (ENOSPC) while ST_LINGER_MAX of
- * them linger. Slots: open channels (at most 64) can all close on top of ST_LINGER_MAX.
- * Under st_reg_mutex, or at unload.
+ * can see when they are all gone) and refuse REGISTER while ST_LINGER_MAX of them linger
+ * (ENOSPC), or while the registering user (not root) has max_procs_per_uid of them
+ * lingering (EDQUOT): one user cannot take the others' share. Slots: open channels (at
+ * most 64) can all close on top of ST_LINGER_MAX. Under st_reg_mutex, or at unload.
  */
 #define ST_LINGER_MAX 64
 static struct rchan *st_linger[2 * ST_LINGER_MAX];
+static unsigned int st_linger_uid[2 * ST_LINGER_MAX];
 
 /* As relay_destroy_channel() (static in kernel/relay.c), for the last reference. */
 static void st_rchan_release(struct kref *kref)
@@ -588,11 +599,15 @@ static bool st_rchan_bufs_gone(struct rchan *chan)
 	return true;
 }
 
-/* Drops the lingering channels whose buffers are all gone; the number still lingering. */
-static int st_linger_scan(void)
+/*
+ * Drops the lingering channels whose buffers are all gone; the number still lingering, and
+ * in *mine those of user uid.
+ */
+static int st_linger_scan(unsigned int uid, int *mine)
 {
 	int i, n = 0;
 
+	*mine = 0;
 	for (i = 0; i < ARRAY_SIZE(st_linger); i++) {
 		if (!st_linger[i])
 			continue;
@@ -601,15 +616,24 @@ static int st_linger_scan(void)
 			st_linger[i] = NULL;
 		} else {
 			n++;
+			if (st_linger_uid[i] == uid)
+				(*mine)++;
 		}
 	}
 	return n;
 }
 
-/* 0, or -ENOSPC while too many closed channels are held by descriptors. */
-int st_chan_may_open(void)
+/*
+ * 0; -EDQUOT while user uid (not root) holds per_uid closed channels by descriptors;
+ * -ENOSPC while ST_LINGER_MAX closed channels are held by anyone.
+ */
+int st_chan_may_open(unsigned int uid, unsigned int per_uid)
 {
-	return st_linger_scan() >= ST_LINGER_MAX ? -ENOSPC : 0;
+	int mine, all = st_linger_scan(uid, &mine);
+
+	if (uid != 0 && mine >= per_uid)
+		return -EDQUOT;
+	return all >= ST_LINGER_MAX ? -ENOSPC : 0;
 }
 
 /* Unload: forget them all (relay frees each when its last descriptor goes). */
@@ -624,13 +648,14 @@ static void st_linger_release_all(void)
 	}
 }
 
-void *st_chan_open(int tgid)
+void *st_chan_open(int tgid, unsigned int uid)
 {
 	char name[16];
 	struct st_chan *c = kzalloc(sizeof(*c), GFP_KERNEL);
 
 	if (!c)
 		return NULL;
+	c->uid = uid;
 	snprintf(name, sizeof(name), "%d", tgid);
 	c->dir = debugfs_create_dir(name, st_debugfs_root);
 	if (IS_ERR(c->dir)) {
@@ -662,8 +687,10 @@ void st_chan_close(void *p)
 
 		for (i = 0; i < ARRAY_SIZE(st_linger) && st_linger[i]; i++)
 			;
-		if (i < ARRAY_SIZE(st_linger))
+		if (i < ARRAY_SIZE(st_linger)) {
 			st_linger[i] = c->rchan;
+			st_linger_uid[i] = c->uid;
+		}
 		else /* Not reachable (see st_linger); untracked, still freed by relay. */
 			kref_put(&c->rchan->kref, st_rchan_release);
 	}
@@ -914,7 +941,9 @@ static long st_control_ioctl(struct file *f, unsigned int cmd, unsigned long arg
 	u8 out[ST_IOCTL_OUT];
 	long r;
 
-	r = st_rs_ioctl(cmd, current->pid, current->tgid, out, sizeof(out), (void __user *)arg);
+	r = st_rs_ioctl(cmd, current->pid, current->tgid,
+			from_kuid_munged(&init_user_ns, current_uid()), out, sizeof(out),
+			(void __user *)arg);
 	if (r > 0) {
 		if (copy_to_user((void __user *)arg, out, r))
 			return -EFAULT;
@@ -1077,7 +1106,7 @@ int st_proc_create(void)
  * /proc/spantrack/stats.
  */
 
-enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER };
+enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER, ST_MAX_PROCS_PER_UID };
 
 #define ST_ATTR_FNS(fname, id)                                                            \
 	static ssize_t fname##_show(struct kobject *k, struct kobj_attribute *a, char *buf) \
@@ -1095,15 +1124,18 @@ ST_ATTR_FNS(threshold_ns, ST_THRESHOLD)
 ST_ATTR_FNS(timeout_ns, ST_TIMEOUT)
 ST_ATTR_FNS(max_calls, ST_MAX_CALLS)
 ST_ATTR_FNS(filter, ST_FILTER)
+ST_ATTR_FNS(max_procs_per_uid, ST_MAX_PROCS_PER_UID)
 
 static struct kobj_attribute st_threshold_attr = __ATTR(threshold_ns, 0644, threshold_ns_show, threshold_ns_store);
 static struct kobj_attribute st_timeout_attr = __ATTR(timeout_ns, 0644, timeout_ns_show, timeout_ns_store);
 static struct kobj_attribute st_max_calls_attr = __ATTR(max_calls, 0644, max_calls_show, max_calls_store);
 static struct kobj_attribute st_filter_attr = __ATTR(filter, 0644, filter_show, filter_store);
+static struct kobj_attribute st_max_procs_attr =
+	__ATTR(max_procs_per_uid, 0644, max_procs_per_uid_show, max_procs_per_uid_store);
 
 static struct attribute *st_attrs[] = {
 	&st_threshold_attr.attr, &st_timeout_attr.attr, &st_max_calls_attr.attr,
-	&st_filter_attr.attr,	 NULL,
+	&st_filter_attr.attr,	 &st_max_procs_attr.attr, NULL,
 };
 
 static const struct attribute_group st_attr_group = { .attrs = st_attrs };

@@ -335,8 +335,13 @@ extern "C" fn st_rs_expire(mono: u64) {
 // /proc/spantrack/{begin,end,control}
 // ---------------------------------------------------------------------------------------
 
+/// A write to `/proc/spantrack/begin` (`is_end == 0`) or `/end` by thread `tid`.
+///
+/// # Safety
+/// `buf` points to `len` readable bytes (glue.c's kernel copy of the user's line) that stay
+/// valid and unchanged for the call.
 #[no_mangle]
-extern "C" fn st_rs_span_write(
+unsafe extern "C" fn st_rs_span_write(
     is_end: c_int,
     tid: c_int,
     _tgid: c_int,
@@ -347,7 +352,7 @@ extern "C" fn st_rs_span_write(
     if UNLOADING.load(Ordering::Acquire) {
         return -(EIO as c_long);
     }
-    // SAFETY: glue.c passes its kernel copy of the user's bytes, `len` long.
+    // SAFETY: the caller's contract: `buf` holds `len` readable bytes for the call.
     let line = unsafe { core::slice::from_raw_parts(buf, len) };
     let tid = tid as u32;
     if is_end == 0 {
@@ -432,7 +437,7 @@ unsafe extern "C" fn add_thread_cb(ctx: *mut c_void, tid: c_int, tgid: c_int) ->
 /// process registers is either never added (already exiting) or removed by its exit probe
 /// afterwards, and the process is never retired half-registered (when the exit of the only
 /// thread added so far emptied it).
-fn register(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
+fn register(g: &Global, tgid: u32, uid: u32) -> core::result::Result<c_long, c_int> {
     // Close parked channels first (see `retire_process`).
     reap_parked(g);
     // Registration only happens here, under `st_reg_lock`: this answer holds below, and no
@@ -440,14 +445,17 @@ fn register(g: &Global, tgid: u32) -> core::result::Result<c_long, c_int> {
     if g.lock().tracker().process_of(tgid).is_some() {
         return Err(crate::tracker::EALREADY);
     }
+    let per_uid = g.lock().tracker().max_procs_per_uid();
     // SAFETY: plain call; we hold `st_reg_lock`, as it requires.
-    if unsafe { fac::st_chan_may_open() } < 0 {
-        g.lock().tracker().note_process_refused();
-        return Err(uapi::ERR_TABLE_FULL);
+    let may = unsafe { fac::st_chan_may_open(uid as c_uint, per_uid as c_uint) };
+    if may < 0 {
+        let user = -may == uapi::ERR_USER_LIMIT;
+        g.lock().tracker().note_process_refused(user);
+        return Err(if user { uapi::ERR_USER_LIMIT } else { uapi::ERR_TABLE_FULL });
     }
-    let chan = RelayChannel::open(tgid as i32).map_err(|_| ENOMEM)?;
+    let chan = RelayChannel::open(tgid as i32, uid).map_err(|_| ENOMEM)?;
     let mut l = g.lock();
-    let idx = match l.tracker().register_process(tgid) {
+    let idx = match l.tracker().register_process(tgid, uid) {
         Ok(i) => i,
         Err(e) => {
             drop(l);
@@ -515,11 +523,17 @@ fn relay_fds(g: &Global, tgid: u32, arg: *mut c_void) -> core::result::Result<c_
     }
 }
 
+/// An ioctl on `/proc/spantrack/control` by thread `tid` of process `tgid`, user `uid`.
+///
+/// # Safety
+/// `out` points to `out_len` writable bytes owned by glue.c for the call (or `out_len` is
+/// 0); `arg` is the user's untouched ioctl argument (only ever passed to user-copy helpers).
 #[no_mangle]
-extern "C" fn st_rs_ioctl(
+unsafe extern "C" fn st_rs_ioctl(
     cmd: c_uint,
     tid: c_int,
     tgid: c_int,
+    uid: c_uint,
     out: *mut c_void,
     out_len: usize,
     arg: *mut c_void,
@@ -533,7 +547,7 @@ extern "C" fn st_rs_ioctl(
         uapi::IOCTL_REGISTER => {
             // SAFETY: mutex around registration; released below.
             unsafe { fac::st_reg_lock() };
-            let r = register(g, tgid);
+            let r = register(g, tgid, uid as u32);
             // SAFETY: taken above.
             unsafe { fac::st_reg_unlock() };
             r
@@ -602,7 +616,7 @@ extern "C" fn st_rs_ioctl(
             if out_len < n {
                 Err(ENOMEM)
             } else {
-                // SAFETY: `out` has `out_len >= n` bytes (glue.c's buffer); Info is POD.
+                // SAFETY: `out` has `out_len >= n` writable bytes (the caller's contract); Info is POD.
                 unsafe { core::ptr::copy_nonoverlapping(&info as *const _ as *const u8, out as *mut u8, n) };
                 Ok(n as c_long)
             }
@@ -632,10 +646,13 @@ extern "C" fn st_rs_poll(tgid: c_int) -> c_int {
 
 /// `/proc/spantrack/stats`: every counter as `name value` lines into `buf` (`len` bytes);
 /// the text's length.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes that nothing else touches during the call.
 #[no_mangle]
-extern "C" fn st_rs_stats_show(buf: *mut c_char, len: usize) -> c_long {
+unsafe extern "C" fn st_rs_stats_show(buf: *mut c_char, len: usize) -> c_long {
     let Some(g) = global() else { return -(ENOENT as c_long) };
-    // SAFETY: glue.c passes a page of its own, `len` bytes long.
+    // SAFETY: the caller's contract: `buf` holds `len` writable bytes for the call.
     let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, len) };
     // SAFETY: sums per-CPU counters.
     let fast = unsafe { fac::st_fast_uncharged_sum() };
@@ -653,19 +670,25 @@ const ATTR_THRESHOLD: c_int = 0;
 const ATTR_TIMEOUT: c_int = 1;
 const ATTR_MAX_CALLS: c_int = 2;
 const ATTR_FILTER: c_int = 3;
+const ATTR_MAX_PROCS_PER_UID: c_int = 4;
 const PAGE: usize = 4096;
 
+/// A read of sysfs attribute `attr`.
+///
+/// # Safety
+/// `buf` is the one-page (4096 bytes) buffer sysfs hands a `show` callback.
 #[no_mangle]
-extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
+unsafe extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
     let Some(g) = global() else { return -(ENOENT as c_long) };
-    // SAFETY: sysfs show buffers are one page.
+    // SAFETY: the caller's contract: `buf` is sysfs's one-page buffer.
     let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, PAGE) };
     let n = match attr {
-        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS => {
+        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS | ATTR_MAX_PROCS_PER_UID => {
             let v = match attr {
                 ATTR_THRESHOLD => g.threshold_ns.load(Ordering::Relaxed),
                 ATTR_TIMEOUT => g.timeout_ns.load(Ordering::Relaxed),
-                _ => g.lock().tracker().max_calls() as u64,
+                ATTR_MAX_CALLS => g.lock().tracker().max_calls() as u64,
+                _ => g.lock().tracker().max_procs_per_uid() as u64,
             };
             let mut t = TextBuf::new(out);
             t.push_u64(v);
@@ -681,10 +704,14 @@ extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
     n as c_long
 }
 
+/// A write to sysfs attribute `attr`.
+///
+/// # Safety
+/// `buf` points to `len` readable bytes (the buffer sysfs hands a `store` callback).
 #[no_mangle]
-extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usize) -> c_long {
+unsafe extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usize) -> c_long {
     let Some(g) = global() else { return -(ENOENT as c_long) };
-    // SAFETY: sysfs passes `len` valid bytes.
+    // SAFETY: the caller's contract: `buf` holds `len` readable bytes.
     let input = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
     let r: core::result::Result<(), i32> = match attr {
         ATTR_THRESHOLD => tunables::parse_u64(input, 0, tunables::MAX_THRESHOLD_NS)
@@ -693,6 +720,8 @@ extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usize) -> 
             .map(|v| g.timeout_ns.store(v, Ordering::Relaxed)),
         ATTR_MAX_CALLS => tunables::parse_u64(input, 0, MAX_CALLS_LIMIT as u64)
             .and_then(|v| g.lock().tracker().set_max_calls(v as u32)),
+        ATTR_MAX_PROCS_PER_UID => tunables::parse_u64(input, 1, u64::from(u32::MAX))
+            .and_then(|v| g.lock().tracker().set_max_procs_per_uid(v as u32)),
         ATTR_FILTER => {
             let mut f = *g.lock().tracker().filter();
             tunables::parse_filter(input, &mut f).map(|()| g.lock().tracker().set_filter(f))

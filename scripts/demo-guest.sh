@@ -98,6 +98,13 @@ env "${common[@]}" "${preload[@]}" OTEL_SERVICE_NAME=frontend CURRENCY_URL="http
 fpid=$!; pids+=($fpid)
 "$py" demo/wait.py port "$cport" 120 || fail "currency did not start: $(cat "$out/currency.log")"
 "$py" demo/wait.py port "$aport" 120 || fail "catalog did not start: $(cat "$out/catalog.log")"
+# Readiness probes, as a load balancer would send, one per kind of search: a first request
+# imports what is loaded lazily on its path (the openat, newfstatat, read and mmap calls of
+# those imports belong to that request, and would blur the driven requests' check).
+for q in "q=ready&fsync=1" "q=ready&stat=1"; do
+  "$py" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=120).read()' \
+    "http://127.0.0.1:$aport/search?$q" || fail "catalog did not answer its readiness probe"
+done
 "$py" demo/wait.py port "$fport" 120 || fail "frontend did not start: $(cat "$out/frontend.log")"
 
 case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac

@@ -333,7 +333,15 @@ pub fn init() -> Result<(), String> {
     if let Err(e) = sys::ioctl_plain(control, uapi::IOCTL_REGISTER) {
         if e != libc::EALREADY {
             close_all(&opened);
-            return Err(format!("ioctl REGISTER: {}", sys::errno_text(e)));
+            return Err(match e {
+                libc::EDQUOT => format!(
+                    "ioctl REGISTER: this user already has the most processes registered it may \
+                     have ({}/max_procs_per_uid; root may raise it)",
+                    uapi::SYSFS_DIR
+                ),
+                libc::ENOSPC => "ioctl REGISTER: the module's process table is full".to_string(),
+                _ => format!("ioctl REGISTER: {}", sys::errno_text(e)),
+            });
         }
     }
     let fail = |opened: &[RawFd], msg: String| -> Result<(), String> {

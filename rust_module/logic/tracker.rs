@@ -33,6 +33,13 @@ pub const ERANGE: i32 = 34;
 pub const EALREADY: i32 = 114;
 /// `EINVAL`: a misaligned active-span slot.
 pub const EINVAL: i32 = 22;
+/// `EDQUOT`: the registering user already has `max_procs_per_uid` processes registered.
+pub const EDQUOT: i32 = 122;
+/// The uid exempt from `max_procs_per_uid`: root may use the whole process table.
+pub const ROOT_UID: u32 = 0;
+/// Default `max_procs_per_uid`: a quarter of the default 64-process table, so that one user
+/// can never take the table (or more than 16 relay buffers) from the others.
+pub const DEFAULT_MAX_PROCS_PER_UID: u32 = 16;
 
 /// "No slot" in the `u32` links.
 pub const NIL: u32 = u32::MAX;
@@ -119,6 +126,8 @@ pub struct ProcessSlot {
     /// Non-zero while registered.
     in_use: u32,
     tgid: u32,
+    /// The registering thread's uid (in the initial user namespace).
+    uid: u32,
     n_threads: u32,
     /// Head of the list of its threads (thread slot indices linked by `next`).
     first_thread: u32,
@@ -136,6 +145,7 @@ impl ProcessSlot {
     pub const EMPTY: Self = ProcessSlot {
         in_use: 0,
         tgid: 0,
+        uid: 0,
         n_threads: 0,
         first_thread: NIL,
         open_spans: 0,
@@ -548,11 +558,16 @@ stats_struct! {
     chunks_high_water,
     /// Per-span limit of itemised calls (tunable `max_calls`).
     max_calls,
+    /// Per-user limit of registered processes (tunable `max_procs_per_uid`; root exempt).
+    max_procs_per_uid,
     /// Processes registered so far.
     processes_registered,
     /// Registrations refused: process table full (or, in the kernel, too many closed relay
     /// channels still held by descriptors).
     processes_refused,
+    /// Registrations refused: the user already had `max_procs_per_uid` processes registered
+    /// (or as many closed channels still held by descriptors).
+    processes_refused_uid,
     /// Threads added so far.
     threads_added,
     /// Threads not tracked: thread table full (or tid beyond the bitmap).
@@ -642,6 +657,8 @@ pub struct ProcessInfo {
     pub idx: ProcIdx,
     /// Its tgid.
     pub tgid: u32,
+    /// The uid that registered it.
+    pub uid: u32,
     /// Threads tracked now.
     pub threads: u32,
     /// Records written to its relay channel (as noted by the kernel).
@@ -697,6 +714,7 @@ pub struct Tracker<'a> {
     slot_hints: &'a [SlotHint],
     filter: SyscallFilter,
     max_calls: u32,
+    max_procs_per_uid: u32,
     /// The system-call probes' shortcut to a thread's slot: `hints[tid % HINTS]` is the
     /// slot last found for a tid with those low bits (checked before use, so never wrong,
     /// only sometimes missing). Saves the seeded hash and the probe loop on both probes.
@@ -776,6 +794,7 @@ impl<'a> Tracker<'a> {
             slot_hints,
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
+            max_procs_per_uid: DEFAULT_MAX_PROCS_PER_UID,
             hints: [NIL; HINTS],
             stats: Stats::default(),
         }
@@ -838,6 +857,21 @@ impl<'a> Tracker<'a> {
         Ok(())
     }
 
+    /// Per-user limit of registered processes (root exempt).
+    pub fn max_procs_per_uid(&self) -> u32 {
+        self.max_procs_per_uid
+    }
+
+    /// Sets the per-user limit of registered processes (applies to registrations from now
+    /// on). Errors: `ERANGE` outside 1..=process capacity.
+    pub fn set_max_procs_per_uid(&mut self, n: u32) -> Result<(), i32> {
+        if n == 0 || n as usize > self.processes.len() {
+            return Err(ERANGE);
+        }
+        self.max_procs_per_uid = n;
+        Ok(())
+    }
+
     // ---- processes and threads ---------------------------------------------------------
 
     fn find_process(&self, tgid: u32) -> Option<u32> {
@@ -859,6 +893,7 @@ impl<'a> Tracker<'a> {
         Some(ProcessInfo {
             idx: ProcIdx(i),
             tgid,
+            uid: p.uid,
             threads: p.n_threads,
             records_written: p.records_written,
             records_dropped: p.records_dropped,
@@ -872,11 +907,20 @@ impl<'a> Tracker<'a> {
         self.processes.get(t.proc as usize).map(|p| p.tgid)
     }
 
-    /// Registers process `tgid` (without threads: add them with [`Tracker::add_thread`]).
-    /// Errors: `EALREADY` if registered, `ENOSPC` if the process table is full (counted).
-    pub fn register_process(&mut self, tgid: u32) -> Result<ProcIdx, i32> {
+    /// Registers process `tgid` for user `uid` (without threads: add them with
+    /// [`Tracker::add_thread`]). Errors: `EALREADY` if registered, `EDQUOT` if `uid` (not
+    /// root) already has `max_procs_per_uid` processes registered, `ENOSPC` if the process
+    /// table is full (both counted).
+    pub fn register_process(&mut self, tgid: u32, uid: u32) -> Result<ProcIdx, i32> {
         if self.find_process(tgid).is_some() {
             return Err(EALREADY);
+        }
+        if uid != ROOT_UID {
+            let mine = self.processes.iter().filter(|p| p.in_use != 0 && p.uid == uid).count();
+            if mine >= self.max_procs_per_uid as usize {
+                bump(&mut self.stats.processes_refused_uid);
+                return Err(EDQUOT);
+            }
         }
         let Some((i, p)) = self
             .processes
@@ -890,16 +934,18 @@ impl<'a> Tracker<'a> {
         *p = ProcessSlot {
             in_use: 1,
             tgid,
+            uid,
             ..ProcessSlot::EMPTY
         };
         bump(&mut self.stats.processes_registered);
         Ok(ProcIdx(i as u32))
     }
 
-    /// Counts a registration the kernel refused for a reason of its own (relay channels
-    /// still held open by descriptors), as `processes_refused`.
-    pub fn note_process_refused(&mut self) {
-        bump(&mut self.stats.processes_refused);
+    /// Counts a registration the kernel refused for a reason of its own (relay channels of
+    /// closed registrations still held by descriptors): as `processes_refused_uid` when the
+    /// user's own share was the limit (`user`), else as `processes_refused`.
+    pub fn note_process_refused(&mut self, user: bool) {
+        bump(if user { &mut self.stats.processes_refused_uid } else { &mut self.stats.processes_refused });
     }
 
     /// Unregisters process `tgid`: removes its threads, dropping their open spans (counted
@@ -1828,6 +1874,7 @@ impl<'a> Tracker<'a> {
         s.chunk_capacity = u64::from(self.chunk_pool.capacity());
         s.chunks_high_water = u64::from(self.chunk_pool.high_water());
         s.max_calls = u64::from(self.max_calls);
+        s.max_procs_per_uid = u64::from(self.max_procs_per_uid);
         s
     }
 

@@ -385,19 +385,42 @@ fn new_initialises_garbage_storage() {
 }
 
 #[test]
+fn one_user_cannot_take_the_process_table() {
+    let mut mem = Mem::new(Caps { procs: 6, ..CAPS });
+    let mut tr = mem.tracker();
+    assert_eq!(tr.set_max_procs_per_uid(0), Err(ERANGE));
+    assert_eq!(tr.set_max_procs_per_uid(7), Err(ERANGE), "above the table");
+    assert_eq!(tr.max_procs_per_uid(), DEFAULT_MAX_PROCS_PER_UID, "a refused value changes nothing");
+    tr.set_max_procs_per_uid(2).unwrap();
+    assert_eq!(tr.register_process(10, 1000), Ok(ProcIdx(0)));
+    assert_eq!(tr.register_process(11, 1000), Ok(ProcIdx(1)));
+    assert_eq!(tr.register_process(12, 1000), Err(EDQUOT), "user 1000 at its limit");
+    assert_eq!(tr.register_process(10, 1000), Err(EALREADY), "already registered says so first");
+    assert_eq!(tr.register_process(20, 1001), Ok(ProcIdx(2)), "another user is not starved");
+    assert_eq!(tr.register_process(30, ROOT_UID), Ok(ProcIdx(3)));
+    assert_eq!(tr.register_process(31, ROOT_UID), Ok(ProcIdx(4)));
+    assert_eq!(tr.register_process(32, ROOT_UID), Ok(ProcIdx(5)), "root is exempt");
+    let st = tr.stats();
+    assert_eq!((st.processes_refused_uid, st.processes_refused, st.max_procs_per_uid), (1, 0, 2));
+    assert_eq!(tr.process_info(20).map(|p| p.uid), Some(1001));
+    tr.unregister_process(10).unwrap();
+    assert_eq!(tr.register_process(12, 1000), Ok(ProcIdx(0)), "a slot of its own freed");
+}
+
+#[test]
 fn processes_register_and_unregister() {
     let mut mem = Mem::new(Caps { procs: 2, ..CAPS });
     let mut tr = mem.tracker();
-    assert_eq!(tr.register_process(10), Ok(ProcIdx(0)));
-    assert_eq!(tr.register_process(10), Err(EALREADY));
-    assert_eq!(tr.register_process(11), Ok(ProcIdx(1)));
-    assert_eq!(tr.register_process(12), Err(ENOSPC));
+    assert_eq!(tr.register_process(10, 0), Ok(ProcIdx(0)));
+    assert_eq!(tr.register_process(10, 0), Err(EALREADY));
+    assert_eq!(tr.register_process(11, 0), Ok(ProcIdx(1)));
+    assert_eq!(tr.register_process(12, 0), Err(ENOSPC));
     assert_eq!(tr.stats().processes_refused, 1);
     assert_eq!(tr.process_of(11), Some(ProcIdx(1)));
     assert_eq!(tr.process_of(12), None);
     assert_eq!(tr.unregister_process(10), Ok(()));
     assert_eq!(tr.unregister_process(10), Err(ENOENT));
-    assert_eq!(tr.register_process(12), Ok(ProcIdx(0)), "slot reused");
+    assert_eq!(tr.register_process(12, 0), Ok(ProcIdx(0)), "slot reused");
     assert_eq!(tr.stats().processes, 2);
     assert_eq!(tr.stats().processes_registered, 3);
     check_invariants(&tr);
@@ -412,8 +435,8 @@ fn threads_add_and_remove() {
     });
     let mut tr = mem.tracker();
     assert_eq!(tr.add_thread(10, 100), Err(ENOENT));
-    tr.register_process(10).unwrap();
-    tr.register_process(20).unwrap();
+    tr.register_process(10, 0).unwrap();
+    tr.register_process(20, 0).unwrap();
     assert!(!tr.is_tracked(100));
     assert_eq!(tr.add_thread(10, 100), Ok(()));
     assert_eq!(tr.add_thread(10, 100), Ok(()), "idempotent");
@@ -454,7 +477,7 @@ fn exec_keeps_the_thread_under_its_new_tid_and_drops_its_spans() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     for tid in [10, 11, 12] {
         tr.add_thread(10, tid).unwrap();
     }
@@ -492,7 +515,7 @@ fn tracked_set_works_without_the_tracker() {
     let mut tr = mem.tracker();
     let set = tr.tracked_set();
     assert_eq!(set.limit(), 4096);
-    tr.register_process(1).unwrap();
+    tr.register_process(1, 0).unwrap();
     std::thread::scope(|sc| {
         // A reader on another thread polls the bitmap while the tracker changes it.
         let reader = sc.spawn(move || {
@@ -518,7 +541,7 @@ fn tracked_set_works_without_the_tracker() {
 fn begin_end_records_the_calls_in_between() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     let k = key(1);
     let mut out = vec![0u8; BIG];
@@ -612,7 +635,7 @@ fn thread_hints_never_misattribute() {
     // Tids 100 and 164 share a hint; 100 leaves and a new thread takes its slot.
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 164).unwrap();
     let (ka, kb, kc) = (key(1), key(2), key(3));
@@ -658,7 +681,7 @@ fn errors_are_counted() {
     let mut out = vec![0u8; BIG];
     assert_eq!(tr.begin(100, key(0), 0, 0), Err(ERR_UNTRACKED));
     assert_eq!(tr.end(100, key(0), 0, 0, 0, &mut out), Err(ERR_UNTRACKED));
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.begin(100, key(0), 0, 0).unwrap();
     assert_eq!(tr.begin(100, key(0), 0, 0), Err(ERR_DUPLICATE));
@@ -701,7 +724,7 @@ fn errors_are_counted() {
 fn lines_are_parsed() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     let mut line = [0u8; 50];
     let l = format_span_line(&key(4), &mut line).to_vec();
@@ -724,7 +747,7 @@ fn lines_are_parsed() {
 fn depth_is_limited() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     for i in 0..MAX_DEPTH as u64 {
         tr.begin(100, key(i), i, 0).unwrap();
@@ -751,8 +774,8 @@ fn end_from_another_thread_and_out_of_order() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
-    tr.register_process(20).unwrap();
+    tr.register_process(10, 0).unwrap();
+    tr.register_process(20, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     tr.add_thread(20, 200).unwrap();
@@ -800,7 +823,7 @@ fn calls_without_enter_filtered_or_outside_spans_are_skipped() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.begin(100, key(0), 0, 0).unwrap();
     // The exit of the write() that carried the begin line: excluded, not counted.
@@ -844,7 +867,7 @@ fn calls_fill_chunks_then_hit_limits() {
     let mut mem = Mem::new(Caps { chunks: 3, ..CAPS });
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     tr.set_max_calls(70).unwrap();
@@ -911,7 +934,7 @@ fn calls_fill_chunks_then_hit_limits() {
 fn small_output_buffers_truncate() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     for (len, fit) in [(128 + 2 * 32 + 31, 2usize), (128, 0), (128 + 40 * 32, 40)] {
         tr.begin(100, key(0), 0, 0).unwrap();
@@ -953,7 +976,7 @@ fn small_output_buffers_truncate() {
 fn expire_drops_old_spans() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.begin(100, key(0), 0, 0).unwrap();
     tr.begin(100, key(1), 50, 0).unwrap();
@@ -983,7 +1006,7 @@ fn dropped_records_are_reported_in_later_records() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.note_record_dropped(10);
     tr.note_record_dropped(10);
@@ -1005,8 +1028,8 @@ fn dropped_records_are_reported_in_later_records() {
 fn unregister_drops_everything() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
-    tr.register_process(20).unwrap();
+    tr.register_process(10, 0).unwrap();
+    tr.register_process(20, 0).unwrap();
     for tid in 100..110 {
         tr.add_thread(10 * (1 + tid % 2), tid).unwrap();
         for k in 0..2 {
@@ -1028,7 +1051,7 @@ fn unregister_drops_everything() {
 fn stats_text() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     let mut buf = [0u8; 4096];
     let n = tr.format_stats(&mut buf);
@@ -1054,7 +1077,7 @@ fn stats_text() {
 #[test]
 fn default_storage_sizes() {
     use core::mem::size_of;
-    assert_eq!(size_of::<ProcessSlot>(), 40);
+    assert_eq!(size_of::<ProcessSlot>(), 48);
     assert_eq!(size_of::<ThreadSlot>(), 128);
     assert_eq!(size_of::<SpanSlot>(), 152);
     assert_eq!(size_of::<EntryChunk>(), 1032);
@@ -1080,7 +1103,7 @@ fn default_storage_sizes() {
         (64, 4096, 4096, 8192)
     );
     assert_eq!(tr.tracked_set().limit(), PID_MAX_LIMIT as u64);
-    tr.register_process(1).unwrap();
+    tr.register_process(1, 0).unwrap();
     tr.add_thread(1, PID_MAX_LIMIT as u32 - 1).unwrap();
     assert_eq!(tr.add_thread(1, PID_MAX_LIMIT as u32), Err(ERANGE));
     // Fill the thread and span tables completely: the hash tables have room.
@@ -1180,6 +1203,7 @@ impl Model {
         s.chunks_in_use = self.chunks_in_use() as u64;
         s.chunk_capacity = self.caps.chunks as u64;
         s.max_calls = u64::from(self.max_calls);
+        s.max_procs_per_uid = u64::from(DEFAULT_MAX_PROCS_PER_UID);
         s
     }
 
@@ -1581,7 +1605,7 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Register(p) => {
                 let tgid = TGIDS[p as usize];
-                prop_assert_eq!(tr.register_process(tgid), m.register(tgid));
+                prop_assert_eq!(tr.register_process(tgid, 0), m.register(tgid));
             }
             Op::Unregister(p) => {
                 let tgid = TGIDS[p as usize];
@@ -1761,7 +1785,7 @@ proptest! {
             let tid = a % 130;
             let k = SpanKey { trace_id: u128::from(b % 5).to_be_bytes(), span_id: (c % 3).to_be_bytes() };
             match kind {
-                0 => { let _ = tr.register_process(a % 3); }
+                0 => { let _ = tr.register_process(a % 3, 0); }
                 1 => { let _ = tr.unregister_process(a % 3); }
                 2 => { let _ = tr.add_thread(a % 3, (b % 130) as u32); }
                 3 => { tr.remove_thread(tid); }
@@ -1800,7 +1824,7 @@ fn activation_charges_the_span_in_the_slot() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap(); // the event loop
     tr.add_thread(10, 101).unwrap(); // a pool thread
     assert_eq!(tr.set_active_slot(100, 0x1001), Err(EINVAL));
@@ -1863,7 +1887,7 @@ fn activation_charges_the_span_in_the_slot() {
 fn activation_index_only_for_processes_with_slots() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     // No slot in the process: nothing indexed, and one span id may be open in two traces.
@@ -1895,7 +1919,7 @@ fn activation_has_no_depth_limit_and_survives_its_threads() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     tr.set_active_slot(100, 0x1000).unwrap();
@@ -1929,7 +1953,7 @@ fn activation_converts_stacks_and_checks_spans_at_exit() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
     let mut out = vec![0u8; BIG];
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     // Begun while the thread had no slot: on its stack; the slot makes it the process's.
@@ -2018,8 +2042,8 @@ proptest! {
         let mut mem = Mem::new(CAPS);
         let mut tr = mem.tracker();
         let mut out = vec![0u8; BIG];
-        tr.register_process(10).unwrap();
-        tr.register_process(11).unwrap();
+        tr.register_process(10, 0).unwrap();
+        tr.register_process(11, 0).unwrap();
         let tid = |t: u8| 100 + u32::from(t);
         let tgid = |t: u8| if t % 2 == 0 { 10 } else { 11 };
         let mut now = 1u64;

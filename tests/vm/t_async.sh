@@ -49,7 +49,7 @@ fi
 port=18081
 serve "$t/fastapi.log" "$py" $w serve $port "$t/fastapi.json"
 spid=$!; pids+=($spid)
-if "$py" demo/wait.py port $port 60; then
+if "$py" demo/wait.py port $port 240; then  # importing FastAPI under TCG on a busy host is slow
   "$py" $w client $port 5 > "$t/client.log" 2>&1 || nok "FastAPI client: $(tail -n 3 "$t/client.log")"
   kill -TERM $spid; wait $spid; src=$?
   if [ -s "$t/fastapi.json" ]; then
@@ -66,7 +66,7 @@ for style in tracing context; do
   port=$((port + 1))
   serve "$t/tokio-$style.log" "$svc" $style $port "$t/tokio-$style.json"
   spid=$!; pids+=($spid)
-  if "$py" demo/wait.py port $port 60; then
+  if "$py" demo/wait.py port $port 240; then  # starting under TCG on a busy host can be slow
     "$py" $w client $port 5 disk,stat,sleep,thread,nested > "$t/client-$style.log" 2>&1 \
       || nok "tokio ($style) client: $(tail -n 3 "$t/client-$style.log")"
     kill -TERM $spid; wait $spid; src=$?

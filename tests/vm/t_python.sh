@@ -88,7 +88,7 @@ esac
 pids+=($!)
 "$py" demo/receiver.py 4319 "$t/recv.jsonl" > /dev/null 2>&1 &
 pids+=($!)
-"$py" demo/wait.py port 4318 60 && "$py" demo/wait.py port 4319 60 || nok "OTLP receivers started"
+"$py" demo/wait.py port 4318 240 && "$py" demo/wait.py port 4319 240 || nok "OTLP receivers started"
 run OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 "$py" $w otlp > "$t/otlp1.out" 2>&1
 rc1=$?
 run OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4319 "$py" $w otlp > "$t/otlp2.out" 2>&1

@@ -10,7 +10,8 @@
 #    EPERM, RELAY_FDS ENOENT), to unregister it (ENOENT: only itself), and to change any
 #    tunable (EACCES); the service then ends its span and gets its exact record, and the
 #    intruder, once registered, sees only its own records;
-#  - a user cannot pin unbounded kernel memory with relay descriptors of closed channels.
+#  - a user cannot pin unbounded kernel memory with relay descriptors of closed channels,
+#    nor take the process table (max_procs_per_uid): another user's service is annotated.
 . "$(dirname "$0")/lib.sh"
 ko=$1
 A=4321; B=4322
@@ -78,7 +79,7 @@ else
     debugfs_dir=$W debugfs_file=$W proc_fd=$W pidfd_getfd=EPERM relay_fds_unregistered=ENOENT
   expect "$tmp/intruder.out" "uid $B cannot unregister uid $A's process (only itself)" unregister=ENOENT unregister_thread=ENOENT
   expect "$tmp/intruder.out" "uid $B cannot write any tunable (open for writing: EACCES), may read them" \
-    sysfs_write=EACCES,EACCES,EACCES,EACCES sysfs_read=ok
+    sysfs_write=EACCES,EACCES,EACCES,EACCES,EACCES sysfs_read=ok
   expect "$tmp/intruder.out" "uid $B registers itself only, and sees only its own spans and records" \
     register=ok info_registered=1 info_written=0 begin_same_ids=ok end_same_ids=ok own_record=found foreign=0 unregister_self=ok
   echo go >&3; exec 3>&-
@@ -93,15 +94,59 @@ else
 fi
 
 # --- 3. Kernel memory a user can pin --------------------------------------------------------
-# Descriptors keep a closed channel's buffers (1 MiB per CPU): REGISTER is refused while 64
-# closed channels are held that way, and works again once they are closed.
-refused0=$(stat processes_refused "$(cat /proc/spantrack/stats)")
-as $A "$tmp/spantrack-stress" child-users-pin >"$tmp/pin.out" 2>&1
+# Descriptors keep a closed channel's buffers (1 MiB per CPU): REGISTER is refused while the
+# user holds max_procs_per_uid (16) closed channels that way (EDQUOT), and works again once it
+# closes them. Meanwhile another user's service registers and is annotated.
+mpu=/sys/kernel/spantrack/max_procs_per_uid
+check "max_procs_per_uid defaults to 16" [ "$(cat $mpu)" = 16 ]
+s_ref=$(cat /proc/spantrack/stats)
+mkfifo "$tmp/go2"; chmod 666 "$tmp/go2"
+as $A "$tmp/spantrack-stress" child-users-pin hold <"$tmp/go2" >"$tmp/pin.out" 2>&1 &
+ppid=$!
+exec 4>"$tmp/go2"
+for i in $(seq 400); do grep -q '^held ' "$tmp/pin.out" && break; sleep 0.05; done
+echo "# pin: $(grep '^held ' "$tmp/pin.out")"
+check "uid $A holds 16 closed channels and is refused the 17th (EDQUOT)" grep -q '^held rounds=16 refused=EDQUOT' "$tmp/pin.out"
+out=$(cd "$tmp" && as $B env LD_PRELOAD="$tmp/libspanhook.so" "$tmp/spantrack-rust-demo-svc" --selftest active 2>"$tmp/svcB.err")
+if grep -q 'exactly its system calls as children' <<<"$out" && ! grep -q '^spanhook' "$tmp/svcB.err"; then
+  ok "uid $B's service registers and is annotated while uid $A has used up its share"
+else
+  nok "uid $B's service while uid $A has used up its share"; sed 's/^/# /' "$tmp/svcB.err" | head -5
+  grep '^not ok' <<<"$out" | head -5
+fi
+echo go >&4; exec 4>&-
+wait $ppid
 echo "# pin: $(result_of "$tmp/pin.out")"
-expect "$tmp/pin.out" "uid $A cannot pin more than 64 closed relay channels with descriptors (REGISTER ENOSPC), and registers again once it closes them" \
-  pinned_rounds=64 refused=ENOSPC register_after_close=ok unregister=ok
-refused1=$(stat processes_refused "$(cat /proc/spantrack/stats)")
-check "that refusal is counted (processes_refused +$((refused1 - refused0)))" [ $((refused1 - refused0)) = 1 ]
+expect "$tmp/pin.out" "uid $A registers again once it closes them" \
+  pinned_rounds=16 refused=EDQUOT register_after_close=ok unregister=ok
+s_ref1=$(cat /proc/spantrack/stats)
+check "that refusal is counted (processes_refused_uid +$(( $(stat processes_refused_uid "$s_ref1") - $(stat processes_refused_uid "$s_ref") )))" \
+  [ $(( $(stat processes_refused_uid "$s_ref1") - $(stat processes_refused_uid "$s_ref") )) = 1 ]
+
+# --- 4. Registered processes per user ------------------------------------------------------
+for v in 0 65 abc -1; do
+  if echo "$v" > $mpu 2>/dev/null; then nok "max_procs_per_uid=$v refused"; else ok "max_procs_per_uid=$v refused"; fi
+done
+check "a refused value changes nothing" [ "$(cat $mpu)" = 16 ]
+echo 2 > $mpu
+holders=()
+for i in 1 2; do
+  (cd "$tmp" && exec setpriv --reuid=$A --regid=$A --clear-groups --inh-caps=-all -- env LD_PRELOAD="$tmp/libspanhook.so" sleep 30) 2>"$tmp/hold$i.err" &
+  holders+=($!)
+done
+for i in $(seq 100); do
+  [ "$(stat processes "$(cat /proc/spantrack/stats)")" -ge $(( $(stat processes "$s0") + 2 )) ] && break; sleep 0.05
+done
+third=$(cd "$tmp" && as $A env LD_PRELOAD="$tmp/libspanhook.so" true 2>&1)
+echo "# third process of uid $A: $third"
+check "uid $A's third process is refused, and the library says why (max_procs_per_uid 2)" \
+  grep -q 'spanhook: inactive (ioctl REGISTER: this user already has the most processes registered' <<<"$third"
+other=$(cd "$tmp" && as $B env LD_PRELOAD="$tmp/libspanhook.so" true 2>&1)
+check "uid $B registers meanwhile (library silent: '$other')" [ -z "$other" ]
+mine=$(LD_PRELOAD="$tmp/libspanhook.so" true 2>&1)
+check "root registers meanwhile, exempt (library silent: '$mine')" [ -z "$mine" ]
+kill "${holders[@]}" 2>/dev/null; wait "${holders[@]}" 2>/dev/null
+echo 16 > $mpu
 
 # --- 3. Root's view afterwards --------------------------------------------------------------
 s1=$(cat /proc/spantrack/stats)

@@ -182,6 +182,9 @@ pub const ERR_UNKNOWN_SPAN: i32 = 2; // ENOENT
 pub const ERR_TABLE_FULL: i32 = 28; // ENOSPC
 /// The thread already has `MAX_DEPTH` open spans (counted in `PROC_STATS`).
 pub const ERR_TOO_DEEP: i32 = 75; // EOVERFLOW
+/// `IOCTL_REGISTER`: the calling user (not root) already has `max_procs_per_uid`
+/// (sysfs) processes registered (counted as `processes_refused_uid` in `PROC_STATS`).
+pub const ERR_USER_LIMIT: i32 = 122; // EDQUOT
 
 /// A begin line's threshold is out of range (above [`BEGIN_THRESHOLD_MAX_NS`]).
 pub const ERR_THRESHOLD_RANGE: i32 = 34; // ERANGE

@@ -29,6 +29,7 @@ pub fn errno_name(e: i32) -> String {
         libc::ENOSYS => "ENOSYS",
         libc::EOVERFLOW => "EOVERFLOW",
         libc::EALREADY => "EALREADY",
+        libc::EDQUOT => "EDQUOT",
         _ => return format!("errno {e}"),
     };
     n.to_string()

@@ -8,8 +8,9 @@ pub const THRESHOLD: &str = "threshold_ns";
 pub const TIMEOUT: &str = "timeout_ns";
 pub const MAX_CALLS: &str = "max_calls";
 pub const FILTER: &str = "filter";
+pub const MAX_PROCS_PER_UID: &str = "max_procs_per_uid";
 /// The tunables a case may change (and must restore).
-pub const TUNABLES: [&str; 4] = [THRESHOLD, TIMEOUT, MAX_CALLS, FILTER];
+pub const TUNABLES: [&str; 5] = [THRESHOLD, TIMEOUT, MAX_CALLS, FILTER, MAX_PROCS_PER_UID];
 
 pub fn path(name: &str) -> String {
     format!("{}/{}", uapi::SYSFS_DIR, name)

@@ -202,10 +202,12 @@ pub fn intruder(args: &[String]) -> i32 {
     0
 }
 
-/// `child-users-pin`: registers, takes its relay descriptors and unregisters, keeping the
-/// descriptors, until REGISTER is refused (each round pins a closed channel's buffers);
-/// then closes them all and registers again. Reports the rounds and the errno.
-pub fn pin(_args: &[String]) -> i32 {
+/// `child-users-pin [hold]`: registers, takes its relay descriptors and unregisters,
+/// keeping the descriptors, until REGISTER is refused (each round pins a closed channel's
+/// buffers); with `hold`, prints `held rounds=N refused=E` and waits for a line on stdin
+/// still holding them; then closes them all and registers again. Reports the rounds and
+/// the errno.
+pub fn pin(args: &[String]) -> i32 {
     let Ok(control) = Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY) else {
         println!("result error=open_control");
         return 1;
@@ -232,6 +234,13 @@ pub fn pin(_args: &[String]) -> i32 {
         }
     }
     let rounds = held.len();
+    if args.iter().any(|a| a == "hold") {
+        use std::io::{BufRead, Write};
+        println!("held rounds={rounds} refused={refused}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
     drop(held);
     let again = ioctl0(control.raw(), uapi::IOCTL_REGISTER);
     let un = ioctl0(control.raw(), uapi::IOCTL_UNREGISTER);
