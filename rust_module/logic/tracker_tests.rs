@@ -2098,7 +2098,7 @@ fn begin_line_thresholds() {
     use crate::key::{format_begin_line, BEGIN_LINE_MAX};
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();
-    tr.register_process(10).unwrap();
+    tr.register_process(10, 0).unwrap();
     tr.add_thread(10, 100).unwrap();
     let mut out = vec![0u8; BIG];
     let line = |k: u64, t: Option<u64>| {
