@@ -47,12 +47,15 @@ printf '%s\n' "$root" "$SPANTRACK_CACHE" "${CARGO_TARGET_DIR:-$root/target}" | s
 extra=()
 [ "$icount" = 1 ] && extra+=(-icount shift=0)
 
+# tsc=reliable: under host load the clocksource watchdog can find the emulated TSC skewed
+# against the HPET and demote it; the clock then has no vDSO and every clock read becomes a
+# clock_gettime system call inside the tests' spans. Real hardware keeps its TSC.
 set +e
 timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -machine q35 -cpu qemu64 -m "$mem" -smp "$smp" \
   -display none -monitor none -no-reboot \
   -kernel "$bz" \
-  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 spantrack_out=/run/spout" \
+  -append "console=ttyS0 root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro init=$here/guest-init.sh panic=-1 loglevel=4 tsc=reliable spantrack_out=/run/spout" \
   -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev local,id=spout,path="$out",security_model=none \
