@@ -32,6 +32,9 @@ mod key;
 #[path = "logic/record.rs"]
 mod record;
 #[allow(dead_code)]
+#[path = "logic/sched.rs"]
+mod sched;
+
 #[path = "logic/table.rs"]
 mod table;
 #[allow(dead_code)]

@@ -13,6 +13,7 @@ pub use spantrack_uapi as uapi;
 
 pub mod key;
 pub mod record;
+pub mod sched;
 pub mod syscalls;
 pub mod table;
 pub mod tracker;

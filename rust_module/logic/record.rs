@@ -2,7 +2,10 @@
 //! `uapi::SyscallEntry` (the `#[repr(C)]` layout of x86_64: little-endian, no padding),
 //! field by field, without `unsafe`. User space decodes them with `uapi::decode_record`.
 
-use crate::uapi::{RecordHeader, SyscallEntry, RECORD_HEADER_SIZE, SYSCALL_ENTRY_SIZE};
+use crate::uapi::{
+    RecordHeader, SchedPart, SyscallEntry, WaitEntry, RECORD_HEADER_SIZE, SCHED_PART_SIZE,
+    SYSCALL_ENTRY_SIZE, WAIT_ENTRY_SIZE,
+};
 use core::mem::offset_of;
 
 /// Largest record the module writes (a relay sub-buffer must hold it): a reader's buffer of
@@ -11,7 +14,7 @@ use core::mem::offset_of;
 /// it by tests (`otel/tests/golden.rs`, `tests/golden/records.json`).
 pub const RECORD_MAX_SIZE: usize = 256 * 1024;
 
-/// Most itemised calls one record can carry within [`RECORD_MAX_SIZE`] (8188).
+/// Most itemised calls one record can carry within [`RECORD_MAX_SIZE`] (8172).
 pub const MAX_CALLS_LIMIT: u32 =
     ((RECORD_MAX_SIZE - RECORD_HEADER_SIZE) / SYSCALL_ENTRY_SIZE) as u32;
 
@@ -112,7 +115,59 @@ pub fn encode_header(h: &RecordHeader, out: &mut [u8]) -> bool {
         offset_of!(RecordHeader, records_dropped_before),
         &h.records_dropped_before.to_le_bytes(),
     );
+    if let Some(sp) = o.get_mut(offset_of!(RecordHeader, sched)..) {
+        encode_sched(&h.sched, sp);
+    }
     true
+}
+
+/// Writes `p` into `out[..SCHED_PART_SIZE]` (nothing if `out` is shorter).
+fn encode_sched(p: &SchedPart, out: &mut [u8]) {
+    let Some(o) = out.get_mut(..SCHED_PART_SIZE) else {
+        return;
+    };
+    put(o, offset_of!(SchedPart, on_cpu_ns), &p.on_cpu_ns.to_le_bytes());
+    put(o, offset_of!(SchedPart, runq_wakeup_ns), &p.runq_wakeup_ns.to_le_bytes());
+    put(o, offset_of!(SchedPart, runq_preempt_ns), &p.runq_preempt_ns.to_le_bytes());
+    for (i, v) in p.blocked_ns.iter().enumerate() {
+        put(o, offset_of!(SchedPart, blocked_ns) + 8 * i, &v.to_le_bytes());
+    }
+    put(o, offset_of!(SchedPart, blocks), &p.blocks.to_le_bytes());
+    put(o, offset_of!(SchedPart, preemptions), &p.preemptions.to_le_bytes());
+    put(o, offset_of!(SchedPart, migrations), &p.migrations.to_le_bytes());
+    put(o, offset_of!(SchedPart, wakeups), &p.wakeups.to_le_bytes());
+    put(o, offset_of!(SchedPart, wakeup_total_ns), &p.wakeup_total_ns.to_le_bytes());
+    put(o, offset_of!(SchedPart, wakeup_max_ns), &p.wakeup_max_ns.to_le_bytes());
+    put(o, offset_of!(SchedPart, n_waits), &p.n_waits.to_le_bytes());
+    put(o, offset_of!(SchedPart, lost_events), &p.lost_events.to_le_bytes());
+    for (i, w) in p.waits.iter().enumerate() {
+        if let Some(wo) = o.get_mut(offset_of!(SchedPart, waits) + WAIT_ENTRY_SIZE * i..) {
+            encode_wait(w, wo);
+        }
+    }
+}
+
+/// Writes `w` into `out[..WAIT_ENTRY_SIZE]` (nothing if `out` is shorter).
+fn encode_wait(w: &WaitEntry, out: &mut [u8]) {
+    let Some(o) = out.get_mut(..WAIT_ENTRY_SIZE) else {
+        return;
+    };
+    put(o, offset_of!(WaitEntry, start_mono_ns), &w.start_mono_ns.to_le_bytes());
+    put(o, offset_of!(WaitEntry, blocked_ns), &w.blocked_ns.to_le_bytes());
+    put(o, offset_of!(WaitEntry, runq_ns), &w.runq_ns.to_le_bytes());
+    put(o, offset_of!(WaitEntry, waker_on_cpu_ns), &w.waker_on_cpu_ns.to_le_bytes());
+    put(o, offset_of!(WaitEntry, waker_trace_id), &w.waker_trace_id);
+    put(o, offset_of!(WaitEntry, waker_span_id), &w.waker_span_id);
+    put(o, offset_of!(WaitEntry, waker_comm), &w.waker_comm);
+    put(o, offset_of!(WaitEntry, tid), &w.tid.to_le_bytes());
+    put(o, offset_of!(WaitEntry, nr), &w.nr.to_le_bytes());
+    put(o, offset_of!(WaitEntry, waker_tid), &w.waker_tid.to_le_bytes());
+    put(o, offset_of!(WaitEntry, waker_tgid), &w.waker_tgid.to_le_bytes());
+    put(o, offset_of!(WaitEntry, waker_nr), &w.waker_nr.to_le_bytes());
+    put(o, offset_of!(WaitEntry, cause), &[w.cause]);
+    put(o, offset_of!(WaitEntry, waker_ctx), &[w.waker_ctx]);
+    put(o, offset_of!(WaitEntry, softirq), &[w.softirq]);
+    put(o, offset_of!(WaitEntry, flags), &[w.flags]);
 }
 
 /// Writes `e` into `out[..SYSCALL_ENTRY_SIZE]`; false (nothing written) if `out` is shorter.
@@ -184,8 +239,10 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
             ),
+            // Any bytes, read as a scheduler part: every field and wait gets a value.
+            proptest::collection::vec(any::<u8>(), SCHED_PART_SIZE),
         )
-            .prop_map(|(a, b, c, d)| RecordHeader {
+            .prop_map(|(a, b, c, d, e)| RecordHeader {
                 magic: a.0,
                 version: a.1,
                 header_size: a.2,
@@ -207,6 +264,7 @@ mod tests {
                 unitemised_calls: d.2,
                 unitemised_ns: d.3,
                 records_dropped_before: d.4,
+                sched: SchedPart::from_bytes(&e),
             })
     }
 
@@ -229,16 +287,16 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert_eq!(MAX_CALLS_LIMIT, 8188);
+        assert_eq!(MAX_CALLS_LIMIT, 8172);
         assert!(record_size(MAX_CALLS_LIMIT) <= RECORD_MAX_SIZE);
         assert!(record_size(MAX_CALLS_LIMIT + 1) > RECORD_MAX_SIZE);
-        assert_eq!(record_size(u32::MAX), (u32::MAX as usize) * 32 + 128);
+        assert_eq!(record_size(u32::MAX), (u32::MAX as usize) * 32 + RECORD_HEADER_SIZE);
     }
 
     #[test]
     fn short_buffers_are_refused() {
         let h = RecordHeader::default();
-        let mut b = [0xaau8; 127];
+        let mut b = [0xaau8; RECORD_HEADER_SIZE - 1];
         assert!(!encode_header(&h, &mut b));
         assert!(b.iter().all(|&x| x == 0xaa));
         let mut b = [0u8; 31];

@@ -15,12 +15,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::key::SpanKey;
 use crate::record::{self, MAX_CALLS_LIMIT};
+use crate::sched::{self, OffCpu, Waker};
 use crate::syscalls::SyscallFilter;
 use crate::table::{HashTable, IndexPool, TableKey, TableSlot};
 use crate::tunables::TextBuf;
 use crate::uapi::{
-    self, RecordHeader, SyscallEntry, MAX_DEPTH, MAX_SPAN_THREADS, RECORD_HEADER_SIZE,
-    SYSCALL_ENTRY_SIZE,
+    self, RecordHeader, SchedPart, SyscallEntry, MAX_DEPTH, MAX_SPAN_THREADS, NO_CALL,
+    RECORD_HEADER_SIZE, SYSCALL_ENTRY_SIZE,
 };
 
 /// `ENOENT`: the process is not registered.
@@ -183,6 +184,14 @@ pub struct ThreadSlot {
     slot_span: u32,
     /// `Tracker::begins` when `slot_span` was found `NIL` (a later begin may open it).
     slot_gen: u32,
+    /// Scheduler accounting: the last on-CPU checkpoint (0: not known to be on a CPU
+    /// since a checkpoint), and the pending off-CPU stretch with the span it goes to
+    /// (`off_span`, whose span id's slot value is `off_span_v`) and the call it blocked in.
+    run_since: u64,
+    off_span: u32,
+    off_nr: u32,
+    off_span_v: u64,
+    off: OffCpu,
 }
 
 impl ThreadSlot {
@@ -202,6 +211,11 @@ impl ThreadSlot {
         slot_value: 0,
         slot_span: NIL,
         slot_gen: 0,
+        run_since: 0,
+        off_span: NIL,
+        off_nr: NO_CALL,
+        off_span_v: 0,
+        off: OffCpu::NONE,
     };
 }
 
@@ -237,6 +251,11 @@ pub struct SpanSlot {
     /// The span's own threshold from its begin line; [`DEFAULT_THRESHOLD`]: the one
     /// [`Tracker::end`] is given (the sysfs `threshold_ns`).
     threshold_ns: u64,
+    /// [`Tracker::sched_epoch`] at begin, and whether accounting was on then.
+    sched_epoch: u32,
+    sched_at_begin: u32,
+    /// The scheduler's figures charged so far.
+    sched: SchedPart,
 }
 
 /// `SpanSlot::threshold_ns` of a span begun without a threshold.
@@ -264,8 +283,28 @@ impl SpanSlot {
         unitemised_calls: 0,
         unitemised_ns: 0,
         threshold_ns: DEFAULT_THRESHOLD,
+        sched_epoch: 0,
+        sched_at_begin: 0,
+        sched: EMPTY_SCHED,
     };
 }
+
+/// A span part with nothing charged.
+const EMPTY_SCHED: SchedPart = SchedPart {
+    on_cpu_ns: 0,
+    runq_wakeup_ns: 0,
+    runq_preempt_ns: 0,
+    blocked_ns: [0; uapi::N_CAUSES],
+    blocks: 0,
+    preemptions: 0,
+    migrations: 0,
+    wakeups: 0,
+    wakeup_total_ns: 0,
+    wakeup_max_ns: 0,
+    n_waits: 0,
+    lost_events: 0,
+    waits: [sched::UNUSED_WAIT; uapi::MAX_WAITS],
+};
 
 /// A chunk of itemised system calls of one span; chunks of a span are linked by `next`.
 #[repr(C)]
@@ -632,6 +671,15 @@ stats_struct! {
     records_written,
     /// Records dropped because the relay buffer was full (noted by the kernel).
     records_dropped,
+    /// Scheduler accounting on (sysfs `sched`): 1 or 0.
+    sched_enabled,
+    /// Off-CPU stretches charged to spans.
+    sched_stretches,
+    /// Off-CPU stretches charged to no span: their span ended while the thread was off
+    /// its CPU.
+    sched_unattributed,
+    /// Wake-ups of a thread off its CPU inside a span.
+    sched_wakeups,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -720,6 +768,10 @@ pub struct Tracker<'a> {
     /// only sometimes missing). Saves the seeded hash and the probe loop on both probes.
     hints: [u32; HINTS],
     stats: Stats,
+    /// Scheduler accounting on, and a counter of its switches (a span begun in another
+    /// epoch has partial figures).
+    sched_on: bool,
+    sched_epoch: u32,
 }
 
 /// Entries of [`Tracker`]'s direct-mapped thread-slot hints.
@@ -797,6 +849,8 @@ impl<'a> Tracker<'a> {
             max_procs_per_uid: DEFAULT_MAX_PROCS_PER_UID,
             hints: [NIL; HINTS],
             stats: Stats::default(),
+            sched_on: false,
+            sched_epoch: 0,
         }
     }
 
@@ -1384,6 +1438,11 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.begins_too_deep);
             return Err(uapi::ERR_TOO_DEEP);
         }
+        if stacked {
+            // The thread's time so far goes to its span active until now.
+            let top = self.active_span(ti, None);
+            self.charge_cpu(ti, top, now_mono);
+        }
         let Some(si) = self.span_pool.pop() else {
             bump(&mut self.stats.begins_table_full);
             return Err(uapi::ERR_TABLE_FULL);
@@ -1411,6 +1470,8 @@ impl<'a> Tracker<'a> {
                 begin_mono_ns: now_mono,
                 begin_real_ns: now_real,
                 threshold_ns: threshold_ns.unwrap_or(DEFAULT_THRESHOLD),
+                sched_epoch: self.sched_epoch,
+                sched_at_begin: u32::from(self.sched_on),
                 ..SpanSlot::EMPTY
             };
         }
@@ -1483,6 +1544,11 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.ends_unknown);
             return Err(uapi::ERR_UNKNOWN_SPAN);
         };
+        // The writer's time so far goes to its active span (the ending one, if innermost).
+        if self.threads.get(wi as usize).is_some_and(|t| t.slot_addr == 0) {
+            let top = self.active_span(wi, None);
+            self.charge_cpu(wi, top, now_mono);
+        }
         let Some(mut s) = self.spans.get(si as usize).copied() else {
             bump(&mut self.stats.ends_unknown);
             return Err(uapi::ERR_UNKNOWN_SPAN);
@@ -1490,6 +1556,14 @@ impl<'a> Tracker<'a> {
         self.unstack(s.thread, si);
         if s.tid != writer_tid {
             s.flags |= uapi::REC_ENDED_ELSEWHERE;
+        }
+        if self.sched_on && s.sched_at_begin != 0 && s.sched_epoch == self.sched_epoch {
+            s.flags |= uapi::REC_SCHED;
+        } else if self.sched_on || s.sched_at_begin != 0 {
+            s.flags |= uapi::REC_SCHED_PARTIAL;
+        }
+        if s.sched.lost_events != 0 {
+            s.flags |= uapi::REC_SCHED_LOST;
         }
         let threshold_ns = if s.threshold_ns == DEFAULT_THRESHOLD { threshold_ns } else { s.threshold_ns };
         let outcome = if now_mono.saturating_sub(s.begin_mono_ns) >= threshold_ns {
@@ -1598,6 +1672,7 @@ impl<'a> Tracker<'a> {
             unitemised_calls: s.unitemised_calls,
             unitemised_ns: s.unitemised_ns,
             records_dropped_before: dropped,
+            sched: s.sched,
         };
         record::encode_header(&h, out);
         record::record_size(fit)
@@ -1725,6 +1800,9 @@ impl<'a> Tracker<'a> {
                 }
             }
         }
+        // A checkpoint of a thread with a slot: its time since the last one goes to the
+        // span active now (see `sched`).
+        self.charge_cpu(ti, span, now_mono);
         if let Some(t) = slot_mut(self.threads, ti) {
             t.call_state = state;
             t.call_nr = nr;
@@ -1875,7 +1953,204 @@ impl<'a> Tracker<'a> {
         s.chunks_high_water = u64::from(self.chunk_pool.high_water());
         s.max_calls = u64::from(self.max_calls);
         s.max_procs_per_uid = u64::from(self.max_procs_per_uid);
+        s.sched_enabled = u64::from(self.sched_on);
         s
+    }
+
+    // ---- scheduler accounting (sched_switch / sched_waking probes) --------------------
+
+    /// Whether scheduler accounting is on (sysfs `sched`).
+    pub fn sched_on(&self) -> bool {
+        self.sched_on
+    }
+
+    /// Switches scheduler accounting on or off. Spans open across a switch get
+    /// `REC_SCHED_PARTIAL`; pending stretches and checkpoints are forgotten.
+    pub fn set_sched(&mut self, on: bool) {
+        if on == self.sched_on {
+            return;
+        }
+        self.sched_on = on;
+        self.sched_epoch = self.sched_epoch.wrapping_add(1);
+        for t in self.threads.iter_mut() {
+            t.run_since = 0;
+            t.off = OffCpu::NONE;
+            t.off_span = NIL;
+        }
+    }
+
+    /// The span active on thread slot `ti` now: the innermost open span of its stack, or,
+    /// with an active-span slot, the span its slot value `slot` names (`None`: not read,
+    /// unreadable, or 0). `NIL` if none.
+    fn active_span(&mut self, ti: u32, slot: Option<u64>) -> u32 {
+        let Some(t) = self.threads.get(ti as usize) else {
+            return NIL;
+        };
+        if t.slot_addr == 0 {
+            return match t.depth {
+                0 => NIL,
+                d => t.stack.get(d as usize - 1).copied().unwrap_or(NIL),
+            };
+        }
+        match slot {
+            Some(v) if v != 0 => self.resolve_slot(ti, v),
+            _ => NIL,
+        }
+    }
+
+    /// The open span slot value `v` names in thread slot `ti`'s process (`NIL`: none),
+    /// through the thread's cache of its last answer.
+    fn resolve_slot(&mut self, ti: u32, v: u64) -> u32 {
+        let Some(t) = self.threads.get(ti as usize) else {
+            return NIL;
+        };
+        let (cached, cached_si, cached_gen, proc) = (t.slot_value, t.slot_span, t.slot_gen, t.proc);
+        if v == cached && (self.span_is(cached_si, v, proc) || (cached_si == NIL && cached_gen == self.begins)) {
+            return cached_si;
+        }
+        let si = self
+            .active_index
+            .get(&ActiveKey {
+                span_id: v,
+                proc,
+                pad: 0,
+            })
+            .unwrap_or(NIL);
+        let begins = self.begins;
+        if let Some(t) = slot_mut(self.threads, ti) {
+            t.slot_value = v;
+            t.slot_span = si;
+            t.slot_gen = begins;
+        }
+        si
+    }
+
+    /// An on-CPU checkpoint of thread slot `ti` at `now`: the time since the last one goes
+    /// to span `si` (if open, and the checkpoint fell inside it), and `now` becomes the
+    /// last checkpoint.
+    fn charge_cpu(&mut self, ti: u32, si: u32, now: u64) {
+        if !self.sched_on {
+            return;
+        }
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return;
+        };
+        let since = core::mem::replace(&mut t.run_since, now);
+        if since == 0 || si == NIL {
+            return;
+        }
+        if let Some(s) = slot_mut(self.spans, si) {
+            if s.open != 0 && since >= s.begin_mono_ns && now >= since {
+                s.sched.on_cpu_ns = s.sched.on_cpu_ns.saturating_add(now - since);
+            }
+        }
+    }
+
+    /// `sched_switch`, the leaving side: tracked thread `tid` leaves CPU `cpu` at `now`,
+    /// preempted (`preempt`, or `state` 0: a yield) or blocked in `state` (masked
+    /// `prev_state`), with `in_iowait`; `slot` is its active-span slot value if it has
+    /// one and it could be read. The time since its last checkpoint goes to its active
+    /// span, and the stretch off the CPU starts, for that span.
+    pub fn sched_out(
+        &mut self,
+        tid: u32,
+        cpu: u32,
+        preempt: bool,
+        state: u32,
+        in_iowait: bool,
+        slot: Option<u64>,
+        now: u64,
+    ) {
+        if !self.sched_on {
+            return;
+        }
+        let Some(ti) = self.hot_thread(tid) else {
+            return;
+        };
+        let si = self.active_span(ti, slot);
+        self.charge_cpu(ti, si, now);
+        let v = self.spans.get(si as usize).map_or(0, |s| uapi::slot_value(&s.key.span_id));
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return;
+        };
+        t.run_since = 0;
+        if si == NIL {
+            t.off = OffCpu::NONE;
+            t.off_span = NIL;
+            return;
+        }
+        t.off = OffCpu {
+            since: now,
+            woken_at: 0,
+            cpu,
+            state,
+            preempted: u32::from(preempt),
+            in_iowait: u32::from(in_iowait),
+            wait: sched::EMPTY_WAIT,
+        };
+        t.off_span = si;
+        t.off_span_v = v;
+        t.off_nr = if t.call_state != CALL_NONE { t.call_nr } else { NO_CALL };
+    }
+
+    /// `sched_waking` of tracked thread `tid` at `now`, by `waker` (whose active-span slot
+    /// value, if it has one and it is the current task, is `waker_slot`).
+    pub fn sched_waking(&mut self, tid: u32, now: u64, waker: &Waker, waker_slot: Option<u64>) {
+        if !self.sched_on {
+            return;
+        }
+        let Some(ti) = self.hot_thread(tid) else {
+            return;
+        };
+        if self.threads.get(ti as usize).is_none_or(|t| t.off.since == 0 || t.off.woken_at != 0) {
+            return;
+        }
+        // Was the waker inside a tracked span? (Only a task waker: in a hard interrupt the
+        // current task is merely whoever was interrupted, and C passes tid 0.)
+        let mut ids = None;
+        if waker.tid != 0 {
+            if let Some(wi) = self.hot_thread(waker.tid) {
+                let wsi = self.active_span(wi, waker_slot);
+                ids = self.spans.get(wsi as usize).filter(|s| s.open != 0).map(|s| s.key);
+            }
+        }
+        bump(&mut self.stats.sched_wakeups);
+        if let Some(t) = slot_mut(self.threads, ti) {
+            sched::note_wakeup(&mut t.off, waker, now);
+            if let Some(k) = ids {
+                t.off.wait.waker_trace_id = k.trace_id;
+                t.off.wait.waker_span_id = k.span_id;
+                t.off.wait.flags |= uapi::WAIT_WAKER_IN_SPAN;
+            }
+        }
+    }
+
+    /// `sched_switch`, the arriving side: tracked thread `tid` comes on CPU `cpu` at `now`.
+    /// Its pending off-CPU stretch goes to the span it was for, if still open.
+    pub fn sched_in(&mut self, tid: u32, cpu: u32, now: u64) {
+        if !self.sched_on {
+            return;
+        }
+        let Some(ti) = self.hot_thread(tid) else {
+            return;
+        };
+        let Some(t) = slot_mut(self.threads, ti) else {
+            return;
+        };
+        t.run_since = now;
+        let off = core::mem::replace(&mut t.off, OffCpu::NONE);
+        let (si, v, nr, proc) = (core::mem::replace(&mut t.off_span, NIL), t.off_span_v, t.off_nr, t.proc);
+        if off.since == 0 || si == NIL {
+            return;
+        }
+        if !self.span_is(si, v, proc) {
+            bump(&mut self.stats.sched_unattributed);
+            return;
+        }
+        if let Some(s) = slot_mut(self.spans, si) {
+            sched::charge_off_cpu(&mut s.sched, &off, tid, nr, cpu, now);
+        }
+        bump(&mut self.stats.sched_stretches);
     }
 
     /// Writes the stats as `name value\n` lines (about 1 KB; 4096 bytes always suffice).

@@ -5,8 +5,8 @@
 #![no_std]
 
 /// Version of everything in this file. Bumped on any incompatible change (4: a begin line
-/// may carry the span's own threshold).
-pub const ABI_VERSION: u32 = 4;
+/// may carry the span's own threshold; 5: records carry the scheduler part, [`SchedPart`]).
+pub const ABI_VERSION: u32 = 5;
 
 // ---------------------------------------------------------------------------------------
 // Paths
@@ -216,6 +216,15 @@ pub const REC_MANY_THREADS: u32 = 1 << 3;
 /// calls are charged by activation, see [`IOCTL_SET_ACTIVE_SLOT`]).
 pub const REC_ACTIVATION: u32 = 1 << 4;
 
+/// `RecordHeader::flags`: scheduler accounting was on for the whole span: `sched` holds
+/// its figures (otherwise `sched` is all zero).
+pub const REC_SCHED: u32 = 1 << 5;
+/// `RecordHeader::flags`: scheduler accounting was switched on or off while the span was
+/// open: `sched` covers only part of it.
+pub const REC_SCHED_PARTIAL: u32 = 1 << 6;
+/// `RecordHeader::flags`: scheduler events of the span were lost (`sched.lost_events`).
+pub const REC_SCHED_LOST: u32 = 1 << 7;
+
 /// Distinct threads a span's record counts exactly (`n_threads`).
 pub const MAX_SPAN_THREADS: usize = 8;
 
@@ -259,7 +268,123 @@ pub struct RecordHeader {
     pub unitemised_ns: u64,
     /// Records of this process dropped (relay buffer full) before this one was written.
     pub records_dropped_before: u64,
+    /// Where the span's wall time went on the scheduler's side (valid with [`REC_SCHED`]).
+    pub sched: SchedPart,
 }
+
+/// Blocked-time causes: index into [`SchedPart::blocked_ns`], [`WaitEntry::cause`].
+/// Uninterruptible sleep with `in_iowait` (fsync, a page fault on a file).
+pub const CAUSE_IO: u8 = 0;
+/// A futex wait.
+pub const CAUSE_LOCK: u8 = 1;
+/// A socket call, poll/epoll/select, or a wake-up by the NET_RX/NET_TX softirq.
+pub const CAUSE_NET: u8 = 2;
+/// The nanosleep family, or a wake-up by a timer.
+pub const CAUSE_TIMER: u8 = 3;
+/// The rest (including uninterruptible sleep without `in_iowait`).
+pub const CAUSE_OTHER: u8 = 4;
+/// Number of causes.
+pub const N_CAUSES: usize = 5;
+/// `WaitEntry::cause` of a wait that was a preemption (runnable throughout).
+pub const CAUSE_PREEMPTED: u8 = 5;
+
+/// [`WaitEntry::waker_ctx`]: woken from task context (`waker_*` is that task).
+pub const CTX_TASK: u8 = 0;
+/// Woken from a hard interrupt (`waker_*` is whoever was interrupted: not the cause).
+pub const CTX_HARDIRQ: u8 = 1;
+/// Woken from a softirq ([`WaitEntry::softirq`] says which); `waker_*` is the task the
+/// softirq ran in (on loopback, the sender's `local_bh_enable`).
+pub const CTX_SOFTIRQ: u8 = 2;
+/// Woken from an NMI.
+pub const CTX_NMI: u8 = 3;
+/// Woken by a timer callback (hrtimer or timer wheel, hard or soft interrupt).
+pub const CTX_TIMER: u8 = 4;
+/// Not woken: the wait was a preemption, or its wake-up was not seen.
+pub const CTX_NONE: u8 = 255;
+/// [`WaitEntry::softirq`] when not a softirq.
+pub const SOFTIRQ_NONE: u8 = 255;
+/// [`WaitEntry::nr`], [`WaitEntry::waker_nr`]: not in a system call.
+pub const NO_CALL: u32 = u32::MAX;
+/// [`WaitEntry::flags`]: the waker was inside a tracked span (`waker_trace_id`,
+/// `waker_span_id`).
+pub const WAIT_WAKER_IN_SPAN: u8 = 1 << 0;
+/// [`WaitEntry::flags`]: the waker was a kernel thread.
+pub const WAIT_WAKER_KTHREAD: u8 = 1 << 1;
+
+/// The longest waits a record keeps, with their wakers.
+pub const MAX_WAITS: usize = 4;
+
+/// One of a span's longest off-CPU stretches: from switch-out to switch-in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitEntry {
+    /// Switch-out (CLOCK_MONOTONIC).
+    pub start_mono_ns: u64,
+    /// Switch-out to wake-up (0 for a preemption).
+    pub blocked_ns: u64,
+    /// Wake-up (or preemption) to switch-in: waiting for a CPU.
+    pub runq_ns: u64,
+    /// How long the waker had been on its CPU when it woke this thread.
+    pub waker_on_cpu_ns: u64,
+    /// The span the waker was running ([`WAIT_WAKER_IN_SPAN`]).
+    pub waker_trace_id: [u8; 16],
+    pub waker_span_id: [u8; 8],
+    /// The waker's command name (NUL-padded).
+    pub waker_comm: [u8; 16],
+    /// The thread that waited.
+    pub tid: u32,
+    /// The system call it blocked in ([`NO_CALL`]: none).
+    pub nr: u32,
+    /// The waker's thread and process ids (0: none, e.g. a hard interrupt).
+    pub waker_tid: u32,
+    pub waker_tgid: u32,
+    /// The system call the waker was in ([`NO_CALL`]: none).
+    pub waker_nr: u32,
+    /// `CAUSE_*`.
+    pub cause: u8,
+    /// `CTX_*`.
+    pub waker_ctx: u8,
+    /// The softirq vector with [`CTX_SOFTIRQ`] (`NET_RX` = 3, ...), else [`SOFTIRQ_NONE`].
+    pub softirq: u8,
+    /// `WAIT_*` bits.
+    pub flags: u8,
+}
+
+/// The scheduler's view of a span: the parts of its wall time and its longest waits.
+/// Time is charged to the span while it is the thread's active span (see the rule of
+/// attribution); the time it was open but not active (a child span or another task ran,
+/// or its task was suspended) is the duration minus the parts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedPart {
+    /// Running on a CPU.
+    pub on_cpu_ns: u64,
+    /// Runnable after a wake-up, waiting for a CPU.
+    pub runq_wakeup_ns: u64,
+    /// Runnable after a preemption (or a yield), waiting for a CPU.
+    pub runq_preempt_ns: u64,
+    /// Blocked, by `CAUSE_*`.
+    pub blocked_ns: [u64; N_CAUSES],
+    /// Times the span's thread blocked, was preempted, and came back on another CPU.
+    pub blocks: u32,
+    pub preemptions: u32,
+    pub migrations: u32,
+    /// Wake-ups seen (wake-up latency: `wakeup_total_ns`, `wakeup_max_ns`).
+    pub wakeups: u32,
+    pub wakeup_total_ns: u64,
+    pub wakeup_max_ns: u64,
+    /// Valid entries of `waits`, longest first.
+    pub n_waits: u32,
+    /// Scheduler events that could not be charged (the span slot of the off-CPU stretch
+    /// was gone); [`REC_SCHED_LOST`].
+    pub lost_events: u32,
+    pub waits: [WaitEntry; MAX_WAITS],
+}
+
+/// The record's fixed part: [`RecordHeader`] with its [`SchedPart`].
+pub const SCHED_PART_SIZE: usize = core::mem::size_of::<SchedPart>();
+/// One [`WaitEntry`].
+pub const WAIT_ENTRY_SIZE: usize = core::mem::size_of::<WaitEntry>();
 
 /// One system call of a slow span.
 #[repr(C)]
@@ -279,7 +404,9 @@ pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 pub const SYSCALL_ENTRY_SIZE: usize = core::mem::size_of::<SyscallEntry>();
 
 // Layout is ABI: pinned here, checked again by tests on both sides.
-const _: () = assert!(RECORD_HEADER_SIZE == 128);
+const _: () = assert!(RECORD_HEADER_SIZE == 128 + SCHED_PART_SIZE);
+const _: () = assert!(SCHED_PART_SIZE == 104 + MAX_WAITS * WAIT_ENTRY_SIZE);
+const _: () = assert!(WAIT_ENTRY_SIZE == 96);
 const _: () = assert!(SYSCALL_ENTRY_SIZE == 32);
 const _: () = assert!(core::mem::size_of::<Info>() == 40);
 const _: () = assert!(core::mem::size_of::<ActiveSlot>() == 8);
@@ -360,7 +487,64 @@ impl RecordHeader {
             unitemised_calls: le_u64(b, offset_of!(RecordHeader, unitemised_calls)),
             unitemised_ns: le_u64(b, offset_of!(RecordHeader, unitemised_ns)),
             records_dropped_before: le_u64(b, offset_of!(RecordHeader, records_dropped_before)),
+            sched: SchedPart::from_bytes(b.get(offset_of!(RecordHeader, sched)..).unwrap_or(&[])),
         })
+    }
+}
+
+impl SchedPart {
+    /// Reads a scheduler part from the first [`SCHED_PART_SIZE`] bytes of `b` (a short
+    /// buffer reads as zeros).
+    pub fn from_bytes(b: &[u8]) -> SchedPart {
+        use core::mem::offset_of;
+        let mut blocked_ns = [0u64; N_CAUSES];
+        for (i, v) in blocked_ns.iter_mut().enumerate() {
+            *v = le_u64(b, offset_of!(SchedPart, blocked_ns) + 8 * i);
+        }
+        let mut waits = [WaitEntry::default(); MAX_WAITS];
+        for (i, w) in waits.iter_mut().enumerate() {
+            *w = WaitEntry::from_bytes(b.get(offset_of!(SchedPart, waits) + WAIT_ENTRY_SIZE * i..).unwrap_or(&[]));
+        }
+        SchedPart {
+            on_cpu_ns: le_u64(b, offset_of!(SchedPart, on_cpu_ns)),
+            runq_wakeup_ns: le_u64(b, offset_of!(SchedPart, runq_wakeup_ns)),
+            runq_preempt_ns: le_u64(b, offset_of!(SchedPart, runq_preempt_ns)),
+            blocked_ns,
+            blocks: le_u32(b, offset_of!(SchedPart, blocks)),
+            preemptions: le_u32(b, offset_of!(SchedPart, preemptions)),
+            migrations: le_u32(b, offset_of!(SchedPart, migrations)),
+            wakeups: le_u32(b, offset_of!(SchedPart, wakeups)),
+            wakeup_total_ns: le_u64(b, offset_of!(SchedPart, wakeup_total_ns)),
+            wakeup_max_ns: le_u64(b, offset_of!(SchedPart, wakeup_max_ns)),
+            n_waits: le_u32(b, offset_of!(SchedPart, n_waits)),
+            lost_events: le_u32(b, offset_of!(SchedPart, lost_events)),
+            waits,
+        }
+    }
+}
+
+impl WaitEntry {
+    /// Reads a wait from the first [`WAIT_ENTRY_SIZE`] bytes of `b` (short: zeros).
+    pub fn from_bytes(b: &[u8]) -> WaitEntry {
+        use core::mem::offset_of;
+        WaitEntry {
+            start_mono_ns: le_u64(b, offset_of!(WaitEntry, start_mono_ns)),
+            blocked_ns: le_u64(b, offset_of!(WaitEntry, blocked_ns)),
+            runq_ns: le_u64(b, offset_of!(WaitEntry, runq_ns)),
+            waker_on_cpu_ns: le_u64(b, offset_of!(WaitEntry, waker_on_cpu_ns)),
+            waker_trace_id: le_array(b, offset_of!(WaitEntry, waker_trace_id)),
+            waker_span_id: le_array(b, offset_of!(WaitEntry, waker_span_id)),
+            waker_comm: le_array(b, offset_of!(WaitEntry, waker_comm)),
+            tid: le_u32(b, offset_of!(WaitEntry, tid)),
+            nr: le_u32(b, offset_of!(WaitEntry, nr)),
+            waker_tid: le_u32(b, offset_of!(WaitEntry, waker_tid)),
+            waker_tgid: le_u32(b, offset_of!(WaitEntry, waker_tgid)),
+            waker_nr: le_u32(b, offset_of!(WaitEntry, waker_nr)),
+            cause: le_array::<1>(b, offset_of!(WaitEntry, cause))[0],
+            waker_ctx: le_array::<1>(b, offset_of!(WaitEntry, waker_ctx))[0],
+            softirq: le_array::<1>(b, offset_of!(WaitEntry, softirq))[0],
+            flags: le_array::<1>(b, offset_of!(WaitEntry, flags))[0],
+        }
     }
 }
 
@@ -467,7 +651,7 @@ mod tests {
     /// same number, so a library can name an older module's version.
     #[test]
     fn ioctl_type_is_not_lttngs() {
-        assert_eq!(ABI_VERSION, 4);
+        assert_eq!(ABI_VERSION, 5);
         assert_eq!(SPAN_LINE_MAX, 64); // glue.c's ST_LINE_BUF
         for cmd in [IOCTL_REGISTER, IOCTL_UNREGISTER_THREAD, IOCTL_UNREGISTER, IOCTL_INFO, IOCTL_RELAY_FDS, IOCTL_SET_ACTIVE_SLOT] {
             assert_eq!((cmd >> 8) & 0xff, 0xB9, "{cmd:#x}");
@@ -481,7 +665,18 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(RECORD_HEADER_SIZE, 128);
+        assert_eq!(RECORD_HEADER_SIZE, 616);
+        assert_eq!(offset_of!(RecordHeader, sched), 128);
+        assert_eq!(offset_of!(SchedPart, blocked_ns), 24);
+        assert_eq!(offset_of!(SchedPart, blocks), 64);
+        assert_eq!(offset_of!(SchedPart, wakeup_total_ns), 80);
+        assert_eq!(offset_of!(SchedPart, n_waits), 96);
+        assert_eq!(offset_of!(SchedPart, waits), 104);
+        assert_eq!(offset_of!(WaitEntry, waker_trace_id), 32);
+        assert_eq!(offset_of!(WaitEntry, waker_comm), 56);
+        assert_eq!(offset_of!(WaitEntry, tid), 72);
+        assert_eq!(offset_of!(WaitEntry, cause), 92);
+        assert_eq!(offset_of!(WaitEntry, flags), 95);
         assert_eq!(SYSCALL_ENTRY_SIZE, 32);
         assert_eq!(align_of::<RecordHeader>(), 8);
         assert_eq!(offset_of!(RecordHeader, trace_id), 16);
@@ -514,9 +709,10 @@ mod tests {
     #[test]
     fn decode_validates() {
         let mut b = header_bytes(2);
-        b[128..132].copy_from_slice(&7u32.to_le_bytes());
-        b[136..144].copy_from_slice(&(-11i64).to_le_bytes());
-        b[160..164].copy_from_slice(&9u32.to_le_bytes());
+        const H: usize = RECORD_HEADER_SIZE;
+        b[H..H + 4].copy_from_slice(&7u32.to_le_bytes());
+        b[H + 8..H + 16].copy_from_slice(&(-11i64).to_le_bytes());
+        b[H + 32..H + 36].copy_from_slice(&9u32.to_le_bytes());
         let (h, it, used) = decode_record(&b).unwrap();
         assert_eq!(
             (h.n_entries, h.total_size as usize, used),
@@ -540,11 +736,11 @@ mod tests {
         }
         assert_eq!(
             decode_record(&b[..100]).map(|_| ()),
-            Err(DecodeError::Incomplete { needed: 192 })
+            Err(DecodeError::Incomplete { needed: RECORD_HEADER_SIZE + 2 * SYSCALL_ENTRY_SIZE })
         );
         assert_eq!(
             decode_record(&b[..10]).map(|_| ()),
-            Err(DecodeError::Incomplete { needed: 128 })
+            Err(DecodeError::Incomplete { needed: RECORD_HEADER_SIZE })
         );
         let mut bad = b.clone();
         bad[0] = b'X';
@@ -560,7 +756,7 @@ mod tests {
             Err(DecodeError::BadVersion(9))
         );
         let mut bad = b.clone();
-        bad[6] = 64;
+        bad[6..8].copy_from_slice(&64u16.to_le_bytes());
         assert_eq!(
             decode_record(&bad).map(|_| ()),
             Err(DecodeError::BadHeaderSize(64))
