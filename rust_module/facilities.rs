@@ -33,6 +33,8 @@ extern "C" {
     pub(crate) fn st_fast_uncharged_sum() -> u64;
     fn st_tracepoints_register() -> c_int;
     fn st_tracepoints_unregister();
+    /// Scheduler accounting on (1) or off (0): (un)registers its probes. Sleeps.
+    pub(crate) fn st_sched_set(on: c_int) -> c_int;
     pub(crate) fn st_for_each_thread_of_current(
         cb: unsafe extern "C" fn(ctx: *mut c_void, tid: c_int, tgid: c_int) -> c_int,
         ctx: *mut c_void,

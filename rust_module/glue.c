@@ -8,7 +8,10 @@
  *
  * Functions named st_rs_* are implemented in Rust; st_* functions are called from Rust.
  */
+#include <asm/syscall.h>
 #include <linux/binfmts.h>
+#include <linux/hrtimer.h>
+#include <linux/interrupt.h>
 #include <linux/debugfs.h>
 #include <linux/delay.h>
 #include <linux/file.h>
@@ -24,6 +27,7 @@
 #include <linux/relay.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/task_stack.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/sysfs.h>
@@ -52,25 +56,46 @@ long st_rs_sysfs_show(int attr, char *buf);
 long st_rs_sysfs_store(int attr, const char *buf, size_t len);
 long st_rs_stats_show(char *buf, size_t len);
 
+/* What the sched_waking probe knows of the waker (state.rs StWaker, uapi CTX_*). */
+struct st_waker {
+	u8 ctx;
+	u8 softirq;
+	u8 flags;
+	u8 pad;
+	u32 tid;
+	u32 tgid;
+	u32 nr;
+	u64 on_cpu_ns;
+	char comm[TASK_COMM_LEN];
+};
+void st_rs_sched_switch(int prev_tid, int prev_on, int preempt, unsigned int prev_state,
+			int in_iowait, int have_slot, u64 slot, int next_tid, int next_on,
+			unsigned int cpu, u64 mono);
+void st_rs_sched_waking(int tid, u64 mono, const struct st_waker *w, int have_slot, u64 slot);
+void st_rs_sched_enable(int on);
+
 /* ---------------------------------------------------------------------------------------
  * Lock, memory, clocks
  */
 
 /* The one lock around the tracker's state. Probes take it from system-call context and the
  * expiry timer from softirq context: always with interrupts off. */
-static DEFINE_SPINLOCK(st_lock);
+/* A raw spinlock: the scheduler probes take it inside the runqueue lock and p->pi_lock
+ * (raw locks). Nothing under it sleeps, allocates or wakes a task (relay defers its reader
+ * wake-up to irq_work, st_wake_readers() arms a timer). */
+static DEFINE_RAW_SPINLOCK(st_lock);
 
 unsigned long st_lock_irqsave(void)
 {
 	unsigned long flags;
 
-	spin_lock_irqsave(&st_lock, flags);
+	raw_spin_lock_irqsave(&st_lock, flags);
 	return flags;
 }
 
 void st_unlock_irqrestore(unsigned long flags)
 {
-	spin_unlock_irqrestore(&st_lock, flags);
+	raw_spin_unlock_irqrestore(&st_lock, flags);
 }
 
 /*
@@ -147,6 +172,8 @@ static struct st_slot_hint *st_slot_hints;
 static unsigned long st_n_hints;
 /* Calls charged to no span by the sys_enter probe alone (slot 0). */
 static DEFINE_PER_CPU(u64, st_fast_uncharged);
+/* Scheduler accounting on (sysfs sched): its probes are registered. */
+static int st_sched_on;
 
 void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long *active_slot,
 		    unsigned long *skip, void *hints, unsigned long n_hints, unsigned long nbits)
@@ -243,8 +270,9 @@ static noinline void st_sys_enter_slotted(pid_t pid, long id)
 
 	addr = st_slot_of(pid);
 	if (addr && !st_read_slot(addr, &v)) {
-		/* A thread whose slot says "no span": nothing to record, at enter or at exit. */
-		if (v == 0) {
+		/* A thread whose slot says "no span": nothing to record, at enter or at exit
+		 * (with scheduler accounting on, the tracker still takes the checkpoint). */
+		if (v == 0 && !READ_ONCE(st_sched_on)) {
 			set_bit(pid, skip);
 			this_cpu_inc(st_fast_uncharged);
 			return;
@@ -323,11 +351,158 @@ static void st_probe_exec(void *data, struct task_struct *p, pid_t old_pid,
 	st_rs_exec(old_pid, p->pid, p->tgid);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Scheduler probes (sysfs sched; registered only while on). Where a waking comes from:
+ * the softirq being served and whether a timer callback runs, per CPU.
+ */
+#define ST_CTX_TASK 0
+#define ST_CTX_HARDIRQ 1
+#define ST_CTX_SOFTIRQ 2
+#define ST_CTX_NMI 3
+#define ST_CTX_TIMER 4
+#define ST_SOFTIRQ_NONE 255
+#define ST_WAIT_WAKER_KTHREAD 2
+
+static DEFINE_PER_CPU(u8, st_softirq_vec) = ST_SOFTIRQ_NONE;
+static DEFINE_PER_CPU(int, st_timer_depth);
+
+static void st_probe_softirq_entry(void *data, unsigned int vec)
+{
+	this_cpu_write(st_softirq_vec, vec);
+}
+
+static void st_probe_softirq_exit(void *data, unsigned int vec)
+{
+	this_cpu_write(st_softirq_vec, ST_SOFTIRQ_NONE);
+}
+
+static void st_probe_hrtimer_entry(void *data, struct hrtimer *t, ktime_t *now)
+{
+	this_cpu_inc(st_timer_depth);
+}
+
+static void st_probe_hrtimer_exit(void *data, struct hrtimer *t)
+{
+	if (this_cpu_read(st_timer_depth) > 0)
+		this_cpu_dec(st_timer_depth);
+}
+
+static void st_probe_timer_entry(void *data, struct timer_list *t, unsigned long baseclk)
+{
+	this_cpu_inc(st_timer_depth);
+}
+
+static void st_probe_timer_exit(void *data, struct timer_list *t)
+{
+	if (this_cpu_read(st_timer_depth) > 0)
+		this_cpu_dec(st_timer_depth);
+}
+
+/*
+ * The current task's active-span slot value, if it has a slot and its process an open
+ * span: 1 and *v, or 0. Only for current (its own user memory), with preemption off.
+ */
+static __always_inline int st_slot_value_of_current(pid_t pid, u64 *v)
+{
+	u64 addr;
+
+	if (!st_active(pid) || !test_bit(pid, READ_ONCE(st_active_slot_bits)))
+		return 0;
+	addr = st_slot_of(pid);
+	return addr && !st_read_slot(addr, v);
+}
+
+/*
+ * sched_switch runs on the CPU that switches, with its runqueue lock held and current ==
+ * prev (still in prev's mm, so prev's slot is readable). prev_state is masked to the
+ * reportable bits; preempt is checked first by the tracker.
+ */
+static void st_probe_sched_switch(void *data, bool preempt, struct task_struct *prev,
+				  struct task_struct *next, unsigned int prev_state)
+{
+	int a = st_active(prev->pid), b = st_active(next->pid);
+	int have = 0;
+	u64 v = 0;
+
+	if (likely(!a && !b))
+		return;
+	if (a)
+		have = st_slot_value_of_current(prev->pid, &v);
+	st_rs_sched_switch(prev->pid, a, preempt, prev_state & TASK_REPORT, prev->in_iowait, have, v,
+			   next->pid, b, smp_processor_id(), ktime_get_ns());
+}
+
+/*
+ * sched_waking runs in the waker's context (p->pi_lock held, interrupts off). A hard
+ * interrupt, an NMI or a timer callback names no waker task: current is merely whoever
+ * was interrupted. A softirq names current only while current is in a system call (on
+ * loopback NET_RX runs in the sender's local_bh_enable()).
+ */
+static void st_probe_sched_waking(void *data, struct task_struct *p)
+{
+	struct task_struct *t = NULL;
+	struct st_waker w = { .softirq = ST_SOFTIRQ_NONE, .nr = U32_MAX };
+	int have = 0;
+	u64 v = 0;
+	long nr = -1;
+
+	if (likely(!st_active(p->pid)))
+		return;
+	if (in_nmi()) {
+		w.ctx = ST_CTX_NMI;
+	} else if (this_cpu_read(st_timer_depth) > 0) {
+		w.ctx = ST_CTX_TIMER;
+	} else if (in_hardirq()) {
+		w.ctx = ST_CTX_HARDIRQ;
+	} else if (in_serving_softirq()) {
+		w.ctx = ST_CTX_SOFTIRQ;
+		w.softirq = this_cpu_read(st_softirq_vec);
+		if (!(current->flags & PF_KTHREAD))
+			nr = syscall_get_nr(current, task_pt_regs(current));
+		if (nr >= 0)
+			t = current;
+	} else {
+		w.ctx = ST_CTX_TASK;
+		t = current;
+	}
+	if (t) {
+		w.tid = t->pid;
+		w.tgid = t->tgid;
+		/* Not get_task_comm(): it takes task_lock, a sleeping lock on RT and not
+		 * allowed under pi_lock. A racing rename gives a mixed name, never a fault. */
+		memcpy(w.comm, t->comm, sizeof(w.comm));
+		w.comm[sizeof(w.comm) - 1] = 0;
+		if (t->flags & PF_KTHREAD) {
+			w.flags |= ST_WAIT_WAKER_KTHREAD;
+		} else {
+			if (nr < 0)
+				nr = syscall_get_nr(t, task_pt_regs(t));
+			if (nr >= 0 && nr < NR_syscalls)
+				w.nr = nr;
+		}
+		/* On the CPU since it was last scheduled in (the kernel's own figure). */
+		w.on_cpu_ns = t->se.sum_exec_runtime - t->se.prev_sum_exec_runtime;
+		have = st_slot_value_of_current(t->pid, &v);
+	}
+	st_rs_sched_waking(p->pid, ktime_get_ns(), &w, have, v);
+}
+
 struct st_tp {
 	const char *name;
 	void *probe;
 	struct tracepoint *tp;
 	bool registered;
+};
+
+static struct st_tp st_sched_tps[] = {
+	{ .name = "softirq_entry", .probe = st_probe_softirq_entry },
+	{ .name = "softirq_exit", .probe = st_probe_softirq_exit },
+	{ .name = "hrtimer_expire_entry", .probe = st_probe_hrtimer_entry },
+	{ .name = "hrtimer_expire_exit", .probe = st_probe_hrtimer_exit },
+	{ .name = "timer_expire_entry", .probe = st_probe_timer_entry },
+	{ .name = "timer_expire_exit", .probe = st_probe_timer_exit },
+	{ .name = "sched_waking", .probe = st_probe_sched_waking },
+	{ .name = "sched_switch", .probe = st_probe_sched_switch },
 };
 
 static struct st_tp st_tps[] = {
@@ -345,11 +520,81 @@ static void st_find_tp(struct tracepoint *tp, void *priv)
 	for (i = 0; i < ARRAY_SIZE(st_tps); i++)
 		if (!strcmp(tp->name, st_tps[i].name))
 			st_tps[i].tp = tp;
+	for (i = 0; i < ARRAY_SIZE(st_sched_tps); i++)
+		if (!strcmp(tp->name, st_sched_tps[i].name))
+			st_sched_tps[i].tp = tp;
+}
+
+/* Serialises st_sched_set(); st_sched_dead: the module is unloading. */
+static DEFINE_MUTEX(st_sched_mutex);
+static bool st_sched_dead;
+
+static void st_sched_unregister_locked(void)
+{
+	int i;
+
+	for (i = ARRAY_SIZE(st_sched_tps) - 1; i >= 0; i--) {
+		if (st_sched_tps[i].registered)
+			tracepoint_probe_unregister(st_sched_tps[i].tp, st_sched_tps[i].probe, NULL);
+		st_sched_tps[i].registered = false;
+	}
+	tracepoint_synchronize_unregister();
+}
+
+/*
+ * Scheduler accounting on or off (sysfs sched; on at load): registers its probes, then
+ * switches the tracker on; or switches the tracker off, then unregisters them and waits
+ * until none runs. Off costs nothing on the scheduler's path. Sleeps. 0 or -errno (the
+ * state is then off).
+ */
+int st_sched_set(int on)
+{
+	int i, ret = 0;
+
+	mutex_lock(&st_sched_mutex);
+	if (st_sched_dead) {
+		ret = on ? -ENODEV : 0;
+		goto out;
+	}
+	if (!!on == !!READ_ONCE(st_sched_on))
+		goto out;
+	if (!on) {
+		st_rs_sched_enable(0);
+		WRITE_ONCE(st_sched_on, 0);
+		st_sched_unregister_locked();
+		goto out;
+	}
+	for (i = 0; i < ARRAY_SIZE(st_sched_tps); i++) {
+		if (!st_sched_tps[i].tp) {
+			pr_err("spantrack: tracepoint %s not found: scheduler accounting off\n",
+			       st_sched_tps[i].name);
+			ret = -ENOENT;
+			break;
+		}
+		ret = tracepoint_probe_register(st_sched_tps[i].tp, st_sched_tps[i].probe, NULL);
+		if (ret)
+			break;
+		st_sched_tps[i].registered = true;
+	}
+	if (ret) {
+		st_sched_unregister_locked();
+		goto out;
+	}
+	WRITE_ONCE(st_sched_on, 1);
+	st_rs_sched_enable(1);
+out:
+	mutex_unlock(&st_sched_mutex);
+	return ret;
 }
 
 void st_tracepoints_unregister(void)
 {
 	int i;
+
+	st_sched_set(0);
+	mutex_lock(&st_sched_mutex);
+	st_sched_dead = true;
+	mutex_unlock(&st_sched_mutex);
 
 	for (i = ARRAY_SIZE(st_tps) - 1; i >= 0; i--) {
 		if (st_tps[i].registered)
@@ -379,6 +624,8 @@ int st_tracepoints_register(void)
 		}
 		st_tps[i].registered = true;
 	}
+	/* Scheduler accounting starts on; without its tracepoints the module works without. */
+	st_sched_set(1);
 	return 0;
 }
 
@@ -477,7 +724,7 @@ static size_t st_buf_take(struct rchan_buf *buf, void *dst, size_t len)
 	size_t size = buf->chan->subbuf_size, got = 0;
 	unsigned long flags;
 
-	spin_lock_irqsave(&st_lock, flags);
+	raw_spin_lock_irqsave(&st_lock, flags);
 	while (got < len) {
 		size_t n = min(st_buf_readable(buf), len - got);
 		size_t idx = buf->subbufs_consumed % buf->chan->n_subbufs;
@@ -488,7 +735,7 @@ static size_t st_buf_take(struct rchan_buf *buf, void *dst, size_t len)
 		buf->bytes_consumed += n;
 		got += n;
 	}
-	spin_unlock_irqrestore(&st_lock, flags);
+	raw_spin_unlock_irqrestore(&st_lock, flags);
 	return got;
 }
 
@@ -1106,7 +1353,7 @@ int st_proc_create(void)
  * /proc/spantrack/stats.
  */
 
-enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER, ST_MAX_PROCS_PER_UID };
+enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER, ST_MAX_PROCS_PER_UID, ST_SCHED };
 
 #define ST_ATTR_FNS(fname, id)                                                            \
 	static ssize_t fname##_show(struct kobject *k, struct kobj_attribute *a, char *buf) \
@@ -1125,6 +1372,7 @@ ST_ATTR_FNS(timeout_ns, ST_TIMEOUT)
 ST_ATTR_FNS(max_calls, ST_MAX_CALLS)
 ST_ATTR_FNS(filter, ST_FILTER)
 ST_ATTR_FNS(max_procs_per_uid, ST_MAX_PROCS_PER_UID)
+ST_ATTR_FNS(sched, ST_SCHED)
 
 static struct kobj_attribute st_threshold_attr = __ATTR(threshold_ns, 0644, threshold_ns_show, threshold_ns_store);
 static struct kobj_attribute st_timeout_attr = __ATTR(timeout_ns, 0644, timeout_ns_show, timeout_ns_store);
@@ -1132,10 +1380,11 @@ static struct kobj_attribute st_max_calls_attr = __ATTR(max_calls, 0644, max_cal
 static struct kobj_attribute st_filter_attr = __ATTR(filter, 0644, filter_show, filter_store);
 static struct kobj_attribute st_max_procs_attr =
 	__ATTR(max_procs_per_uid, 0644, max_procs_per_uid_show, max_procs_per_uid_store);
+static struct kobj_attribute st_sched_attr = __ATTR(sched, 0644, sched_show, sched_store);
 
 static struct attribute *st_attrs[] = {
 	&st_threshold_attr.attr, &st_timeout_attr.attr, &st_max_calls_attr.attr,
-	&st_filter_attr.attr,	 &st_max_procs_attr.attr, NULL,
+	&st_filter_attr.attr,	 &st_max_procs_attr.attr, &st_sched_attr.attr, NULL,
 };
 
 static const struct attribute_group st_attr_group = { .attrs = st_attrs };

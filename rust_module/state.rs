@@ -229,6 +229,79 @@ extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64, have_slot: c_in
     });
 }
 
+/// What glue.c's `sched_waking` probe knows of the waker (`struct st_waker`).
+#[repr(C)]
+pub(crate) struct StWaker {
+    ctx: u8,
+    softirq: u8,
+    flags: u8,
+    _pad: u8,
+    tid: u32,
+    tgid: u32,
+    nr: u32,
+    on_cpu_ns: u64,
+    comm: [u8; 16],
+}
+
+/// `sched_switch` with `prev` or `next` (or both) tracked with an open span (`*_on`); the
+/// runqueue lock is held and interrupts are off. `slot` is prev's active-span slot value
+/// when `have_slot`.
+#[no_mangle]
+extern "C" fn st_rs_sched_switch(
+    prev_tid: c_int,
+    prev_on: c_int,
+    preempt: c_int,
+    prev_state: c_uint,
+    in_iowait: c_int,
+    have_slot: c_int,
+    slot: u64,
+    next_tid: c_int,
+    next_on: c_int,
+    cpu: c_uint,
+    mono: u64,
+) {
+    let Some(g) = global() else { return };
+    let mut l = g.lock();
+    let t = l.tracker();
+    if prev_on != 0 {
+        let slot = (have_slot != 0).then_some(slot);
+        t.sched_out(prev_tid as u32, cpu, preempt != 0, prev_state, in_iowait != 0, slot, mono);
+    }
+    if next_on != 0 {
+        t.sched_in(next_tid as u32, cpu, mono);
+    }
+}
+
+/// `sched_waking` of tracked thread `tid` (p->pi_lock held, interrupts off).
+///
+/// # Safety
+/// `w` points to a valid `struct st_waker` for the duration of the call.
+#[no_mangle]
+unsafe extern "C" fn st_rs_sched_waking(tid: c_int, mono: u64, w: *const StWaker, have_slot: c_int, slot: u64) {
+    let Some(g) = global() else { return };
+    // SAFETY: the caller's contract.
+    let Some(w) = (unsafe { w.as_ref() }) else { return };
+    let k = crate::sched::Waker {
+        ctx: w.ctx,
+        softirq: w.softirq,
+        flags: w.flags,
+        tid: w.tid,
+        tgid: w.tgid,
+        comm: w.comm,
+        nr: w.nr,
+        on_cpu_ns: w.on_cpu_ns,
+    };
+    g.lock().tracker().sched_waking(tid as u32, mono, &k, (have_slot != 0).then_some(slot));
+}
+
+/// Scheduler accounting switched on or off by `st_sched_set` (its probes are registered
+/// before on and unregistered after off).
+#[no_mangle]
+extern "C" fn st_rs_sched_enable(on: c_int) {
+    let Some(g) = global() else { return };
+    g.lock().tracker().set_sched(on != 0);
+}
+
 #[no_mangle]
 extern "C" fn st_rs_sys_exit(tid: c_int, ret: c_long, mono: u64) {
     let Some(g) = global() else { return };
@@ -671,6 +744,7 @@ const ATTR_TIMEOUT: c_int = 1;
 const ATTR_MAX_CALLS: c_int = 2;
 const ATTR_FILTER: c_int = 3;
 const ATTR_MAX_PROCS_PER_UID: c_int = 4;
+const ATTR_SCHED: c_int = 5;
 const PAGE: usize = 4096;
 
 /// A read of sysfs attribute `attr`.
@@ -683,11 +757,12 @@ unsafe extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
     // SAFETY: the caller's contract: `buf` is sysfs's one-page buffer.
     let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, PAGE) };
     let n = match attr {
-        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS | ATTR_MAX_PROCS_PER_UID => {
+        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS | ATTR_MAX_PROCS_PER_UID | ATTR_SCHED => {
             let v = match attr {
                 ATTR_THRESHOLD => g.threshold_ns.load(Ordering::Relaxed),
                 ATTR_TIMEOUT => g.timeout_ns.load(Ordering::Relaxed),
                 ATTR_MAX_CALLS => g.lock().tracker().max_calls() as u64,
+                ATTR_SCHED => u64::from(g.lock().tracker().sched_on()),
                 _ => g.lock().tracker().max_procs_per_uid() as u64,
             };
             let mut t = TextBuf::new(out);
@@ -726,6 +801,11 @@ unsafe extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usi
             let mut f = *g.lock().tracker().filter();
             tunables::parse_filter(input, &mut f).map(|()| g.lock().tracker().set_filter(f))
         }
+        // SAFETY: st_sched_set sleeps; a sysfs store is sleeping context.
+        ATTR_SCHED => tunables::parse_u64(input, 0, 1).and_then(|v| match unsafe { fac::st_sched_set(v as c_int) } {
+            0 => Ok(()),
+            e => Err(-e),
+        }),
         _ => Err(EINVAL),
     };
     match r {

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""In-VM workload of tests/vm/t_sched.sh (issue 12): an ordinary OpenTelemetry-instrumented
+Python program, run under LD_PRELOAD=libspanhook.so with SPANTRACK_THRESHOLD=fixed, whose
+spans have known answers to "where did the time go, who woke it":
+
+  a 100 ms CPU spin                      on CPU
+  a 50 ms sleep                          blocked (timer), woken by a timer
+  a lock another thread holds 80 ms      blocked (lock), woken by that thread, which runs
+                                         its own span: the waiting span links to it
+  a pipe another process writes ~30 ms   woken by that process, in write
+  a loopback request, server works 40 ms blocked (net), the server's span linked
+  a spin sharing one CPU with a hog      about half waiting for the CPU (preempted)
+
+Each check states its tolerance. Prints TAP-like "ok - ..." / "not ok - ..." lines.
+"""
+
+import ctypes
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+MS = 1_000_000
+results = []
+
+
+def check(name, cond, why=""):
+    results.append(bool(cond))
+    print(f"ok - {name}" if cond else f"not ok - {name}{': ' + str(why) if why else ''}",
+          flush=True)
+
+
+def set_comm(name):
+    """The calling thread's kernel name (what the waker's command shows)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, ctypes.c_char_p(name.encode()), 0, 0, 0)  # PR_SET_NAME
+
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider(resource=Resource.create({"service.name": "vm-sched"}))
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+tracer = provider.get_tracer("vm-sched")
+
+
+def run(name, body, *, before=None, after=None):
+    """Runs body inside span `name`; returns (span, all spans exported meanwhile)."""
+    exporter.clear()
+    if before:
+        before()
+    with tracer.start_as_current_span(name):
+        body()
+    if after:
+        after()
+    provider.force_flush(10_000)
+    spans = exporter.get_finished_spans()
+    found = [s for s in spans if s.name == name]
+    return (found[0] if found else None), spans
+
+
+def parts(span):
+    a = dict(span.attributes) if span is not None else {}
+    dur = (span.end_time - span.start_time) if span is not None else 0
+    return a, dur
+
+
+def waits(span):
+    return [dict(e.attributes) for e in (span.events if span is not None else [])
+            if e.name == "spantrack.wait"]
+
+
+def summary(span):
+    a, dur = parts(span)
+    keys = ["spantrack.sched.on_cpu_ns", "spantrack.sched.runqueue_ns",
+            "spantrack.sched.runqueue.preempted_ns", "spantrack.sched.blocked.io_ns",
+            "spantrack.sched.blocked.lock_ns", "spantrack.sched.blocked.net_ns",
+            "spantrack.sched.blocked.timer_ns", "spantrack.sched.blocked.other_ns",
+            "spantrack.sched.inactive_ns", "spantrack.sched.dominant"]
+    return {"duration_ns": dur, **{k.rsplit("sched.", 1)[1]: a.get(k) for k in keys},
+            "waits": [w.get("spantrack.wait.summary") for w in waits(span)]}
+
+
+def parts_sum_to_duration(name, span):
+    """The parts (and the inactive rest) add up to the span: inactive_ns is at most 10% of
+    a span that ran alone on its thread (the SDK's own work around the span's body)."""
+    a, dur = parts(span)
+    keys = ["on_cpu_ns", "runqueue_ns", "blocked.io_ns", "blocked.lock_ns", "blocked.net_ns",
+            "blocked.timer_ns", "blocked.other_ns"]
+    total = sum(a.get("spantrack.sched." + k, 0) for k in keys)
+    inactive = a.get("spantrack.sched.inactive_ns", -1)
+    check(f"{name}: the parts sum to the duration (inactive {inactive} ns <= 10%)",
+          span is not None and total <= dur and total + inactive == dur
+          and inactive <= dur // 10, summary(span))
+
+
+def ms(ns):
+    return f"{ns / MS:.1f} ms"
+
+
+def main():
+    if not any(type(p).__name__ == "SpantrackSpanProcessor"
+               for p in [provider._active_span_processor]):
+        check("the preload's hook sits at the head of the TracerProvider", False)
+        return 1
+
+    # 1. CPU spin, 100 ms: on CPU dominant (>= 60%: a guest vCPU of a busy host loses time
+    # it cannot see, and the SDK's start/end run on the CPU too).
+    def spin(d=0.1):
+        end = time.perf_counter() + d
+        while time.perf_counter() < end:
+            pass
+    span, _ = run("spin", spin)
+    a, dur = parts(span)
+    check("spin 100 ms: annotated with the scheduler part (spantrack.sched.*)",
+          "spantrack.sched.on_cpu_ns" in a, dict(a))
+    check("spin 100 ms: on CPU dominant, >= 60% of the span",
+          a.get("spantrack.sched.dominant") == "on_cpu"
+          and a.get("spantrack.sched.on_cpu_ns", 0) >= 0.6 * dur, summary(span))
+    parts_sum_to_duration("spin", span)
+
+    # 2. Sleep 50 ms: timer >= 40 ms, the longest wait woken by a timer.
+    span, _ = run("sleep", lambda: time.sleep(0.05))
+    a, dur = parts(span)
+    w = waits(span)
+    check("sleep 50 ms: blocked.timer dominant, >= 40 ms",
+          a.get("spantrack.sched.dominant") == "blocked.timer"
+          and a.get("spantrack.sched.blocked.timer_ns", 0) >= 40 * MS, summary(span))
+    check("sleep 50 ms: its longest wait is a timer wait in clock_nanosleep, woken by a timer",
+          w and w[0].get("spantrack.wait.cause") == "timer"
+          and w[0].get("spantrack.wait.syscall") == "clock_nanosleep"
+          and w[0].get("spantrack.waker.context") == "timer"
+          and w[0].get("spantrack.wait.blocked_ns", 0) >= 40 * MS, w)
+    parts_sum_to_duration("sleep", span)
+
+    # 3. A lock held 80 ms by another thread, which runs span "refresh" meanwhile.
+    lock = threading.Lock()
+    held = threading.Event()
+    holder = {}
+
+    def hold():
+        set_comm("refresh")
+        holder["tid"] = threading.get_native_id()
+        with tracer.start_as_current_span("refresh") as s:
+            holder["span"] = s.get_span_context()
+            with lock:
+                held.set()
+                time.sleep(0.08)
+    th = threading.Thread(target=hold)
+
+    def start_holder():
+        th.start()
+        held.wait()
+    span, spans = run("lock", lambda: lock.acquire() and lock.release(),
+                      before=start_holder, after=th.join)
+    a, dur = parts(span)
+    w = waits(span)
+    lw = [x for x in w if x.get("spantrack.wait.cause") == "lock"]
+    check("lock held 80 ms by another thread: blocked.lock dominant, >= 60 ms",
+          a.get("spantrack.sched.dominant") == "blocked.lock"
+          and a.get("spantrack.sched.blocked.lock_ns", 0) >= 60 * MS, summary(span))
+    check("lock: the longest lock wait (in futex) was woken by the holder thread 'refresh', "
+          "same process, with its time on the CPU",
+          lw and lw[0].get("spantrack.wait.syscall") == "futex"
+          and lw[0].get("spantrack.waker.thread.id") == holder.get("tid")
+          and lw[0].get("spantrack.waker.process.pid") == os.getpid()
+          and lw[0].get("spantrack.waker.command") == "refresh"
+          and lw[0].get("spantrack.waker.context") == "task"
+          and "spantrack.waker.on_cpu_ns" in lw[0], (holder.get("tid"), w))
+    sc = holder.get("span")
+    links = [(l.context.trace_id, l.context.span_id, dict(l.attributes or {}))
+             for l in (span.links if span is not None else [])]
+    check("lock: the waiting span links to the holder's span 'refresh' (kind waker)",
+          sc is not None and lw
+          and lw[0].get("spantrack.waker.span_id") == f"{sc.span_id:016x}"
+          and any(t == sc.trace_id and s == sc.span_id and l.get("spantrack.link.kind") == "waker"
+                  for t, s, l in links), (links, lw[:1]))
+    parts_sum_to_duration("lock", span)
+
+    # 4. A pipe written by another process after 30 ms.
+    proc = {}
+
+    def spawn():
+        r, wfd = os.pipe()
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        proc["p"] = subprocess.Popen(["/bin/sh", "-c", "sleep 0.03; echo x >&3"],
+                                     pass_fds=(wfd,), env=env)
+        os.close(wfd)
+        proc["r"] = r
+    span, _ = run("pipe", lambda: os.read(proc["r"], 16), before=spawn,
+                  after=lambda: (proc["p"].wait(), os.close(proc["r"])))
+    a, dur = parts(span)
+    w = waits(span)
+    check("pipe written by another process: its longest wait, in read, was woken by that "
+          "process (its pid, command sh, in write)",
+          w and w[0].get("spantrack.wait.syscall") == "read"
+          and w[0].get("spantrack.waker.process.pid") == proc["p"].pid
+          and w[0].get("spantrack.waker.command") == "sh"
+          and w[0].get("spantrack.waker.syscall") == "write"
+          and w[0].get("spantrack.wait.blocked_ns", 0) >= 20 * MS, (proc["p"].pid, w))
+    check("pipe: blocked.other dominant", a.get("spantrack.sched.dominant") == "blocked.other",
+          summary(span))
+
+    # 5. A loopback request to a server (a thread running span "serve") that works 40 ms.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    served = {}
+
+    def serve():
+        c, _ = srv.accept()
+        with tracer.start_as_current_span("serve") as s:
+            served["span"] = s.get_span_context()
+            c.recv(16)
+            time.sleep(0.04)
+            c.sendall(b"pong")
+        c.close()
+    st = threading.Thread(target=serve)
+    st.start()
+    cli = socket.create_connection(srv.getsockname())
+
+    def request():
+        cli.sendall(b"ping")
+        cli.recv(16)
+    span, _ = run("request", request, after=st.join)
+    cli.close()
+    srv.close()
+    a, dur = parts(span)
+    w = waits(span)
+    nw = [x for x in w if x.get("spantrack.wait.cause") == "net"]
+    check("loopback request, server works 40 ms: blocked.net dominant, >= 30 ms",
+          a.get("spantrack.sched.dominant") == "blocked.net"
+          and a.get("spantrack.sched.blocked.net_ns", 0) >= 30 * MS, summary(span))
+    sc = served.get("span")
+    links = [(l.context.trace_id, l.context.span_id) for l in (span.links if span else [])]
+    check("loopback: the net wait (in recvfrom) was woken by NET_RX and links to the "
+          "server's span 'serve'",
+          nw and nw[0].get("spantrack.wait.syscall") == "recvfrom"
+          and nw[0].get("spantrack.waker.softirq") == "NET_RX"
+          and sc is not None and (sc.trace_id, sc.span_id) in links, (links, nw[:1]))
+
+    # 6. Two busy tasks on one CPU: about half the span waits for the CPU.
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    old = os.sched_getaffinity(0)
+    hog = {}
+
+    def start_hog():
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        hog["p"] = subprocess.Popen(["taskset", "-c", str(cpu), "/bin/sh", "-c",
+                                     "while :; do :; done"], env=env)
+        time.sleep(0.1)
+        os.sched_setaffinity(0, {cpu})
+
+    def stop_hog():
+        os.sched_setaffinity(0, old)
+        hog["p"].kill()
+        hog["p"].wait()
+    span, _ = run("shared-cpu", lambda: spin(0.2), before=start_hog, after=stop_hog)
+    a, dur = parts(span)
+    rq = a.get("spantrack.sched.runqueue.preempted_ns", 0)
+    check("two busy tasks on one CPU: 25-75% of the span waiting for the CPU after "
+          "preemption, with preemptions counted",
+          0.25 * dur <= rq <= 0.75 * dur and a.get("spantrack.sched.preemptions", 0) >= 1,
+          summary(span))
+    parts_sum_to_duration("shared-cpu", span)
+
+    provider.shutdown()
+    return 0 if all(results) else 1
+
+
+def main_off():
+    """With sysfs sched at 0: slow spans get their calls, and no scheduler part."""
+    span, _ = run("sleep-off", lambda: time.sleep(0.03))
+    a, _ = parts(span)
+    check("sched off: a slow span is annotated (calls) without any spantrack.sched.* "
+          "attribute or wait event",
+          span is not None and "spantrack.syscalls.count" in a
+          and not any(k.startswith("spantrack.sched.") for k in a) and not waits(span), dict(a))
+    provider.shutdown()
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main_off() if sys.argv[1:] == ["off"] else main())
