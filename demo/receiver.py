@@ -66,6 +66,8 @@ def spans_of(req):
                                "message": s.status.message},
                     "events": [{"name": e.name, "time_ns": int(e.time_unix_nano),
                                 "attributes": attributes(e.attributes)} for e in s.events],
+                    "links": [{"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex(),
+                               "attributes": attributes(l.attributes)} for l in s.links],
                     "scope": ss.scope.name,
                     "resource": resource,
                 }

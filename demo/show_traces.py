@@ -191,9 +191,39 @@ def print_span(trace, span, depth, out, name_width):
             longest = f" (longest {ms(g['max'])})" if g["count"] > 1 and g["max"] >= 1e5 else ""
             print(f"{pad}     {name:<16} ×{g['count']:<4} {ms(g['ns']):>10}{longest}"
                   + (f"  failed: {errs}" if errs else "") + gloss, file=out)
+        print_sched(trace, span, pad, out)
     for c in trace.children[span["span_id"]]:
         if not is_syscall(c):
             print_span(trace, c, depth + 1, out, name_width)
+
+
+SCHED_PARTS = [("on CPU", "on_cpu_ns"), ("waiting for a CPU", "runqueue_ns"),
+               ("blocked on I/O", "blocked.io_ns"), ("blocked on a lock", "blocked.lock_ns"),
+               ("blocked on the network", "blocked.net_ns"), ("sleeping", "blocked.timer_ns"),
+               ("blocked (other)", "blocked.other_ns"), ("in child spans or awaiting", "inactive_ns")]
+
+
+def print_sched(trace, span, pad, out):
+    """Where the span's time went (spantrack.sched.*), its longest waits and who woke it."""
+    a = span["attributes"]
+    if "spantrack.sched.on_cpu_ns" not in a:
+        return
+    parts = [(label, a.get("spantrack.sched." + key, 0)) for label, key in SCHED_PARTS]
+    shown = ", ".join(f"{label} {ms(ns)}" for label, ns in sorted(parts, key=lambda p: -p[1])
+                      if ns >= 100_000)
+    print(f"{pad}  ⤷ time: {shown or 'nothing over 0.1 ms'}", file=out)
+    names = {s["span_id"]: s for s in trace.spans}
+    for e in span.get("events", []):
+        if e["name"] != "spantrack.wait":
+            continue
+        ea = e["attributes"]
+        if ea.get("spantrack.wait.blocked_ns", 0) + ea.get("spantrack.wait.runqueue_ns", 0) < 1e6:
+            continue
+        held = ""
+        sid = ea.get("spantrack.waker.span_id")
+        if sid and sid in names:
+            held = f"  ← held up by span '{names[sid]['name']}' ({names[sid]['service']})"
+        print(f"{pad}     wait: {ea.get('spantrack.wait.summary', '?')}{held}", file=out)
 
 
 def main():

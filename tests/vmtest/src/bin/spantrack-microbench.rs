@@ -1,6 +1,9 @@
 //! Micro-costs of spantrack, measured inside the guest: one `getpid()` on a thread that is
 //! not tracked, tracked without an open span, and inside an open span (itemised and past
-//! the per-span limit), and one span begin+end pair (fast, and slow with a relay record).
+//! the per-span limit), and one span begin+end pair (fast, and slow with a relay record);
+//! and the scheduler probes (issue 12): a context switch between two threads pinned to one
+//! CPU that wake each other through pipes, untracked and inside spans, with the sysfs
+//! `sched` switch on and off (the difference is the probes' cost per switch).
 //!
 //! `spantrack-microbench baseline` measures a plain `getpid()` (run it before `insmod`);
 //! `spantrack-microbench module` measures the rest (module loaded). Figures are guest
@@ -111,11 +114,122 @@ fn activation(begin: i32, end: i32, ctl: i32) {
     unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, 0usize) };
 }
 
+const ROUND_TRIPS: u64 = 20_000;
+
+/// Pins the calling thread to CPU 0.
+fn pin_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity get
+    // valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Guest ns per context switch: two threads pinned to CPU 0 pass a byte back and forth
+/// through two pipes `ROUND_TRIPS` times (two switches per round trip). With `spans`, each
+/// thread runs inside its own open span (begin/end fds) meanwhile.
+fn pingpong(spans: Option<(i32, i32)>) -> f64 {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    // SAFETY: valid out arrays of two fds.
+    unsafe {
+        assert_eq!(libc::pipe(a.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(b.as_mut_ptr()), 0);
+    }
+    let byte = |fd: i32, write: bool| {
+        let mut c = 0u8;
+        // SAFETY: one byte to or from a valid local.
+        let r = unsafe {
+            if write {
+                libc::write(fd, (&c as *const u8).cast(), 1)
+            } else {
+                libc::read(fd, (&mut c as *mut u8).cast(), 1)
+            }
+        };
+        assert_eq!(r, 1);
+    };
+    let (ar, aw, br, bw) = (a[0], a[1], b[0], b[1]);
+    let peer = std::thread::spawn(move || {
+        pin_cpu0();
+        let l = line(7_000_000);
+        if let Some((begin, _)) = spans {
+            write_line(begin, &l);
+        }
+        for _ in 0..ROUND_TRIPS {
+            byte(ar, false);
+            byte(bw, true);
+        }
+        if let Some((_, end)) = spans {
+            write_line(end, &l);
+        }
+    });
+    pin_cpu0();
+    let l = line(7_000_001);
+    if let Some((begin, _)) = spans {
+        write_line(begin, &l);
+    }
+    let t0 = mono_ns();
+    for _ in 0..ROUND_TRIPS {
+        byte(aw, true);
+        byte(br, false);
+    }
+    let t = mono_ns() - t0;
+    if let Some((_, end)) = spans {
+        write_line(end, &l);
+    }
+    peer.join().unwrap();
+    for fd in [ar, aw, br, bw] {
+        // SAFETY: our own fds.
+        unsafe { libc::close(fd) };
+    }
+    // SAFETY: a zeroed set, filled with every CPU, is valid.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        for c in 0..64 {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    t as f64 / (2 * ROUND_TRIPS) as f64
+}
+
+/// The scheduler probes' cost: context switches with `sched` on and off.
+fn sched_costs(begin: i32, end: i32) {
+    let spans = Some((begin, end));
+    sysfs_set("sched", "0");
+    pingpong(spans);
+    let off = pingpong(spans);
+    println!("context switch, in spans, sched off         {:8.1} ns", off);
+    sysfs_set("sched", "1");
+    let on = pingpong(spans);
+    println!("context switch, in spans, sched on          {:8.1} ns", on);
+    println!("  scheduler probes per switch (on - off)    {:8.1} ns", on - off);
+    println!("context switch, not in a span, sched on     {:8.1} ns", pingpong(None));
+    // A slow span's record, with and without its scheduler part.
+    sysfs_set("threshold_ns", "0");
+    for (v, what) in [("0", "off"), ("1", "on")] {
+        sysfs_set("sched", v);
+        let n = 200u64;
+        let t0 = mono_ns();
+        for i in 0..n {
+            let l = line(8_000_000 + i + if v == "1" { n } else { 0 });
+            write_line(begin, &l);
+            write_line(end, &l);
+        }
+        println!("span begin+end pair, slow, sched {what:<3}        {:8.1} ns", (mono_ns() - t0) as f64 / n as f64);
+    }
+    sysfs_set("threshold_ns", "3600000000000");
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode == "baseline" {
         getpid_loop(10_000);
         println!("getpid, no module                          {:8.1} ns", getpid_loop(CALLS));
+        pingpong(None);
+        println!("context switch, no module                  {:8.1} ns", pingpong(None));
         return;
     }
     getpid_loop(10_000);
@@ -162,7 +276,7 @@ fn main() {
     }
     println!("span begin+end pair, fast (no record)       {:8.1} ns", (mono_ns() - t0) as f64 / PAIRS as f64);
     sysfs_set("threshold_ns", "0");
-    let n = 2_000u64; // 128-byte records: well below a CPU's 1 MiB relay buffer
+    let n = 1_000u64; // 616-byte records: with the 2 x 200 below, within a CPU's 1 MiB relay buffer
     let t0 = mono_ns();
     for i in 0..n {
         let l = line(2_000_000 + i);
@@ -171,6 +285,7 @@ fn main() {
     }
     println!("span begin+end pair, slow (relay record)    {:8.1} ns", (mono_ns() - t0) as f64 / n as f64);
     activation(begin, end, ctl);
+    sched_costs(begin, end);
     sysfs_set("threshold_ns", "1000000");
     let stats = std::fs::read_to_string(uapi::PROC_STATS).unwrap_or_default();
     for l in stats.lines().filter(|l| l.starts_with("records_")) {
