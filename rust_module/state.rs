@@ -294,6 +294,15 @@ unsafe extern "C" fn st_rs_sched_waking(tid: c_int, mono: u64, w: *const StWaker
     g.lock().tracker().sched_waking(tid as u32, mono, &k, (have_slot != 0).then_some(slot));
 }
 
+/// `sched_stat_runtime` of tracked thread `tid` with an active-span slot (runqueue lock
+/// held, interrupts off): `delta` ns more on a CPU; `current`: it is the current task, and
+/// `slot` its slot value when `have_slot`.
+#[no_mangle]
+extern "C" fn st_rs_sched_runtime(tid: c_int, delta: u64, current: c_int, have_slot: c_int, slot: u64) {
+    let Some(g) = global() else { return };
+    g.lock().tracker().sched_runtime(tid as u32, delta, current != 0, (have_slot != 0).then_some(slot));
+}
+
 /// Scheduler accounting switched on or off by `st_sched_set` (its probes are registered
 /// before on and unregistered after off).
 #[no_mangle]

@@ -1800,9 +1800,6 @@ impl<'a> Tracker<'a> {
                 }
             }
         }
-        // A checkpoint of a thread with a slot: its time since the last one goes to the
-        // span active now (see `sched`).
-        self.charge_cpu(ti, span, now_mono);
         if let Some(t) = slot_mut(self.threads, ti) {
             t.call_state = state;
             t.call_nr = nr;
@@ -2027,7 +2024,9 @@ impl<'a> Tracker<'a> {
 
     /// An on-CPU checkpoint of thread slot `ti` at `now`: the time since the last one goes
     /// to span `si` (if open, and the checkpoint fell inside it), and `now` becomes the
-    /// last checkpoint.
+    /// last checkpoint. Only for threads without an active-span slot: their active span
+    /// changes only at checkpoints (span begin and end). A thread with a slot switches
+    /// spans in user space, unseen: its on-CPU time comes from [`Tracker::sched_runtime`].
     fn charge_cpu(&mut self, ti: u32, si: u32, now: u64) {
         if !self.sched_on {
             return;
@@ -2036,13 +2035,43 @@ impl<'a> Tracker<'a> {
             return;
         };
         let since = core::mem::replace(&mut t.run_since, now);
-        if since == 0 || si == NIL {
+        if since == 0 || si == NIL || t.slot_addr != 0 {
             return;
         }
         if let Some(s) = slot_mut(self.spans, si) {
             if s.open != 0 && since >= s.begin_mono_ns && now >= since {
                 s.sched.on_cpu_ns = s.sched.on_cpu_ns.saturating_add(now - since);
             }
+        }
+    }
+
+    /// `sched_stat_runtime`: tracked thread `tid` ran `delta` ns more (the kernel's own
+    /// `sum_exec_runtime` increment, at every tick and scheduler update). For a thread with
+    /// an active-span slot it goes to the span its slot names now (`slot`, read when the
+    /// thread is the current task: `current`), or, updated from another CPU, to the span
+    /// it was last seen running. Threads without a slot are charged by checkpoints.
+    pub fn sched_runtime(&mut self, tid: u32, delta: u64, current: bool, slot: Option<u64>) {
+        if !self.sched_on {
+            return;
+        }
+        let Some(ti) = self.hot_thread(tid) else {
+            return;
+        };
+        let Some(t) = self.threads.get(ti as usize) else {
+            return;
+        };
+        if t.slot_addr == 0 {
+            return;
+        }
+        let si = if current {
+            self.active_span(ti, slot)
+        } else if self.span_is(t.slot_span, t.slot_value, t.proc) {
+            t.slot_span
+        } else {
+            NIL
+        };
+        if let Some(s) = slot_mut(self.spans, si) {
+            s.sched.on_cpu_ns = s.sched.on_cpu_ns.saturating_add(delta);
         }
     }
 

@@ -2238,12 +2238,16 @@ fn sched_of_an_activated_span_follows_the_slot() {
     tr.begin(100, a, 1000, 0).unwrap();
     tr.begin(100, b, 1000, 0).unwrap();
     tr.sched_in(100, 0, 1000);
-    // Thread 100 runs a, blocks in it; then runs b on the other thread.
-    tr.sys_enter_with(100, 0, 1500, |_| Some(va)); // 500 on CPU for a
-    tr.sched_out(100, 0, false, 1, false, Some(va), 2000); // 500 more, then blocked
+    // Thread 100 runs a (its runtime updates charge a), blocks in it; then runs b on 101.
+    tr.sched_runtime(100, 500, true, Some(va));
+    tr.sched_runtime(100, 300, false, None); // from another CPU: the span last seen
+    tr.sys_enter_with(100, 0, 1500, |_| Some(va));
+    tr.sched_runtime(100, 200, true, Some(va));
+    tr.sched_out(100, 0, false, 1, false, Some(va), 2000);
     tr.sched_in(100, 0, 12_000);
-    tr.sys_enter_with(100, 0, 12_100, |_| Some(0)); // no span active: 100 charged to none
+    tr.sched_runtime(100, 100, true, Some(0)); // no span active: charged to none
     tr.sched_in(101, 1, 12_000);
+    tr.sched_runtime(101, 1000, true, Some(vb));
     tr.sched_out(101, 1, false, 1, false, Some(vb), 13_000);
     tr.sched_in(101, 1, 14_000);
     let r = tr.end(100, a, 20_000, 0, 0, &mut out).unwrap();
@@ -2252,7 +2256,7 @@ fn sched_of_an_activated_span_follows_the_slot() {
     assert_eq!(h.sched.blocked_ns[uapi::CAUSE_OTHER as usize], 10_000);
     let r = tr.end(100, b, 20_000, 0, 0, &mut out).unwrap();
     let (h, _) = decode(&out, r);
-    // b never ran on thread 100 while a checkpoint saw it, and blocked once on 101.
+    assert_eq!(h.sched.on_cpu_ns, 1000);
     assert_eq!(h.sched.blocked_ns[uapi::CAUSE_OTHER as usize], 1000);
     assert_eq!(h.sched.waits[0].tid, 101);
 }
