@@ -27,7 +27,7 @@ RELAY_DIR = "/sys/kernel/debug/spantrack"
 OPS_DIR_ENV = "SPANTRACK_OPS_DIR"
 OPS_DIR_DEFAULT = "/tmp/spantrack-ops"
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 # ioctl INFO: _IOR(0xB9, 0x94, struct Info (40 bytes)); ABI 1-2 numbered it with 0xF6.
 _INFO = struct.Struct("<6I2Q")
 IOCTL_INFO = (2 << 30) | (_INFO.size << 16) | (0xB9 << 8) | 0x94

@@ -1,5 +1,6 @@
 //! A slow span plus the kernel's record of it → the annotated span and one child span per
-//! itemised system call. Pure functions: host-tested with hand-encoded records.
+//! itemised system call; the record's scheduler part adds attributes, wait events and waker
+//! links ([`crate::sched`]). Pure functions: host-tested with hand-encoded records.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use spantrack_uapi::{self as uapi, RecordHeader, SyscallEntry};
 
-use crate::errno;
+use crate::{errno, sched};
 
 /// Attribute keys written on the slow span.
 pub mod attr {
@@ -118,12 +119,12 @@ pub fn mono_to_real_ns(h: &RecordHeader, mono: u64) -> i128 {
     i128::from(h.begin_real_ns) + (i128::from(mono) - i128::from(h.begin_mono_ns))
 }
 
-fn system_time(ns: i128) -> SystemTime {
+pub(crate) fn system_time(ns: i128) -> SystemTime {
     let ns = ns.clamp(0, i128::from(u64::MAX)) as u64;
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-fn ns_since_epoch(t: SystemTime) -> i128 {
+pub(crate) fn ns_since_epoch(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),
@@ -189,13 +190,14 @@ pub fn top_calls(entries: &[SyscallEntry], n: usize) -> String {
         .join(", ")
 }
 
-fn int(v: u64) -> i64 {
+/// An exported int: values above `i64::MAX` (never in practice) are clamped.
+pub(crate) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Adds the record's attributes to the slow span and returns one child per itemised call
-/// (in the order the calls ended). `new_span_id` gives the children's ids. A record of
-/// another span leaves `span` untouched.
+/// Adds the record's attributes, wait events and waker links to the slow span and returns
+/// one child per itemised call (in the order the calls ended). `new_span_id` gives the
+/// children's ids. A record of another span leaves `span` untouched.
 pub fn annotate(
     span: &mut SpanData,
     record: &Record,
@@ -213,11 +215,16 @@ pub fn annotate_with(
     min_child_ns: u64,
 ) -> Result<Vec<SpanData>, BadRecord> {
     summarise(span, record, min_child_ns)?;
+    let events = sched::events(span, &record.header);
+    span.events.events.extend(events);
+    let links = sched::links(span, &record.header);
+    span.links.links.extend(links);
     Ok(children(span, record, new_span_id, min_child_ns))
 }
 
-/// Adds the record's summary attributes (count, duration, top calls, ...) to the slow span,
-/// without child spans. A record of another span leaves `span` untouched.
+/// Adds the record's summary attributes (count, duration, top calls, ..., the scheduler
+/// part's `spantrack.sched.*`) to the slow span, without child spans, wait events or links.
+/// A record of another span leaves `span` untouched.
 pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Result<(), BadRecord> {
     let h = &record.header;
     let sc = &span.span_context;
@@ -252,6 +259,7 @@ pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Res
             .count();
         span.attributes.push(KeyValue::new(attr::SYSCALLS_SUMMARISED, int(short as u64)));
     }
+    span.attributes.extend(sched::attributes(h));
     Ok(())
 }
 
@@ -406,6 +414,7 @@ pub(crate) mod tests {
             unitemised_calls: 0,
             unitemised_ns: 0,
             records_dropped_before: 0,
+            sched: uapi::SchedPart::default(),
         }
     }
 

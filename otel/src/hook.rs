@@ -7,7 +7,7 @@ use std::ffi::{c_int, c_long, CStr};
 use std::time::Duration;
 
 /// The ABI version this crate speaks (`spanhook_abi_version()`).
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// No record is larger (`SPANHOOK_RECORD_MAX`, the module's `record::RECORD_MAX_SIZE`).
 pub const RECORD_MAX: usize = spantrack_logic::record::RECORD_MAX_SIZE;
 

@@ -16,7 +16,9 @@
 //! with `dlsym` ([`hook`]); without it (or without the module) it passes every span through
 //! unchanged. With it, each span's thread writes the span's begin and end to the kernel, and
 //! a slow span reaches the inner processor with `spantrack.*` attributes and one child span
-//! per system call ([`annotate`]).
+//! per system call ([`annotate`]), and, when the module accounted its scheduler time, where
+//! its wall time went, its longest waits as events and links to the spans that woke it
+//! ([`sched`]).
 
 pub mod activation;
 pub mod annotate;
@@ -25,6 +27,7 @@ pub mod hook;
 #[cfg(feature = "http-client")]
 pub mod http_client;
 pub mod processor;
+pub mod sched;
 pub mod threshold;
 
 pub use hook::SpanHook;

@@ -8,7 +8,7 @@ use std::ffi::{c_int, c_long};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{
     InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor, SpanData,
@@ -42,6 +42,9 @@ struct Fake {
     unregistered: Vec<u32>,
     /// The module was unloaded: the library is inactive.
     gone: bool,
+    /// A scheduler part for every record (`REC_SCHED`), its waits' start times relative to
+    /// the span's begin.
+    sched: Option<uapi::SchedPart>,
 }
 
 static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
@@ -161,6 +164,15 @@ unsafe extern "C" fn f_end(t: *const u8, s: *const u8) -> c_int {
             total_calls: 1,
             total_call_ns: mono - o.mono - 2_000,
             ..Default::default()
+        };
+        let h = match f.sched {
+            Some(mut p) => {
+                for w in &mut p.waits[..p.n_waits as usize] {
+                    w.start_mono_ns += o.mono;
+                }
+                RecordHeader { flags: h.flags | uapi::REC_SCHED, sched: p, ..h }
+            }
+            None => h,
         };
         f.records.insert(k, encode(&h, &entries));
         ARRIVED.notify_all();
@@ -373,6 +385,78 @@ fn slow_spans_are_annotated_fast_ones_pass() {
         assert_eq!(f.unregistered.len(), 1);
         assert_ne!(f.unregistered[0], gettid());
     }
+    provider.shutdown().unwrap();
+}
+
+/// Through the SDK: a record with a scheduler part gives the exported span its attributes,
+/// a wait event after the span's own and a waker link after its own (every value: the
+/// golden tests).
+#[test]
+fn scheduler_part_becomes_attributes_events_and_a_link() {
+    use opentelemetry::trace::{Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::KeyValue;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (provider, exporter, _stats) = setup(10_000_000, Config::default());
+    let mut w = uapi::WaitEntry {
+        start_mono_ns: 2_000_000,
+        blocked_ns: 8_000_000,
+        runq_ns: 30_000,
+        waker_on_cpu_ns: 7_000_000,
+        waker_trace_id: [0x33; 16],
+        waker_span_id: [0x44; 8],
+        tid: gettid(),
+        nr: 202,
+        waker_tid: 4251,
+        waker_tgid: std::process::id(),
+        waker_nr: 202,
+        cause: uapi::CAUSE_LOCK,
+        waker_ctx: uapi::CTX_TASK,
+        softirq: uapi::SOFTIRQ_NONE,
+        flags: uapi::WAIT_WAKER_IN_SPAN,
+        ..Default::default()
+    };
+    w.waker_comm[..7].copy_from_slice(b"refresh");
+    let mut p = uapi::SchedPart {
+        on_cpu_ns: 1_000_000,
+        n_waits: 1,
+        ..Default::default()
+    };
+    p.blocked_ns[usize::from(uapi::CAUSE_LOCK)] = 8_000_000;
+    p.waits[0] = w;
+    fake().as_mut().unwrap().sched = Some(p);
+    let tracer = provider.tracer("t");
+    let mine = SpanContext::new(
+        TraceId::from_bytes([0x11; 16]),
+        SpanId::from_bytes([0x22; 8]),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let mut s = tracer.build(SpanBuilder::from_name("waits").with_links(vec![Link::with_context(mine)]));
+    s.add_event("mine", vec![KeyValue::new("x", 1)]);
+    std::thread::sleep(Duration::from_millis(20));
+    s.end();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let parent = by_name(&spans, "waits")[0];
+    assert_eq!(
+        attr_of(parent, crate::sched::attr::BLOCKED_NS[usize::from(uapi::CAUSE_LOCK)]),
+        Some(&Value::I64(8_000_000))
+    );
+    let names: Vec<&str> = parent.events.iter().map(|e| e.name.as_ref()).collect();
+    assert_eq!(names, ["mine", crate::sched::WAIT_EVENT]);
+    let ev = &parent.events.events[1];
+    assert!(ev.timestamp >= parent.start_time && ev.timestamp <= parent.end_time);
+    let summary = ev.attributes.iter().find(|kv| kv.key.as_str() == crate::sched::attr::WAIT_SUMMARY);
+    assert_eq!(
+        summary.map(|kv| kv.value.as_str().into_owned()).as_deref(),
+        Some("lock 8.0ms in futex; woken by thread 4251 \"refresh\" (same process, in futex) after 7.0ms on CPU")
+    );
+    let links: Vec<SpanId> = parent.links.iter().map(|l| l.span_context.span_id()).collect();
+    assert_eq!(links, [SpanId::from_bytes([0x22; 8]), SpanId::from_bytes([0x44; 8])]);
+    assert!(!parent.links.links[1].span_context.is_remote(), "the waker is in this process");
+    let child = by_name(&spans, "nanosleep")[0];
+    assert!(child.events.is_empty() && child.links.is_empty());
     provider.shutdown().unwrap();
 }
 

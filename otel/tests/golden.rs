@@ -1,7 +1,7 @@
 //! The golden records and spans of `tests/golden/` (README: "What a slow span carries"): the
 //! Rust integration decodes the same bytes as the Python one
-//! (`preload/python/tests/test_golden.py`) and must export exactly the same attributes, child
-//! spans, statuses and times. Also: the layout constants in `records.json` are uapi's and
+//! (`preload/python/tests/test_golden.py`) and must export exactly the same attributes, events,
+//! links, child spans, statuses and times. Also: the layout constants in `records.json` are uapi's and
 //! the module's (the Python test checks its own against the same file), and `spanhook.h`
 //! agrees.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::trace::{Event, Link};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::{json, Value as Json};
 use spantrack_otel::annotate::{annotate_with, mark, missing, summarise, BadRecord, Record};
@@ -105,6 +106,22 @@ fn span(s: &Json) -> SpanData {
     }
 }
 
+fn event(e: &Event) -> Json {
+    json!({
+        "name": e.name.as_ref(), "time_ns": ns(e.timestamp),
+        "attributes": Json::Object(attrs(&e.attributes).into_iter().collect()),
+    })
+}
+
+fn link(l: &Link) -> Json {
+    let cx = &l.span_context;
+    json!({
+        "trace_id": hex_of(&cx.trace_id().to_bytes()), "span_id": hex_of(&cx.span_id().to_bytes()),
+        "remote": cx.is_remote(), "sampled": cx.is_sampled(),
+        "attributes": Json::Object(attrs(&l.attributes).into_iter().collect()),
+    })
+}
+
 #[test]
 fn layout_constants_are_uapis() {
     let doc = golden("records.json");
@@ -126,21 +143,65 @@ fn layout_constants_are_uapis() {
         ("ended_elsewhere", uapi::REC_ENDED_ELSEWHERE),
         ("many_threads", uapi::REC_MANY_THREADS),
         ("activation", uapi::REC_ACTIVATION),
+        ("sched", uapi::REC_SCHED),
+        ("sched_partial", uapi::REC_SCHED_PARTIAL),
+        ("sched_lost", uapi::REC_SCHED_LOST),
     ] {
         assert_eq!(u(&f[k]), u64::from(v), "{k}");
     }
+    assert_eq!(u(&lay["sched_part_size"]) as usize, uapi::SCHED_PART_SIZE);
+    assert_eq!(u(&lay["wait_entry_size"]) as usize, uapi::WAIT_ENTRY_SIZE);
+    assert_eq!(u(&lay["max_waits"]) as usize, uapi::MAX_WAITS);
+    assert_eq!(u(&lay["softirq_none"]), u64::from(uapi::SOFTIRQ_NONE));
+    assert_eq!(u(&lay["no_call"]), u64::from(uapi::NO_CALL));
+    let names: Vec<&str> = lay["softirqs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(names, spantrack_otel::sched::SOFTIRQS);
+    let c = &lay["causes"];
+    assert_eq!(c.as_object().unwrap().len(), spantrack_otel::sched::CAUSES.len());
+    for (i, name) in spantrack_otel::sched::CAUSES.iter().enumerate() {
+        assert_eq!(u(&c[*name]), i as u64, "cause {name}");
+    }
+    for (k, v) in [
+        ("io", uapi::CAUSE_IO),
+        ("lock", uapi::CAUSE_LOCK),
+        ("net", uapi::CAUSE_NET),
+        ("timer", uapi::CAUSE_TIMER),
+        ("other", uapi::CAUSE_OTHER),
+        ("preempted", uapi::CAUSE_PREEMPTED),
+    ] {
+        assert_eq!(u(&c[k]), u64::from(v), "cause {k}");
+    }
+    let c = &lay["contexts"];
+    for (k, v) in [
+        ("task", uapi::CTX_TASK),
+        ("hardirq", uapi::CTX_HARDIRQ),
+        ("softirq", uapi::CTX_SOFTIRQ),
+        ("nmi", uapi::CTX_NMI),
+        ("timer", uapi::CTX_TIMER),
+        ("none", uapi::CTX_NONE),
+    ] {
+        assert_eq!(u(&c[k]), u64::from(v), "context {k}");
+    }
+    let wf = &lay["wait_flags"];
+    assert_eq!(u(&wf["waker_in_span"]), u64::from(uapi::WAIT_WAKER_IN_SPAN));
+    assert_eq!(u(&wf["waker_kthread"]), u64::from(uapi::WAIT_WAKER_KTHREAD));
     assert_eq!(spantrack_otel::hook::RECORD_MAX, RECORD_MAX_SIZE);
-    // The library's C header: `#define SPANHOOK_RECORD_MAX (256u * 1024u)`.
+    // The library's C header: `#define SPANHOOK_RECORD_MAX (256u * 1024u)`, the header size
+    // and the library's ABI version (the Rust side's, which the otel crate expects).
     let path = format!("{}/../preload/include/spanhook.h", env!("CARGO_MANIFEST_DIR"));
     let h = std::fs::read_to_string(&path).unwrap();
-    let def = "#define SPANHOOK_RECORD_MAX";
-    let line = h.lines().find(|l| l.starts_with(def)).expect("SPANHOOK_RECORD_MAX");
-    let value: usize = line[def.len()..]
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().unwrap())
-        .product();
-    assert_eq!(value, RECORD_MAX_SIZE, "{line}");
+    let define = |name: &str| -> usize {
+        let def = format!("#define {name} ");
+        let line = h.lines().find(|l| l.starts_with(&def)).unwrap_or_else(|| panic!("{name}"));
+        line[def.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<usize>().unwrap())
+            .product()
+    };
+    assert_eq!(define("SPANHOOK_RECORD_MAX"), RECORD_MAX_SIZE);
+    assert_eq!(define("SPANHOOK_RECORD_HEADER_SIZE"), uapi::RECORD_HEADER_SIZE);
+    assert_eq!(define("SPANHOOK_ABI_VERSION"), spantrack_otel::hook::ABI_VERSION as usize);
 }
 
 #[test]
@@ -164,6 +225,36 @@ fn records_decode_to_their_fields() {
             "records_dropped_before": h.records_dropped_before,
         });
         assert_eq!(got, g["header"], "{name}");
+        // The scheduler part, spelled out beside the header (absent: all zero).
+        let p = &h.sched;
+        let waits: Vec<Json> = p
+            .waits
+            .iter()
+            .map(|w| {
+                json!({
+                    "start_mono_ns": w.start_mono_ns, "blocked_ns": w.blocked_ns,
+                    "runq_ns": w.runq_ns, "waker_on_cpu_ns": w.waker_on_cpu_ns,
+                    "waker_trace_id": hex_of(&w.waker_trace_id),
+                    "waker_span_id": hex_of(&w.waker_span_id),
+                    "waker_comm": hex_of(&w.waker_comm), "tid": w.tid, "nr": w.nr,
+                    "waker_tid": w.waker_tid, "waker_tgid": w.waker_tgid, "waker_nr": w.waker_nr,
+                    "cause": w.cause, "waker_ctx": w.waker_ctx, "softirq": w.softirq,
+                    "flags": w.flags,
+                })
+            })
+            .collect();
+        let sched = json!({
+            "on_cpu_ns": p.on_cpu_ns, "runq_wakeup_ns": p.runq_wakeup_ns,
+            "runq_preempt_ns": p.runq_preempt_ns, "blocked_ns": p.blocked_ns.to_vec(),
+            "blocks": p.blocks, "preemptions": p.preemptions, "migrations": p.migrations,
+            "wakeups": p.wakeups, "wakeup_total_ns": p.wakeup_total_ns,
+            "wakeup_max_ns": p.wakeup_max_ns, "n_waits": p.n_waits,
+            "lost_events": p.lost_events, "waits": waits,
+        });
+        match g.get("sched") {
+            Some(want) => assert_eq!(&sched, want, "{name}: sched"),
+            None => assert_eq!(*p, uapi::SchedPart::default(), "{name}: sched is all zero"),
+        }
         let entries: Vec<Json> = rec
             .entries
             .iter()
@@ -230,6 +321,12 @@ fn every_case_exports_the_golden_spans() {
             "{name}"
         );
         assert_eq!(attrs(&p.attributes), expected_attrs(&exp["attributes"]), "{name}: attributes");
+        // Events and links (the golden spans have none of their own): absent means none.
+        let none = json!([]);
+        assert_eq!(Json::from(p.events.events.iter().map(event).collect::<Vec<_>>()),
+                   *exp.get("events").unwrap_or(&none), "{name}: events");
+        assert_eq!(Json::from(p.links.links.iter().map(link).collect::<Vec<_>>()),
+                   *exp.get("links").unwrap_or(&none), "{name}: links");
         let got: Vec<Json> = kids
             .iter()
             .map(|k| {
@@ -252,6 +349,7 @@ fn every_case_exports_the_golden_spans() {
         }
     }
     seen_missing.sort_unstable();
+    seen_missing.dedup();
     let mut all = missing::ALL.to_vec();
     all.sort_unstable();
     assert_eq!(seen_missing, all, "every spantrack.annotation.missing value has a case");

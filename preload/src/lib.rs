@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use hook::{probe_module, stat};
 
 /// Version of the C ABI below (`spanhook_abi_version()`).
-pub const SPANHOOK_ABI_VERSION: u32 = 4;
+pub const SPANHOOK_ABI_VERSION: u32 = 5;
 
 // Not in the crate's own unit tests: they check the never-initialised (inactive) state.
 #[cfg(not(test))]
@@ -49,8 +49,8 @@ unsafe fn read_ids(trace_id: *const u8, span_id: *const u8) -> Option<([u8; 16],
     Some((t, s))
 }
 
-/// Version of this ABI: 4 (adds `spanhook_span_begin_threshold`; 2 added
-/// `spanhook_active_slot`).
+/// Version of this ABI: 5 (records carry the scheduler part: a 616-byte header; 4 added
+/// `spanhook_span_begin_threshold`, 2 `spanhook_active_slot`).
 #[no_mangle]
 pub extern "C" fn spanhook_abi_version() -> u32 {
     SPANHOOK_ABI_VERSION
@@ -133,7 +133,7 @@ pub extern "C" fn spanhook_threshold_ns() -> u64 {
 }
 
 /// Waits up to `timeout_ms` for the record of the span and moves it into `buf` (raw uapi
-/// bytes: `RecordHeader` then `SyscallEntry`s). Returns its size; 0 if none arrived in time;
+/// bytes: `RecordHeader`, with its scheduler part, then `SyscallEntry`s). Returns its size; 0 if none arrived in time;
 /// `-ENOSPC` if `len` is too small (the record is kept); `-ENODEV` when inactive; `-EINVAL`
 /// for null pointers.
 ///
@@ -204,7 +204,7 @@ mod tests {
     /// point says so and nothing blocks.
     #[test]
     fn inactive_entry_points() {
-        assert_eq!(spanhook_abi_version(), 4);
+        assert_eq!(spanhook_abi_version(), 5);
         assert_eq!(spanhook_active(), 0);
         assert_eq!(spanhook_threshold_ns(), u64::MAX);
         assert!(spanhook_active_slot().is_null());
@@ -227,5 +227,24 @@ mod tests {
         }
         assert_eq!(spanhook_unregister_thread(), -libc::ENODEV);
         assert!(hook::active().is_none());
+    }
+
+    /// `include/spanhook.h` says what this library is: its ABI version and the record
+    /// layout it hands out (uapi's).
+    #[test]
+    fn c_header_agrees() {
+        let h = include_str!("../include/spanhook.h");
+        let define = |name: &str| -> u64 {
+            let def = format!("#define {name} ");
+            let line = h.lines().find(|l| l.starts_with(&def)).unwrap_or_else(|| panic!("{name}"));
+            line[def.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<u64>().unwrap())
+                .product()
+        };
+        assert_eq!(define("SPANHOOK_ABI_VERSION"), u64::from(SPANHOOK_ABI_VERSION));
+        assert_eq!(define("SPANHOOK_RECORD_HEADER_SIZE"), spantrack_uapi::RECORD_HEADER_SIZE as u64);
+        assert!(h.contains(&format!("a {}-byte RecordHeader", spantrack_uapi::RECORD_HEADER_SIZE)));
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes tests/golden/records.json: the golden kernel records, each as the readable fields
 below and as the bytes spantrack.ko would write (hex), encoded here from the layout of
-uapi/src/lib.rs (RecordHeader 128 bytes, SyscallEntry 32 bytes, little-endian) without the
+uapi/src/lib.rs (RecordHeader 616 bytes: 128 of span and call figures, then the SchedPart of
+104 bytes and 4 WaitEntry of 96; SyscallEntry 32 bytes; little-endian) without the
 integrations' own code. Run it only when a case is added or changed, and review the diff of
 records.json and of the hand-checked spans.json; the tests never regenerate either.
 
@@ -13,7 +14,12 @@ import re
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADER = struct.Struct("<IHHII16s8sIIQQQQHHIQQQQQ")
+HEAD = struct.Struct("<IHHII16s8sIIQQQQHHIQQQQQ")
+SCHED = struct.Struct("<QQQ5QIIIIQQII")
+WAIT = struct.Struct("<QQQQ16s8s16sIIIIIBBBB")
+MAX_WAITS = 4
+HEADER_SIZE = HEAD.size + SCHED.size + MAX_WAITS * WAIT.size
+assert (HEAD.size, SCHED.size, WAIT.size, HEADER_SIZE) == (128, 104, 96, 616)
 ENTRY = struct.Struct("<IIqQQ")
 MAGIC = int.from_bytes(b"SPTR", "little")
 # The record's version is the ABI's: after a bump of uapi's ABI_VERSION, rerun this script.
@@ -26,6 +32,13 @@ SPAN = "b7ad6b7169203331"
 TID = 4242
 
 TRUNCATED, POOL, ELSEWHERE, MANY_THREADS, ACTIVATION = 1, 2, 4, 8, 16
+SCHED_ON, SCHED_PARTIAL, SCHED_LOST = 32, 64, 128
+IO, LOCK, NET, TIMER, OTHER, PREEMPTED = range(6)        # WaitEntry.cause
+TASK, HARDIRQ, SOFTIRQ, NMI, TIMER_CTX, NO_CTX = 0, 1, 2, 3, 4, 255  # WaitEntry.waker_ctx
+NO_SOFTIRQ = 255
+NO_CALL = 0xFFFF_FFFF
+IN_SPAN, KTHREAD = 1, 2                                 # WaitEntry.flags
+MS = 1_000_000
 
 
 def call(nr, ret, start_us, end_us, tid=TID):
@@ -38,8 +51,8 @@ def call_ns(nr, ret, start_ns, end_ns, tid=TID):
 
 
 def header(entries, **kw):
-    h = dict(magic=MAGIC, version=ABI_VERSION, header_size=HEADER.size,
-             total_size=HEADER.size + len(entries) * ENTRY.size, n_entries=len(entries),
+    h = dict(magic=MAGIC, version=ABI_VERSION, header_size=HEADER_SIZE,
+             total_size=HEADER_SIZE + len(entries) * ENTRY.size, n_entries=len(entries),
              trace_id=TRACE, span_id=SPAN, tid=TID, tgid=4200,
              begin_mono_ns=T0_MONO, end_mono_ns=T0_MONO + 20_000_000,
              begin_real_ns=T0_REAL, end_real_ns=T0_REAL + 20_000_000,
@@ -51,18 +64,83 @@ def header(entries, **kw):
     return h
 
 
-def encode(h, entries):
-    b = HEADER.pack(h["magic"], h["version"], h["header_size"], h["total_size"], h["n_entries"],
+ZERO_WAIT = dict(start_mono_ns=0, blocked_ns=0, runq_ns=0, waker_on_cpu_ns=0,
+                 waker_trace_id="00" * 16, waker_span_id="00" * 8, waker_comm="00" * 16, tid=0,
+                 nr=0, waker_tid=0, waker_tgid=0, waker_nr=0, cause=0, waker_ctx=0, softirq=0,
+                 flags=0)
+
+
+def wait(start_ms, cause, blocked_ns, runq_ns, nr, ctx, softirq=NO_SOFTIRQ, waker_tid=0,
+         waker_tgid=0, comm=b"", waker_nr=NO_CALL, waker_on_cpu_ns=0, flags=0,
+         waker_trace="00" * 16, waker_span="00" * 8, tid=TID):
+    """A wait that began start_ms after the span's begin (a float: fractions of a ms)."""
+    return dict(start_mono_ns=T0_MONO + round(start_ms * MS), blocked_ns=blocked_ns,
+                runq_ns=runq_ns, waker_on_cpu_ns=waker_on_cpu_ns, waker_trace_id=waker_trace,
+                waker_span_id=waker_span, waker_comm=comm.ljust(16, b"\0").hex(), tid=tid,
+                nr=nr, waker_tid=waker_tid, waker_tgid=waker_tgid, waker_nr=waker_nr,
+                cause=cause, waker_ctx=ctx, softirq=softirq, flags=flags)
+
+
+def sched(waits, n_waits=None, **kw):
+    """A scheduler part: blocked_ns is [io, lock, net, timer, other]."""
+    p = dict(on_cpu_ns=0, runq_wakeup_ns=0, runq_preempt_ns=0, blocked_ns=[0] * 5, blocks=0,
+             preemptions=0, migrations=0, wakeups=0, wakeup_total_ns=0, wakeup_max_ns=0,
+             n_waits=len(waits) if n_waits is None else n_waits, lost_events=0)
+    p.update(kw)
+    p["waits"] = waits + [ZERO_WAIT] * (MAX_WAITS - len(waits))
+    return p
+
+
+def encode_sched(p):
+    b = SCHED.pack(p["on_cpu_ns"], p["runq_wakeup_ns"], p["runq_preempt_ns"], *p["blocked_ns"],
+                   p["blocks"], p["preemptions"], p["migrations"], p["wakeups"],
+                   p["wakeup_total_ns"], p["wakeup_max_ns"], p["n_waits"], p["lost_events"])
+    for w in p["waits"]:
+        b += WAIT.pack(w["start_mono_ns"], w["blocked_ns"], w["runq_ns"], w["waker_on_cpu_ns"],
+                       bytes.fromhex(w["waker_trace_id"]), bytes.fromhex(w["waker_span_id"]),
+                       bytes.fromhex(w["waker_comm"]), w["tid"], w["nr"], w["waker_tid"],
+                       w["waker_tgid"], w["waker_nr"], w["cause"], w["waker_ctx"], w["softirq"],
+                       w["flags"])
+    return b
+
+
+def encode(h, entries, sched_part=None):
+    b = HEAD.pack(h["magic"], h["version"], h["header_size"], h["total_size"], h["n_entries"],
                     bytes.fromhex(h["trace_id"]), bytes.fromhex(h["span_id"]), h["tid"], h["tgid"],
                     h["begin_mono_ns"], h["end_mono_ns"], h["begin_real_ns"], h["end_real_ns"],
                     h["depth"], h["n_threads"], h["flags"], h["total_calls"], h["total_call_ns"],
                     h["unitemised_calls"], h["unitemised_ns"], h["records_dropped_before"])
+    b += encode_sched(sched_part) if sched_part else bytes(HEADER_SIZE - HEAD.size)
     return b + b"".join(ENTRY.pack(*e) for e in entries)
 
 
-def case(name, about, entries, **kw):
+def case(name, about, entries, sched_part=None, **kw):
+    """A record; `sched_part` (absent: all zero) is spelled out beside the header."""
     h = header(entries, **kw)
-    return name, {"about": about, "header": h, "entries": entries, "hex": encode(h, entries).hex()}
+    c = {"about": about, "header": h}
+    if sched_part:
+        c["sched"] = sched_part
+    c.update({"entries": entries, "hex": encode(h, entries, sched_part).hex()})
+    return name, c
+
+
+OTHER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+WAKER_SPAN = "00f067aa0ba902b7"        # a span of the same trace, in the same process
+REMOTE_SPAN = "53995c3f42cd8ad8"       # a span of another trace, in another process
+SCHED_PART = sched([
+    # The example of the README: a lock held by another thread of the process.
+    wait(10.1, LOCK, 60 * MS, 200_000, 202, TASK, waker_tid=4251, waker_tgid=4200,
+         comm=b"refresh", waker_nr=202, waker_on_cpu_ns=58 * MS),
+    # A sleep, woken by a timer (from the idle task: no waker thread); 1.5 ms then on
+    # the run queue, which the summary says (>= 1 ms).
+    wait(80.05, TIMER, 50_100_000, 1_500_000, 230, TIMER_CTX),
+    # A reply over loopback: NET_RX ran in the sending thread of another process.
+    wait(135, NET, 40 * MS, 300_000, 45, SOFTIRQ, softirq=3, waker_tid=4301, waker_tgid=4300,
+         comm=b"currency", waker_nr=44, waker_on_cpu_ns=400_000),
+    wait(180, PREEMPTED, 0, 12 * MS, NO_CALL, NO_CTX),
+], on_cpu_ns=30 * MS, runq_wakeup_ns=2 * MS, runq_preempt_ns=12 * MS,
+    blocked_ns=[0, 60 * MS, 40 * MS, 50_100_000, 0], blocks=3, preemptions=1, migrations=2,
+    wakeups=3, wakeup_total_ns=2 * MS, wakeup_max_ns=1_500_000, lost_events=2)
 
 
 CASES = [
@@ -136,6 +214,52 @@ CASES = [
     case("other_span", "the record of another span: refused, the span is left untouched", [
         call(39, 7, 100, 200),
     ], span_id="0101010101010101"),
+    case("sched", "REC_SCHED (and REC_SCHED_LOST): where 200 ms went, and the four longest "
+         "waits: a lock released by another thread of the process, a timer, a loopback reply "
+         "(NET_RX in another process's thread), a preemption", [
+        call(202, 0, 10_000, 70_350),     # futex
+        call(230, 0, 80_000, 131_700),    # clock_nanosleep
+        call(45, 512, 134_900, 175_300),  # recvfrom
+        call(1, 64, 176_000, 176_010),    # write
+    ], SCHED_PART, flags=SCHED_ON | SCHED_LOST, end_mono_ns=T0_MONO + 200 * MS,
+        end_real_ns=T0_REAL + 200 * MS),
+    case("sched_wakers", "REC_SCHED_PARTIAL alone; wakers inside spans: two waits woken from "
+         "one span of the same process (one link, the first wait's), one from a span of "
+         "another process (a remote link); a kernel thread in a BLOCK softirq; a waker command "
+         "of invalid UTF-8; n_waits above MAX_WAITS; dominant tied with inactive (the first "
+         "in order wins)", [
+        call(202, 0, 5_000, 35_200),
+    ], sched([
+        wait(5, LOCK, 30 * MS, 100_000, 202, TASK, waker_tid=4260, waker_tgid=4200,
+             comm=b"worker", waker_nr=202, waker_on_cpu_ns=29 * MS, flags=IN_SPAN,
+             waker_trace=TRACE, waker_span=WAKER_SPAN),
+        wait(50, LOCK, 16 * MS, 400_000, 202, TASK, waker_tid=4261, waker_tgid=4200,
+             comm=b"worker-2", waker_nr=202, waker_on_cpu_ns=15 * MS, flags=IN_SPAN,
+             waker_trace=TRACE, waker_span=WAKER_SPAN),
+        wait(70, IO, 3 * MS, 50_000, NO_CALL, SOFTIRQ, softirq=4, waker_tid=17, waker_tgid=17,
+             comm=b"ksoftirqd/0", waker_on_cpu_ns=50_000, flags=KTHREAD),
+        wait(90, OTHER, 2 * MS, 450_000, 0, TASK, waker_tid=4401, waker_tgid=4400,
+             comm=b"a\xffb\xc3\xa9-\xe2\x82\0zz", waker_nr=1, waker_on_cpu_ns=1_250_000,
+             flags=IN_SPAN, waker_trace=OTHER_TRACE, waker_span=REMOTE_SPAN),
+    ], n_waits=6, on_cpu_ns=2 * MS, runq_wakeup_ns=1 * MS, blocked_ns=[3 * MS, 46 * MS, 0, 0, 2 * MS],
+        blocks=4, wakeups=4, wakeup_total_ns=1 * MS, wakeup_max_ns=450_000),
+        flags=SCHED_PARTIAL, end_mono_ns=T0_MONO + 100 * MS, end_real_ns=T0_REAL + 100 * MS),
+    case("sched_odd", "REC_SCHED with odd values: on-CPU longer than the span (inactive 0), "
+         "numbers without names (cause, context, softirq), a wait of thread 0 (the beginning "
+         "thread's), waits outside the span (clamped into it), a waker span that is the span "
+         "itself or all zero (no link), a hard interrupt, an unseen wake-up, a run-queue wait "
+         "of exactly 1 ms", [], sched([
+        wait(-1, 9, 5 * MS, 0, 230, 7, softirq=12, tid=0),
+        wait(2, LOCK, 3 * MS, 20_000, 202, TASK, flags=IN_SPAN, waker_trace=TRACE,
+             waker_span=SPAN),
+        wait(30, NET, 2 * MS, 1 * MS, 7, NO_CTX, flags=IN_SPAN),
+        wait(9, OTHER, 1 * MS, 10_000, 232, HARDIRQ, waker_tid=999, waker_tgid=999,
+             comm=b"bash", waker_on_cpu_ns=7_000),
+    ], on_cpu_ns=25 * MS, runq_wakeup_ns=1_030_000, blocked_ns=[0, 3 * MS, 2 * MS, 0, 6 * MS],
+        blocks=4, preemptions=0, migrations=0, wakeups=3),
+        flags=SCHED_ON),
+    case("sched_off", "no REC_SCHED flag: the scheduler part is not exported, whatever it "
+         "holds", [call(202, 0, 1_000, 15_000)], SCHED_PART),
 ]
 
 BAD = {
@@ -143,6 +267,7 @@ BAD = {
     "bad_version": "a record of ABI version 2",
     "bad_total_size": "total_size disagrees with n_entries",
     "short": "fewer bytes than a header",
+    "short_sched": "a header cut in its scheduler part",
 }
 
 
@@ -153,6 +278,7 @@ def bad_records():
     b = bytearray(good); b[4:6] = (2).to_bytes(2, "little"); out["bad_version"] = bytes(b)
     b = bytearray(good); b[8:12] = (len(good) + 32).to_bytes(4, "little"); out["bad_total_size"] = bytes(b)
     out["short"] = good[:100]
+    out["short_sched"] = good[:300]
     return {k: {"about": BAD[k], "hex": v.hex()} for k, v in out.items()}
 
 
@@ -161,11 +287,23 @@ def main():
         "about": "Golden kernel records (tests/golden/README.md). Written by make_records.py; "
                  "reviewed data: the tests only read it.",
         "layout": {"abi_version": ABI_VERSION, "record_magic": MAGIC,
-                   "record_header_size": HEADER.size, "syscall_entry_size": ENTRY.size,
+                   "record_header_size": HEADER_SIZE, "syscall_entry_size": ENTRY.size,
+                   "sched_part_size": SCHED.size + MAX_WAITS * WAIT.size,
+                   "wait_entry_size": WAIT.size, "max_waits": MAX_WAITS,
                    "record_max_size": 256 * 1024,
                    "flags": {"calls_truncated": TRUNCATED, "pool_exhausted": POOL,
                              "ended_elsewhere": ELSEWHERE, "many_threads": MANY_THREADS,
-                             "activation": ACTIVATION},
+                             "activation": ACTIVATION, "sched": SCHED_ON,
+                             "sched_partial": SCHED_PARTIAL, "sched_lost": SCHED_LOST},
+                   "causes": {"io": IO, "lock": LOCK, "net": NET, "timer": TIMER, "other": OTHER,
+                              "preempted": PREEMPTED},
+                   "contexts": {"task": TASK, "hardirq": HARDIRQ, "softirq": SOFTIRQ, "nmi": NMI,
+                                "timer": TIMER_CTX, "none": NO_CTX},
+                   "softirq_none": NO_SOFTIRQ, "no_call": NO_CALL,
+                   # Linux's softirq vectors (include/linux/interrupt.h), as exported.
+                   "softirqs": ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL",
+                                "TASKLET", "SCHED", "HRTIMER", "RCU"],
+                   "wait_flags": {"waker_in_span": IN_SPAN, "waker_kthread": KTHREAD},
                    "max_span_threads": 8},
         "records": dict(CASES),
         "bad_records": bad_records(),
@@ -174,6 +312,11 @@ def main():
     # One line per entry: [nr, tid, ret, start_mono_ns, end_mono_ns].
     text = re.sub(r"\[\s+(-?\d+),\s+(-?\d+),\s+(-?\d+),\s+(-?\d+),\s+(-?\d+)\s+\]",
                   r"[\1, \2, \3, \4, \5]", text)
+    # One line per wait and per blocked_ns.
+    text = re.sub(r"\{\n\s+\"start_mono_ns\"[^}]*\}",
+                  lambda m: "{" + re.sub(r"\s*\n\s*", " ", m.group(0)[1:-1]).strip() + "}", text)
+    text = re.sub(r"\"blocked_ns\": \[[^\]]*\]",
+                  lambda m: re.sub(r"\s*\n\s*", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"), text)
     with open(os.path.join(HERE, "records.json"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
 

@@ -1,4 +1,4 @@
-"""The C ABI of libspanhook.so (version 4), reached through ctypes.CDLL(None): when the
+"""The C ABI of libspanhook.so (version 5), reached through ctypes.CDLL(None): when the
 library is LD_PRELOADed its symbols are global in the process.
 
 ctypes releases the GIL around each call, so a worker waiting in take_record never holds
@@ -9,7 +9,7 @@ import errno
 
 from .record import RECORD_MAX_SIZE
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 U64_MAX = (1 << 64) - 1
 
 

@@ -59,16 +59,21 @@ class FakeSpanHook:
 
 def make_record(trace_id: bytes, span_id: bytes, entries, begin_mono=1_000_000_000,
                 real_offset=1_700_000_000_000_000_000, duration=50_000_000, tid=4242,
-                unitemised=(0, 0), dropped_before=0, flags=0):
+                unitemised=(0, 0), dropped_before=0, flags=0, sched=record.SchedPart()):
     """A record whose begin (mono, real) pair is (begin_mono, begin_mono + real_offset).
-    entries: (nr, ret, start offset from begin ns, duration ns)."""
+    entries: (nr, ret, start offset from begin ns, duration ns); sched: its scheduler part
+    (the valid waits' start_mono_ns as offsets from begin_mono)."""
     ents = [record.SyscallEntry(nr, 0, ret, begin_mono + off, begin_mono + off + d)
             for nr, ret, off, d in entries]
     total_ns = sum(d for _, _, _, d in entries) + unitemised[1]
+    sched = sched._replace(waits=tuple(
+        w._replace(start_mono_ns=begin_mono + w.start_mono_ns) if i < sched.n_waits else w
+        for i, w in enumerate(sched.waits)))
     return record.encode(record.SpanRecord(
         trace_id, span_id, tid, 4000, begin_mono, begin_mono + duration,
         begin_mono + real_offset, begin_mono + duration + real_offset, 0, flags,
-        len(ents) + unitemised[0], total_ns, unitemised[0], unitemised[1], dropped_before, ents))
+        len(ents) + unitemised[0], total_ns, unitemised[0], unitemised[1], dropped_before, ents,
+        sched=sched))
 
 
 def wait_until(pred, timeout=5.0):

@@ -1,6 +1,6 @@
 """The golden records and spans of tests/golden/ (README: "What a slow span carries"): the
 Python integration decodes the same bytes as the Rust one (otel/tests/golden.rs) and must
-export exactly the same attributes, child spans, statuses and times. Also: the record layout
+export exactly the same attributes, events, links, child spans, statuses and times. Also: the record layout
 constants of record.py are uapi's (through records.json's "layout", which the Rust test
 checks against uapi), and errnos.py is generated from the one errno table, otel/src/errno.rs.
 Run: $(scripts/python-env.sh)/bin/python -m unittest discover -s preload/python/tests"""
@@ -81,6 +81,21 @@ class GoldenRecords(unittest.TestCase):
                           record.REC_ACTIVATION),
                          (f["calls_truncated"], f["pool_exhausted"], f["ended_elsewhere"],
                           f["many_threads"], f["activation"]))
+        self.assertEqual((record.REC_SCHED, record.REC_SCHED_PARTIAL, record.REC_SCHED_LOST),
+                         (f["sched"], f["sched_partial"], f["sched_lost"]))
+        self.assertEqual((record.SCHED_PART_SIZE, record.WAIT_ENTRY_SIZE, record.MAX_WAITS),
+                         (lay["sched_part_size"], lay["wait_entry_size"], lay["max_waits"]))
+        self.assertEqual((record.SOFTIRQ_NONE, record.NO_CALL),
+                         (lay["softirq_none"], lay["no_call"]))
+        self.assertEqual({k: getattr(record, "CAUSE_" + k.upper()) for k in lay["causes"]},
+                         lay["causes"])
+        self.assertEqual(annotate.CAUSE_NAMES, tuple(sorted(lay["causes"], key=lay["causes"].get)))
+        self.assertEqual(annotate.SOFTIRQ_NAMES, tuple(lay["softirqs"]))
+        self.assertEqual({k: getattr(record, "CTX_" + k.upper()) for k in lay["contexts"]},
+                         lay["contexts"])
+        self.assertEqual({v: k for k, v in annotate.CONTEXT_NAMES.items()}, lay["contexts"])
+        self.assertEqual((record.WAIT_WAKER_IN_SPAN, record.WAIT_WAKER_KTHREAD),
+                         (lay["wait_flags"]["waker_in_span"], lay["wait_flags"]["waker_kthread"]))
 
     def test_records_decode_to_their_fields(self):
         for name, g in self.doc["records"].items():
@@ -100,6 +115,18 @@ class GoldenRecords(unittest.TestCase):
                            n_entries=len(rec.entries))
                 self.assertEqual(got, {k: h[k] for k in got})
                 self.assertEqual([list(e) for e in rec.entries], g["entries"])
+                # The scheduler part, spelled out beside the header (absent: all zero).
+                p = rec.sched
+                waits = [dict(w._asdict(), waker_trace_id=w.waker_trace_id.hex(),
+                              waker_span_id=w.waker_span_id.hex(), waker_comm=w.waker_comm.hex())
+                         for w in p.waits]
+                got = dict(p._asdict(), blocked_ns=list(p.blocked_ns), waits=waits)
+                if "sched" in g:
+                    self.assertEqual(got, g["sched"])
+                else:
+                    self.assertEqual(raw[128:record.HEADER_SIZE], bytes(record.SCHED_PART_SIZE))
+                    self.assertEqual(p, record.decode(record.encode(rec)).sched)
+                    self.assertEqual((p.on_cpu_ns, p.n_waits, p.waits[0].nr), (0, 0, 0))
 
     def test_bad_records_are_refused(self):
         for name, g in self.doc["bad_records"].items():
@@ -138,6 +165,20 @@ class GoldenSpans(unittest.TestCase):
                 self.assertEqual((parent.name, parent.context, parent.start_time, parent.end_time),
                                  (span.name, span.context, span.start_time, span.end_time))
                 self.assertEqual(typed_attrs(parent.attributes), typed_attrs(exp["attributes"]))
+                # Events and links (the golden spans have none of their own): absent, none.
+                self.assertEqual([{"name": e.name, "time_ns": e.timestamp,
+                                   "attributes": typed_attrs(e.attributes)}
+                                  for e in parent.events],
+                                 [dict(e, attributes=typed_attrs(e["attributes"]))
+                                  for e in exp.get("events", [])])
+                self.assertEqual([{"trace_id": f"{l.context.trace_id:032x}",
+                                   "span_id": f"{l.context.span_id:016x}",
+                                   "remote": l.context.is_remote,
+                                   "sampled": l.context.trace_flags.sampled,
+                                   "attributes": typed_attrs(l.attributes)}
+                                  for l in parent.links],
+                                 [dict(l, attributes=typed_attrs(l["attributes"]))
+                                  for l in exp.get("links", [])])
                 got = [{"name": k.name, "start_ns": k.start_time, "end_ns": k.end_time,
                         "attributes": typed_attrs(k.attributes), "status": status_json(k.status)}
                        for k in kids]

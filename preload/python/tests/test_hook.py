@@ -67,9 +67,11 @@ class RecordTest(unittest.TestCase):
     def test_roundtrip_and_layout(self):
         raw = make_record(b"\x01" * 16, b"\x02" * 8, [(NR["fsync"], 0, 100, 2 * MS)],
                           unitemised=(3, 500), dropped_before=7)
-        self.assertEqual(len(raw), 128 + 32)
+        self.assertEqual(len(raw), 616 + 32)
         self.assertEqual(raw[:4], b"SPTR")
+        self.assertEqual(raw[128:616], bytes(488))  # no scheduler part
         rec = record.decode(raw)
+        self.assertEqual(rec.sched, record.SchedPart())
         self.assertEqual(rec.trace_id, b"\x01" * 16)
         self.assertEqual(rec.span_id, b"\x02" * 8)
         self.assertEqual(rec.total_calls, 4)
@@ -78,9 +80,34 @@ class RecordTest(unittest.TestCase):
         self.assertEqual(rec.entries[0].nr, NR["fsync"])
         self.assertEqual(record.encode(rec), raw)
 
+    def test_sched_part_roundtrip(self):
+        w = record.WaitEntry(start_mono_ns=5, blocked_ns=6, runq_ns=7, waker_on_cpu_ns=8,
+                             waker_trace_id=b"\x03" * 16, waker_span_id=b"\x04" * 8,
+                             waker_comm=b"refresh".ljust(16, b"\0"), tid=9, nr=202,
+                             waker_tid=10, waker_tgid=11, waker_nr=record.NO_CALL,
+                             cause=record.CAUSE_LOCK, waker_ctx=record.CTX_TASK,
+                             softirq=record.SOFTIRQ_NONE, flags=record.WAIT_WAKER_IN_SPAN)
+        sp = record.SchedPart(on_cpu_ns=1, runq_wakeup_ns=2, runq_preempt_ns=3,
+                              blocked_ns=(4, 5, 6, 7, 8), blocks=9, preemptions=10,
+                              migrations=11, wakeups=12, wakeup_total_ns=13, wakeup_max_ns=14,
+                              n_waits=1, lost_events=15, waits=(w,))
+        raw = make_record(b"\x01" * 16, b"\x02" * 8, [(1, 5, 0, 10)], flags=record.REC_SCHED)
+        rec = record.decode(raw)._replace(sched=sp)
+        raw2 = record.encode(rec)
+        self.assertEqual(len(raw2), len(raw))
+        back = record.decode(raw2)
+        self.assertEqual(back.sched.waits[0], w)
+        self.assertEqual(back.sched.waits[1:], (record.WaitEntry._make(
+            (0, 0, 0, 0, bytes(16), bytes(8), bytes(16)) + (0,) * 9),) * 3)
+        self.assertEqual(back.sched._replace(waits=(w,)), sp)
+        # The part starts right after the first 128 bytes: on_cpu_ns, then the waits at 104.
+        self.assertEqual(raw2[128:136], (1).to_bytes(8, "little"))
+        self.assertEqual(raw2[128 + 104 + 72:128 + 104 + 76], (9).to_bytes(4, "little"))
+        self.assertEqual(raw2[128 + 104 + 95], record.WAIT_WAKER_IN_SPAN)
+
     def test_bad_records(self):
         raw = make_record(b"\x01" * 16, b"\x02" * 8, [(1, 5, 0, 10)])
-        for bad in (raw[:100], b"XXXX" + raw[4:], raw[:-1]):
+        for bad in (raw[:100], raw[:600], b"XXXX" + raw[4:], raw[:-1]):
             with self.assertRaises(record.RecordError):
                 record.decode(bad)
 
@@ -173,6 +200,56 @@ class ProcessorTest(unittest.TestCase):
         self.assertNotEqual(self.fake.unregistered[0], threading.get_ident())
         # It waits for the record until TAKE_TIMEOUT_MS after the span's end, no longer.
         self.assertLessEqual(self.fake.take_calls[0][2], SpantrackSpanProcessor.TAKE_TIMEOUT_MS)
+
+    def test_scheduler_part_becomes_attributes_events_and_a_link(self):
+        """Through the SDK's pipeline: the exported span keeps its own event and link and
+        gets the wait events and the waker link (the golden tests check every value)."""
+        from opentelemetry.trace import Link, SpanContext, TraceFlags
+        mine = SpanContext(0x11, 0x22, True, TraceFlags(TraceFlags.SAMPLED))
+        t0 = 1_800_000_000_000_000_000
+        s = self.p.tracer.start_span("waits", start_time=t0, links=[Link(mine, {"k": 1})])
+        s.add_event("mine", {"x": 1}, timestamp=t0 + 5)
+        tid, sid = ids(s)
+        waker_trace, waker_span = b"\x33" * 16, b"\x44" * 8
+        w = record.WaitEntry(start_mono_ns=2 * MS, blocked_ns=8 * MS, runq_ns=30_000,
+                             waker_on_cpu_ns=7 * MS, waker_trace_id=waker_trace,
+                             waker_span_id=waker_span, waker_comm=b"refresh".ljust(16, b"\0"),
+                             tid=4242, nr=NR["futex"], waker_tid=4251, waker_tgid=4000,
+                             waker_nr=NR["futex"], cause=record.CAUSE_LOCK,
+                             waker_ctx=record.CTX_TASK, flags=record.WAIT_WAKER_IN_SPAN)
+        p = record.SchedPart(on_cpu_ns=5 * MS, runq_wakeup_ns=30_000,
+                             blocked_ns=(0, 8 * MS, 0, 0, 0), blocks=1, wakeups=1, n_waits=1,
+                             waits=(w,))
+        begin_mono = 5_000 * MS
+        self.fake.records[(tid, sid)] = make_record(
+            tid, sid, [(NR["futex"], 0, 2 * MS, 8 * MS)], begin_mono=begin_mono,
+            real_offset=t0 + 10_000 - begin_mono, duration=20 * MS - 20_000,
+            flags=record.REC_SCHED, sched=p)
+        s.end(end_time=t0 + 20 * MS)
+        self.assertTrue(self.p.provider.force_flush(5000))
+        spans = {x.name: x for x in self.p.finished()}
+        self.assertEqual(sorted(spans), ["futex", "waits"])
+        parent = spans["waits"]
+        self.assertEqual(parent.attributes["spantrack.sched.blocked.lock_ns"], 8 * MS)
+        self.assertEqual(parent.attributes["spantrack.sched.dominant"], "blocked.lock")
+        # The record's span lasts 20 ms - 20 us: the rest is inactive.
+        self.assertEqual(parent.attributes["spantrack.sched.inactive_ns"],
+                         20 * MS - 20_000 - 5 * MS - 30_000 - 8 * MS)
+        self.assertEqual([e.name for e in parent.events], ["mine", "spantrack.wait"])
+        ev = parent.events[1]
+        self.assertEqual(ev.timestamp, t0 + 10_000 + 2 * MS)
+        self.assertEqual(ev.attributes["spantrack.wait.summary"],
+                         'lock 8.0ms in futex; woken by thread 4251 "refresh" (same process, '
+                         'in futex) after 7.0ms on CPU')
+        self.assertEqual(ev.attributes["spantrack.waker.span_id"], "44" * 8)
+        self.assertEqual([(l.context.trace_id, l.context.span_id) for l in parent.links],
+                         [(0x11, 0x22), (int.from_bytes(waker_trace, "big"),
+                                         int.from_bytes(waker_span, "big"))])
+        link = parent.links[1]
+        self.assertFalse(link.context.is_remote)  # the waker is in the span's process
+        self.assertEqual(dict(link.attributes), {"spantrack.link.kind": "waker",
+                                                 "spantrack.wait.blocked_ns": 8 * MS})
+        self.assertEqual(spans["futex"].events, ())
 
     def test_min_child_duration_leaves_short_calls_without_children(self):
         self.p.head.MIN_CHILD_NS = 1 * MS
