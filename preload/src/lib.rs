@@ -133,9 +133,9 @@ pub extern "C" fn spanhook_threshold_ns() -> u64 {
 }
 
 /// Waits up to `timeout_ms` for the record of the span and moves it into `buf` (raw uapi
-/// bytes: `RecordHeader`, with its scheduler part, then `SyscallEntry`s). Returns its size; 0 if none arrived in time;
-/// `-ENOSPC` if `len` is too small (the record is kept); `-ENODEV` when inactive; `-EINVAL`
-/// for null pointers.
+/// bytes: `RecordHeader`, with its scheduler part, then `SyscallEntry`s). Returns its size;
+/// 0 if none arrived in time; `-ENOSPC` if `len` is too small (the record is kept);
+/// `-ENODEV` when inactive; `-EINVAL` for null pointers.
 ///
 /// # Safety
 /// Ids as in [`spanhook_span_begin`]; `buf` is valid for writes of `len` bytes (or null with
