@@ -39,8 +39,8 @@ check "status: exit 0 with the module loaded" [ "$rc" = 0 ]
 check "status: names the ABI (4)" grep -q "ABI: 4" "$t/out"
 if grep -q "threshold_ns" "$t/out" && grep -q "spans_begun" "$t/out"; then ok "status: lists the tunables and counters"; else nok "status: lists the tunables and counters"; fi
 $st status --json > "$t/s.json"
-check "status --json: abi_version 4, tunables, stats" 
-  [ "$(j "$t/s.json" 'd["abi_version"] == 4 and d["tunables"]["threshold_ns"] == 1000000 and "spans_begun" in d["stats"]')" = True ]
+check "status --json: abi_version 5, tunables, stats" 
+  [ "$(j "$t/s.json" 'd["abi_version"] == 5 and d["tunables"]["threshold_ns"] == 1000000 and "spans_begun" in d["stats"]')" = True ]
 
 # A running service: a Python OpenTelemetry program under the preload.
 cat > "$t/svc.py" <<'PY'
