@@ -26,7 +26,7 @@ run() { env LD_PRELOAD="$lib" PYTHONPATH="$root/preload/python" SPANTRACK_THRESH
 
 check "sysfs sched is 1 at load" [ "$(cat $sched)" = 1 ]
 check "stats: sched_enabled 1" grep -qx 'sched_enabled 1' /proc/spantrack/stats
-for bad in 2 -1 abc "" "1 1"; do
+for bad in 2 -1 abc " " "1 1"; do
   if printf '%s' "$bad" > $sched 2>/dev/null; then nok "sysfs sched refuses '$bad'"; else ok "sysfs sched refuses '$bad'"; fi
 done
 check "after the refused writes sched is still 1" [ "$(cat $sched)" = 1 ]
