@@ -22,7 +22,7 @@ DEB_PACKAGES=(
   clang-19 lld-19 llvm-19 libclang1-19 curl
   flex bison bc libelf-dev libssl-dev cpio kmod make xz-utils
   qemu-system-x86 python3 python3-venv python3-pip
-  iproute2 procps util-linux strace busybox-static
+  iproute2 procps util-linux strace busybox-static e2fsprogs
   chromium
 )
 BINDGEN_VERSION=0.73.2

@@ -2,7 +2,8 @@
 # Boots the spantrack guest kernel under QEMU (TCG) with the host's filesystem as a read-only
 # root (so host-built binaries, the repository and python3 run in the guest as they are),
 # runs one shell command in the guest from the repository's top directory, prints its
-# output live, and exits with its exit status.
+# output live, and exits with its exit status. The guest also gets a fresh 64 MiB ext2 disk,
+# /dev/vda, for tests that need a real block device (not mounted).
 #
 # The run fails (exit 97) when the kernel log shows a WARN, BUG, oops, lockdep, KASAN,
 # kmemleak or other kernel report, even if the command succeeded; 98 when the guest never
@@ -46,6 +47,8 @@ printf '%s\n' "$root" "$SPANTRACK_CACHE" "${CARGO_TARGET_DIR:-$root/target}" | s
 
 extra=()
 [ "$icount" = 1 ] && extra+=(-icount shift=0)
+truncate -s 64M "$out/disk.img"
+mkfs.ext2 -q -F "$out/disk.img" >/dev/null 2>&1 || die "mkfs.ext2 failed (e2fsprogs; scripts/setup.sh installs it)"
 
 # tsc=reliable: under host load the clocksource watchdog can find the emulated TSC skewed
 # against the HPET and demote it; the clock then has no vDSO and every clock read becomes a
@@ -61,6 +64,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -fsdev local,id=spout,path="$out",security_model=none \
   -device virtio-9p-pci,fsdev=spout,mount_tag=spout \
   -device virtio-rng-pci \
+  -drive file="$out/disk.img",if=virtio,format=raw,cache=unsafe \
   -serial "file:$out/console.log" \
   -chardev stdio,id=gout,signal=off -serial chardev:gout \
   "${extra[@]}" </dev/null

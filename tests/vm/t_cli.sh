@@ -36,7 +36,7 @@ insmod "$ko" || { nok "insmod"; finish; exit; }
 # --- status --------------------------------------------------------------------------------
 $st status > "$t/out" 2>&1; rc=$?
 check "status: exit 0 with the module loaded" [ "$rc" = 0 ]
-check "status: names the ABI (4)" grep -q "ABI: 4" "$t/out"
+check "status: names the ABI (5)" grep -q "ABI: 5" "$t/out"
 if grep -q "threshold_ns" "$t/out" && grep -q "spans_begun" "$t/out"; then ok "status: lists the tunables and counters"; else nok "status: lists the tunables and counters"; fi
 $st status --json > "$t/s.json"
 check "status --json: abi_version 5, tunables, stats" 

@@ -31,6 +31,14 @@ for bad in 2 -1 abc " " "1 1"; do
 done
 check "after the refused writes sched is still 1" [ "$(cat $sched)" = 1 ]
 
+# A real disk for the fsync workload (vm-run.sh attaches a fresh ext2 image as /dev/vda).
+mkdir -p "$t/disk"
+if [ -b /dev/vda ] && mount -t ext2 /dev/vda "$t/disk" 2>"$t/mount.err"; then
+  export SCHED_DISK=$t/disk
+  trap 'umount "$t/disk" 2>/dev/null; rm -rf "$t"' EXIT
+else
+  echo "# no ext2 disk: $(cat "$t/mount.err" 2>/dev/null)"
+fi
 out=$(run "$py" $w 2>"$t/err"); rc=$?
 absorb "$out"
 check "the scheduler workload exits 0" [ $rc = 0 ]

@@ -233,6 +233,11 @@ fn kernel_stat(name: &str) -> Option<u64> {
     })
 }
 
+/// A sysfs tunable of the module, trimmed (`None`: not readable).
+fn kernel_sysfs(name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("{}/{name}", uapi::SYSFS_DIR)).ok().map(|s| s.trim().to_string())
+}
+
 fn threshold_path() -> String {
     format!("{}/threshold_ns", uapi::SYSFS_DIR)
 }
@@ -300,6 +305,24 @@ fn check_span(
     ensure!(elsewhere == (name == MOVED), "{name}: ended_elsewhere {elsewhere}");
     let top = attr_of(me, attr::SYSCALLS_TOP).map(|v| v.as_str().into_owned()).unwrap_or_default();
     ensure!(top.contains("nanosleep:"), "{name}: syscalls.top {top:?}");
+    if name == SLOW && kernel_sysfs("sched").as_deref() == Some("1") {
+        // Issue 12, thread-per-request: the nanosleep is blocked timer time, woken by a timer.
+        let timer = int("spantrack.sched.blocked.timer_ns").unwrap_or(0);
+        ensure!(timer >= (SLEEP_MS as i64 - 1) * 1_000_000, "{name}: sched.blocked.timer_ns {timer}");
+        let dom = attr_of(me, "spantrack.sched.dominant").map(|v| v.as_str().into_owned());
+        ensure!(dom.as_deref() == Some("blocked.timer"), "{name}: sched.dominant {dom:?}");
+        let wait = me.events.iter().find(|e| e.name == "spantrack.wait");
+        let wa = |k: &str| {
+            wait.and_then(|e| e.attributes.iter().find(|kv| kv.key.as_str() == k)).map(|kv| kv.value.as_str().into_owned())
+        };
+        ensure!(
+            wa("spantrack.wait.cause").as_deref() == Some("timer")
+                && wa("spantrack.wait.syscall").as_deref() == Some("nanosleep")
+                && wa("spantrack.waker.context").as_deref() == Some("timer"),
+            "{name}: longest wait {:?}",
+            wait.map(|e| &e.attributes)
+        );
+    }
     // The children: in the parent, in order, with their return values.
     let pid = i64::from(std::process::id());
     let mut prev_end = me.start_time;

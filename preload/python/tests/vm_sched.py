@@ -9,6 +9,7 @@ spans have known answers to "where did the time go, who woke it":
                                          its own span: the waiting span links to it
   a pipe another process writes ~30 ms   woken by that process, in write
   a loopback request, server works 40 ms blocked (net), the server's span linked
+  an fsync of 8 MiB of dirty data         blocked (io) on an ext2 disk ($SCHED_DISK)
   a spin sharing one CPU with a hog      about half waiting for the CPU (preempted)
 
 Each check states its tolerance. Prints TAP-like "ok - ..." / "not ok - ..." lines.
@@ -250,7 +251,29 @@ def main():
           and nw[0].get("spantrack.waker.softirq") == "NET_RX"
           and sc is not None and (sc.trace_id, sc.span_id) in links, (links, nw[:1]))
 
-    # 6. Two busy tasks on one CPU: about half the span waits for the CPU.
+    # 6. fsync of dirty data on a real disk (t_sched.sh mounts the guest's ext2 /dev/vda).
+    disk = os.environ.get("SCHED_DISK")
+    if not disk:
+        check("fsync: a block device is mounted for it (SCHED_DISK)", False)
+    else:
+        path = os.path.join(disk, "dirty")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, b"z" * (8 << 20))
+        span, _ = run("fsync", lambda: os.fsync(fd))
+        os.close(fd)
+        os.unlink(path)
+        a, dur = parts(span)
+        w = waits(span)
+        io = [x for x in w if x.get("spantrack.wait.cause") == "io"]
+        check("fsync of 8 MiB dirty data: blocked.io dominant",
+              a.get("spantrack.sched.dominant") == "blocked.io", summary(span))
+        check("fsync: its longest io wait is in fsync, woken by the disk's interrupt or the "
+              "BLOCK softirq",
+              io and io[0].get("spantrack.wait.syscall") == "fsync"
+              and io[0].get("spantrack.waker.context") in ("hardirq", "softirq"), w)
+        parts_sum_to_duration("fsync", span)
+
+    # 7. Two busy tasks on one CPU: about half the span waits for the CPU.
     cpu = sorted(os.sched_getaffinity(0))[0]
     old = os.sched_getaffinity(0)
     hog = {}
