@@ -9,7 +9,8 @@ from . import chrome, model, otlp, page
 
 DESCRIPTION = """Turns exported spans into something to look at: a self-contained HTML page
 (trace list by duration; a waterfall per trace; each slow span's system calls on its
-thread's row, coloured by kind), Chrome trace-event JSON for Perfetto or speedscope, and
+thread's row, coloured by kind; where its time went by the scheduler, its longest waits and
+the spans that woke it), Chrome trace-event JSON for Perfetto or speedscope, and
 OTLP JSON for Jaeger or any OTLP receiver.
 
 Input: the demo receiver's spans.jsonl (one span a line), OTLP JSON ({"resourceSpans":...},

@@ -6,7 +6,12 @@ file or one per line, as the OpenTelemetry Collector's file exporter writes them
 `show_traces.py --json-out` files. Every span becomes the receiver's flat form:
 
     {"service", "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns",
-     "end_ns", "attributes", "status": {"code", "message"}, "events", "scope", "resource"}
+     "end_ns", "attributes", "status": {"code", "message"}, "events", "links", "scope",
+     "resource"}
+
+with `events` as [{"name", "time_ns", "attributes"}] and `links` as [{"trace_id", "span_id",
+"attributes"}, plus "remote" and "sampled" (bools) when the input says]: a slow span's
+`spantrack.wait` events and its waker links (README "Where the wall time went").
 
 A system-call span (the children spantrack adds to a slow span) is one with the attribute
 `spantrack.syscall.nr`; its thread is the attribute `thread.id`.
@@ -105,6 +110,19 @@ def _enum(v, names, prefix):
     return v[len(prefix):] if v.startswith(prefix) else (v or names[0])
 
 
+def _otlp_link(l):
+    """An OTLP JSON span link as the flat form's link. Its `flags`: bit 0 sampled, bit 8 "is
+    the remote bit known", bit 9 remote (the trace flags in the low byte)."""
+    out = {"trace_id": _hex_id(l.get("traceId"), 16), "span_id": _hex_id(l.get("spanId"), 8),
+           "attributes": otlp_attributes(l.get("attributes"))}
+    if l.get("flags") is not None:
+        flags = int(l["flags"])
+        out["sampled"] = bool(flags & 0x1)
+        if flags & 0x100:
+            out["remote"] = bool(flags & 0x200)
+    return out
+
+
 def spans_of_otlp(doc):
     """Flat spans of one `{"resourceSpans": [...]}` document."""
     for rs in doc.get("resourceSpans", []):
@@ -128,7 +146,8 @@ def spans_of_otlp(doc):
                                "message": status.get("message", "")},
                     "events": [{"name": e.get("name", ""), "time_ns": int(e.get("timeUnixNano", 0)),
                                 "attributes": otlp_attributes(e.get("attributes"))}
-                               for e in s.get("events", [])],
+                               for e in s.get("events") or []],
+                    "links": [_otlp_link(l) for l in s.get("links") or []],
                     "scope": scope,
                     "resource": resource,
                 }
@@ -142,7 +161,13 @@ def _flat(s):
     out.setdefault("kind", "INTERNAL")
     out.setdefault("attributes", {})
     out.setdefault("status", {"code": "UNSET", "message": ""})
-    out.setdefault("events", [])
+    out["events"] = [{"name": e.get("name", ""), "time_ns": int(e.get("time_ns", 0)),
+                      "attributes": dict(e.get("attributes") or {})}
+                     for e in s.get("events") or []]
+    out["links"] = [dict(l, trace_id=str(l.get("trace_id", "")).lower(),
+                         span_id=str(l.get("span_id", "")).lower(),
+                         attributes=dict(l.get("attributes") or {}))
+                    for l in s.get("links") or []]
     out.setdefault("scope", "")
     out.setdefault("resource", {"service.name": out["service"]})
     out["start_ns"], out["end_ns"] = int(s["start_ns"]), int(s["end_ns"])

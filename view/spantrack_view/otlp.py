@@ -1,6 +1,7 @@
-"""OTLP JSON of the annotated spans: one `{"resourceSpans": [...]}` document (the OTLP/HTTP
-JSON encoding: hex ids, enums as numbers, 64-bit integers as strings). Jaeger's UI opens it
-("Search" -> "JSON File"), and any OTLP/HTTP receiver takes it as it is:
+"""OTLP JSON of the annotated spans, with their events and links: one `{"resourceSpans":
+[...]}` document (the OTLP/HTTP JSON encoding: hex ids, enums as numbers, 64-bit integers as
+strings). Jaeger's UI opens it ("Search" -> "JSON File"), and any OTLP/HTTP receiver takes
+it as it is:
 `curl -H 'Content-Type: application/json' --data @otlp.json http://HOST:4318/v1/traces`."""
 
 from .model import OTLP_KINDS, OTLP_STATUS
@@ -46,6 +47,19 @@ def otlp_span(s):
     if s.get("events"):
         out["events"] = [{"name": e["name"], "timeUnixNano": str(e["time_ns"]),
                           "attributes": attributes(e.get("attributes", {}))} for e in s["events"]]
+    if s.get("links"):
+        out["links"] = [otlp_link(l) for l in s["links"]]
+    return out
+
+
+def otlp_link(l):
+    """A flat link as OTLP JSON; `flags` only when the link says whether it is sampled or
+    remote (bit 0 sampled, bit 8 "remote is known", bit 9 remote)."""
+    out = {"traceId": l["trace_id"], "spanId": l["span_id"],
+           "attributes": attributes(l.get("attributes", {}))}
+    if "sampled" in l or "remote" in l:
+        out["flags"] = ((0x1 if l.get("sampled") else 0)
+                        | (0x100 | (0x200 if l["remote"] else 0) if "remote" in l else 0))
     return out
 
 

@@ -1,6 +1,8 @@
-"""Shared by the view's tests: paths, the fixture, the page's embedded data, a checker of the
-Chrome trace-event rules, and a PNG decoder (standard library only)."""
+"""Shared by the view's tests: paths, the fixture, spans made of the golden cases of the
+scheduler part (tests/golden/spans.json), the page's embedded data, a checker of the Chrome
+trace-event rules, and a PNG decoder (standard library only)."""
 
+import hashlib
 import json
 import os
 import re
@@ -14,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "view"))
 sys.path.insert(0, HERE)
 FIXTURE = os.path.join(HERE, "fixture", "spans.jsonl")
+GOLDEN = os.path.join(ROOT, "tests", "golden", "spans.json")
 SPANTRACK = os.path.join(ROOT, "scripts", "spantrack")
 
 from spantrack_view import model  # noqa: E402
@@ -21,6 +24,92 @@ from spantrack_view import model  # noqa: E402
 
 def fixture_spans():
     return model.load([FIXTURE])
+
+
+def golden_cases():
+    """The golden cases by name: the record, the span as the SDK ended it, and what both
+    integrations must export for it (`expected`: attributes, events, links, children)."""
+    with open(GOLDEN, encoding="utf-8") as f:
+        return {c["name"]: c for c in json.load(f)["cases"]}
+
+
+# the golden cases with the scheduler part; sched_wakers keeps its ids (its waker spans are
+# added), the others get ids of their own (every case has the same ones)
+SCHED_CASES = ("sched", "sched_wakers", "sched_odd", "sched_over_budget")
+WAKERS_CASE = "sched_wakers"
+# the spans sched_wakers's waits were woken from: one of the span's own trace and process,
+# one of another trace and process
+WAKER_SPAN = ("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7")
+REMOTE_WAKER_SPAN = ("4bf92f3577b34da6a3ce929d0e0e4736", "53995c3f42cd8ad8")
+
+
+def _id(*words, n):
+    return hashlib.sha256(" ".join(words).encode()).hexdigest()[:n]
+
+
+def _flat(service, trace_id, span_id, parent, name, kind, start, end, attrs, status="UNSET",
+          message="", events=(), links=()):
+    return {"service": service, "trace_id": trace_id, "span_id": span_id,
+            "parent_span_id": parent, "name": name, "kind": kind.upper(), "start_ns": start,
+            "end_ns": end, "attributes": dict(attrs),
+            "status": {"code": status.upper(), "message": message},
+            "events": [json.loads(json.dumps(e)) for e in events],
+            "links": [json.loads(json.dumps(l)) for l in links],
+            "scope": "spantrack-rust-demo-svc", "resource": {"service.name": service}}
+
+
+def golden_case_spans(case, ids=None):
+    """Flat spans (the receiver's form) of one golden case as the currency service exports
+    it: the slow span with the expected attributes, events and links, its system-call child
+    spans, and its parent (a frontend span, "GET /checkout"). ids maps the case's trace and
+    span ids (also where events and links name them) to others."""
+    ids = ids or {}
+    m = lambda v: ids.get(v, v)  # noqa: E731
+    sp, exp = case["span"], case["expected"]
+    trace_id, span_id, parent = m(sp["trace_id"]), m(sp["span_id"]), m(sp["parent_span_id"])
+    events = []
+    for e in exp.get("events", []):
+        a = dict(e["attributes"])
+        for k in ("spantrack.waker.trace_id", "spantrack.waker.span_id"):
+            if k in a:
+                a[k] = m(a[k])
+        events.append({"name": e["name"], "time_ns": e["time_ns"], "attributes": a})
+    links = [dict(l, trace_id=m(l["trace_id"]), span_id=m(l["span_id"])) for l in exp.get("links", [])]
+    out = [_flat("frontend", trace_id, parent, "", "GET /checkout", "server",
+                 sp["start_ns"] - 2_000_000, sp["end_ns"] + 1_000_000, {"http.route": "/checkout"}),
+           _flat("currency", trace_id, span_id, parent, sp["name"], sp["kind"], sp["start_ns"],
+                 sp["end_ns"], exp["attributes"], events=events, links=links)]
+    for i, c in enumerate(exp.get("children", [])):
+        st = c.get("status", {})
+        out.append(_flat("currency", trace_id, _id(case["name"], "child", str(i), n=16), span_id,
+                         c["name"], "internal", c["start_ns"], c["end_ns"], c["attributes"],
+                         st.get("code", "unset"), st.get("description", "")))
+    return out
+
+
+def golden_sched_spans():
+    """Flat spans of the golden cases with the scheduler part, one trace each, and the spans
+    sched_wakers's waits were woken from (a currency span of its trace, "refresh rates", and
+    a root span of another trace and service, "reporter: write report")."""
+    cases = golden_cases()
+    out = []
+    for name in SCHED_CASES:
+        c = cases[name]
+        ids = {}
+        if name != WAKERS_CASE:
+            sp = c["span"]
+            ids = {sp["trace_id"]: _id(name, "trace", n=32), sp["span_id"]: _id(name, "span", n=16),
+                   sp["parent_span_id"]: _id(name, "parent", n=16)}
+        out += golden_case_spans(c, ids)
+        if name == WAKERS_CASE:
+            sp = c["span"]
+            out.append(_flat("currency", *WAKER_SPAN, sp["parent_span_id"], "refresh rates",
+                             "internal", sp["start_ns"] - 1_000_000, sp["start_ns"] + 60_000_000,
+                             {"thread.id": 4260}))
+            out.append(_flat("reporter", *REMOTE_WAKER_SPAN, "", "write report", "server",
+                             sp["start_ns"] + 80_000_000, sp["start_ns"] + 95_000_000,
+                             {"thread.id": 4401}))
+    return out
 
 
 def embedded_data(html):

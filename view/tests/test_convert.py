@@ -1,5 +1,7 @@
 """spantrack view: the conversions (HTML's embedded data, Chrome trace-event JSON, OTLP JSON)
-and the command line, on the demo-shaped fixture and on made-up edge cases."""
+and the command line, on the demo-shaped fixture, on spans made of the golden cases of the
+scheduler part (tests/golden/spans.json: where the time went, waits, waker links) and on
+made-up edge cases."""
 
 import base64
 import json
@@ -10,7 +12,8 @@ import tempfile
 import unittest
 from collections import Counter
 
-from helpers import FIXTURE, SPANTRACK, check_chrome, embedded_data, fixture_spans
+from helpers import (FIXTURE, REMOTE_WAKER_SPAN, SPANTRACK, WAKER_SPAN, check_chrome,
+                     embedded_data, fixture_spans, golden_cases, golden_sched_spans)
 from make_fixture import big_trace
 from spantrack_view import chrome, model, otlp, page
 
@@ -142,10 +145,17 @@ class TestHtmlData(FixtureCase):
         s = next(s for s in t["spans"] if s["name"] == "save receipt")
         b = s["breakdowns"][0]
         self.assertEqual(b["title"], "system calls")
-        parts = dict(b["parts"])
+        parts = {p[0]: p[1] for p in b["parts"]}
         self.assertEqual(b["total"], s["e"] - s["s"])
         self.assertGreater(parts["disk"], 0.9 * b["total"])
         self.assertEqual(sum(parts.values()), b["total"])
+
+    def test_no_scheduler_bar_without_the_scheduler_part(self):
+        for t in self.data["traces"]:
+            for s in t["spans"]:
+                self.assertEqual([b["title"] for b in s["breakdowns"]],
+                                 ["system calls"] if "spantrack.syscalls.count" in s["attrs"] else [])
+                self.assertEqual((s["waits"], s["links"], s["woke"]), ([], [], []))
 
     def test_self_contained(self):
         low = self.html.lower()
@@ -155,23 +165,49 @@ class TestHtmlData(FixtureCase):
 
 
 class TestHtmlEdgeCases(unittest.TestCase):
-    def test_generic_breakdown_and_wakers(self):
+    def test_sched_bar_parts_are_not_counted_twice(self):
+        # the run queue as its two parts, never also as runqueue_ns; attributes that are not
+        # parts of the wall time (counts, latencies, other groups' *_ns) are not in the bar
         s = span("handle", 0, 10_000_000, "01" * 8, **{
             "spantrack.syscalls.count": 1, "spantrack.syscalls.duration_ns": 4_000_000,
-            "spantrack.sched.on_cpu_ns": 3_000_000, "spantrack.sched.runqueue_ns": 2_000_000,
-            "spantrack.wait.blocked.io_ns": 4_000_000, "spantrack.wait.blocked.lock_ns": 1_000_000,
-            "spantrack.wakers": ["kworker/0:1 (io)", "tid 4242 (futex)"], "thread.id": 9})
+            "spantrack.sched.on_cpu_ns": 3_000_000, "spantrack.sched.runqueue_ns": 1_500_000,
+            "spantrack.sched.runqueue.wakeup_ns": 1_000_000,
+            "spantrack.sched.runqueue.preempted_ns": 500_000,
+            "spantrack.sched.blocked.io_ns": 3_000_000, "spantrack.sched.blocked.lock_ns": 1_000_000,
+            "spantrack.sched.blocked.net_ns": 0, "spantrack.sched.blocked.timer_ns": 0,
+            "spantrack.sched.blocked.other_ns": 0, "spantrack.sched.inactive_ns": 1_000_000,
+            "spantrack.sched.dominant": "on_cpu", "spantrack.sched.blocks": 2,
+            "spantrack.sched.wakeup_latency.total_ns": 1_000_000,
+            "spantrack.sched.wakeup_latency.max_ns": 700_000,
+            "spantrack.dropped.sched_events": 3, "spantrack.dropped.unitemised_ns": 0,
+            "thread.id": 9})
         c = call("fsync", 1_000_000, 4_000_000, "02" * 8, "01" * 8, 9)
         d = embedded_data(page.render(model.traces_of([s, c])))
         sp = d["traces"][0]["spans"][0]
         by_title = {b["title"]: b for b in sp["breakdowns"]}
-        self.assertEqual(set(by_title), {"system calls", "sched", "wait"})
-        self.assertEqual(dict(by_title["sched"]["parts"]), {"on cpu": 3_000_000, "runqueue": 2_000_000})
-        self.assertEqual(dict(by_title["wait"]["parts"]), {"blocked io": 4_000_000, "blocked lock": 1_000_000})
-        self.assertEqual(dict(by_title["system calls"]["parts"]),
+        self.assertEqual(list(by_title), ["system calls", "scheduler"])
+        sched = by_title["scheduler"]
+        self.assertEqual([(p[0], p[1]) for p in sched["parts"]], [
+            ("on CPU", 3_000_000), ("waiting for a CPU after a wake-up", 1_000_000),
+            ("waiting for a CPU after a preemption", 500_000), ("blocked: I/O", 3_000_000),
+            ("blocked: lock", 1_000_000), ("inactive (child spans, awaiting)", 1_000_000),
+            ("not accounted by the scheduler", 500_000)])
+        self.assertEqual(sum(p[1] for p in sched["parts"]), 10_000_000)
+        self.assertEqual(sched["total"], 10_000_000)
+        self.assertEqual((sched["dominant"], sched["dominantLabel"], sched["dominantNs"]),
+                         ("on_cpu", "on CPU", 3_000_000))
+        self.assertIn("3 scheduler events not charged to the span", sched["facts"])
+        self.assertEqual({p[0]: p[1] for p in by_title["system calls"]["parts"]},
                          {"disk": 3_000_000, "calls without a child span": 1_000_000,
                           "outside this span's system calls": 6_000_000})
-        self.assertEqual(sp["wakers"], ["kworker/0:1 (io)", "tid 4242 (futex)"])
+        self.assertNotIn("wakers", sp)
+
+    def test_runqueue_total_alone_is_one_part(self):
+        s = span("handle", 0, 10_000_000, "01" * 8, **{
+            "spantrack.sched.on_cpu_ns": 4_000_000, "spantrack.sched.runqueue_ns": 6_000_000})
+        sched, = embedded_data(page.render(model.traces_of([s])))["traces"][0]["spans"][0]["breakdowns"]
+        self.assertEqual([(p[0], p[1]) for p in sched["parts"]],
+                         [("on CPU", 4_000_000), ("waiting for a CPU", 6_000_000)])
 
     def test_script_in_a_name_stays_data(self):
         evil = "</script><script>document.title='x'</script><!--"
@@ -266,7 +302,8 @@ class TestOtlp(FixtureCase):
         orig = {key(s): s for s in self.spans}
         for s in back:
             o = orig[key(s)]
-            for f in ("service", "parent_span_id", "name", "kind", "start_ns", "end_ns", "attributes", "status"):
+            for f in ("service", "parent_span_id", "name", "kind", "start_ns", "end_ns", "attributes",
+                      "status", "events", "links"):
                 self.assertEqual(s[f], o[f], f)
 
     def test_otlp_json_encoding(self):
@@ -297,6 +334,215 @@ class TestOtlp(FixtureCase):
         self.assertEqual(s["span_id"], bytes(range(8)).hex())
         self.assertEqual((s["kind"], s["status"]["code"], s["start_ns"], s["end_ns"]), ("SERVER", "ERROR", 5, 9))
         self.assertEqual(s["attributes"], {"a": [3]})
+
+
+class TestGoldenSched(unittest.TestCase):
+    """Spans made of the golden cases of the scheduler part (sched, sched_wakers, sched_odd,
+    sched_over_budget): what the page shows of them, and their events and links through every
+    input form."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cases = golden_cases()
+        cls.spans = golden_sched_spans()
+        cls.data = embedded_data(page.render(model.traces_of(cls.spans)))
+        cls.slow = {}  # case -> (trace data, the slow span's data)
+        for t in cls.data["traces"]:
+            for s in t["spans"]:
+                if "spantrack.sched.on_cpu_ns" in s["attrs"]:
+                    for name in ("sched", "sched_wakers", "sched_odd", "sched_over_budget"):
+                        exp = cls.cases[name]["expected"]
+                        if (s["attrs"] == exp["attributes"] and len(s["waits"]) == len(exp.get("events", []))
+                                and s["ncalls"] == len(exp.get("children", []))):
+                            cls.slow[name] = (t, s)
+        assert sorted(cls.slow) == ["sched", "sched_odd", "sched_over_budget", "sched_wakers"], sorted(cls.slow)
+
+    def sched_bar(self, name):
+        t, s = self.slow[name]
+        bars = [b for b in s["breakdowns"] if b["kind"] == "sched"]
+        self.assertEqual(len(bars), 1)
+        self.assertEqual([b["title"] for b in s["breakdowns"]], ["system calls", "scheduler"])
+        return bars[0], s
+
+    def test_where_the_time_went(self):
+        b, s = self.sched_bar("sched")
+        a = self.cases["sched"]["expected"]["attributes"]
+        dur = s["e"] - s["s"]
+        self.assertEqual(dur, 200_100_000)
+        parts = [(p[0], p[1]) for p in b["parts"]]
+        self.assertEqual(parts, [
+            ("on CPU", a["spantrack.sched.on_cpu_ns"]),
+            ("waiting for a CPU after a wake-up", a["spantrack.sched.runqueue.wakeup_ns"]),
+            ("waiting for a CPU after a preemption", a["spantrack.sched.runqueue.preempted_ns"]),
+            ("blocked: lock", a["spantrack.sched.blocked.lock_ns"]),
+            ("blocked: network", a["spantrack.sched.blocked.net_ns"]),
+            ("blocked: timer", a["spantrack.sched.blocked.timer_ns"]),
+            ("inactive (child spans, awaiting)", a["spantrack.sched.inactive_ns"]),
+            # the kernel's span (end_mono - begin_mono) is 0.1 ms shorter than the SDK's
+            ("not accounted by the scheduler", 100_000)])
+        # the parts add up to the span's duration: runqueue_ns (their sum) is not a part
+        self.assertEqual(sum(p[1] for p in parts), dur)
+        self.assertEqual(b["total"], dur)
+        self.assertNotIn(a["spantrack.sched.runqueue_ns"], [p[1] for p in parts])
+        self.assertEqual((b["dominant"], b["dominantLabel"], b["dominantNs"]),
+                         ("blocked.lock", "blocked: lock", 60_000_000))
+        self.assertEqual(b["notes"], [])
+        self.assertEqual(b["facts"], ["3 blocks, 1 preemption, 2 migrations, 3 wake-ups",
+                                      "wake-up to running: 2.0 ms in all, 1.5 ms at most",
+                                      "2 scheduler events not charged to the span"])
+        # the parts' classes: the blocked causes in their system-call kinds' colours
+        self.assertEqual([p[2] for p in b["parts"]],
+                         ["s-cpu", "s-wakeup", "s-preempted", "k-lock", "k-network", "k-sleep",
+                          "s-inactive", "s-unaccounted"])
+
+    def test_every_bar_adds_up(self):
+        for name in ("sched", "sched_wakers", "sched_over_budget"):
+            b, s = self.sched_bar(name)
+            self.assertEqual(sum(p[1] for p in b["parts"]), s["e"] - s["s"], name)
+            self.assertEqual(b["total"], s["e"] - s["s"], name)
+        b, _ = self.sched_bar("sched_wakers")
+        self.assertEqual(b["dominant"], "blocked.lock")
+        self.assertEqual(len(b["notes"]), 1)
+        self.assertIn("only part of the span", b["notes"][0])  # spantrack.sched.partial
+        self.assertNotIn("waiting for a CPU after a preemption", [p[0] for p in b["parts"]])  # 0 ns
+
+    def test_figures_longer_than_the_span(self):
+        # sched_odd: on CPU 25 ms in a 20.1 ms span: the bar is their sum, and says so
+        b, s = self.sched_bar("sched_odd")
+        a = self.cases["sched_odd"]["expected"]["attributes"]
+        self.assertEqual(b["total"], 37_030_000)
+        self.assertEqual(sum(p[1] for p in b["parts"]), b["total"])
+        self.assertNotIn("not accounted by the scheduler", [p[0] for p in b["parts"]])
+        self.assertEqual(b["parts"][0][:2], ["on CPU", a["spantrack.sched.on_cpu_ns"]])
+        self.assertRegex(b["notes"][0], r"add up to 37\.0 ms, 16\.9 ms more than the span's 20\.1 ms")
+        # no itemised call: the trace still opens on the slow span, named by where its time went
+        t, _ = self.slow["sched_odd"]
+        self.assertEqual(t["spans"][t["focus"]]["attrs"], a)
+        self.assertEqual(t["summary"], "mostly on CPU 25.0 ms in currency GET /convert")
+
+    def test_waits(self):
+        for name in ("sched", "sched_wakers", "sched_odd"):
+            t, s = self.slow[name]
+            events = self.cases[name]["expected"]["events"]
+            self.assertEqual(len(s["waits"]), len(events))
+            for w, e in zip(s["waits"], events):
+                a = e["attributes"]
+                self.assertEqual(w["summary"], a["spantrack.wait.summary"])
+                self.assertEqual(w["cause"], a["spantrack.wait.cause"])
+                self.assertEqual(w["blocked"], a["spantrack.wait.blocked_ns"])
+                self.assertEqual(w["runqueue"], a["spantrack.wait.runqueue_ns"])
+                self.assertEqual(w["syscall"], a.get("spantrack.wait.syscall"))
+                self.assertEqual(w["t"], e["time_ns"] - self.trace_start(t))
+                self.assertTrue(s["s"] <= w["t"] <= s["e"])
+                self.assertEqual(w["waker"].get("command"), a.get("spantrack.waker.command"))
+                self.assertEqual(w["waker"]["context"], a["spantrack.waker.context"])
+        _, s = self.slow["sched"]
+        self.assertEqual([w["cls"] for w in s["waits"]], ["k-lock", "k-sleep", "k-network", "s-preempted"])
+        self.assertEqual([w["wakerSpan"] for w in s["waits"]], [None] * 4)
+        self.assertEqual(self.slow["sched_over_budget"][1]["waits"], [])
+        self.assertEqual(self.slow["sched_over_budget"][1]["links"], [])
+
+    def trace_start(self, t):
+        return min(x["start_ns"] for x in self.spans if x["trace_id"] == t["id"])
+
+    def test_wakers_spans_are_linked(self):
+        t, s = self.slow["sched_wakers"]
+        refs = [w["wakerSpan"] for w in s["waits"]]
+        # two waits woken from "refresh rates" (this trace), a kernel thread (no span), and
+        # "write report" of another trace and process
+        self.assertEqual([(r["trace"], r["span"], r["found"], r["self"], r["label"]) if r else None for r in refs], [
+            (*WAKER_SPAN, True, False, "currency: refresh rates"),
+            (*WAKER_SPAN, True, False, "currency: refresh rates"),
+            None,
+            (*REMOTE_WAKER_SPAN, True, False, "reporter: write report")])
+        self.assertIn(WAKER_SPAN[1], [x["id"] for x in t["spans"]])
+        other = next(x for x in self.data["traces"] if x["id"] == REMOTE_WAKER_SPAN[0])
+        self.assertEqual([x["id"] for x in other["spans"]], [REMOTE_WAKER_SPAN[1]])
+        # the waker links, with the first wait's blocked time and whether remote
+        self.assertEqual([(l["kind"], l["ref"]["span"], l["remote"], l["blocked"]) for l in s["links"]],
+                         [("waker", WAKER_SPAN[1], False, 30_000_000),
+                          ("waker", REMOTE_WAKER_SPAN[1], True, 2_000_000)])
+        # and the other way: the spans they woke
+        for x in t["spans"] + other["spans"]:
+            if x["id"] in (WAKER_SPAN[1], REMOTE_WAKER_SPAN[1]):
+                self.assertEqual([(w["ref"]["span"], w["ref"]["found"]) for w in x["woke"]], [(s["id"], True)])
+
+    def test_waker_span_itself_or_zero_or_absent(self):
+        _, s = self.slow["sched_odd"]
+        refs = [w["wakerSpan"] for w in s["waits"]]
+        self.assertEqual(refs[0], None)
+        self.assertTrue(refs[1]["self"])  # woken from a thread in the span itself
+        self.assertEqual(refs[2], None)  # all-zero ids
+        self.assertEqual(s["links"], [])
+        # a waker span that is not on the page: named, not found
+        spans = [x for x in self.spans if x["span_id"] != REMOTE_WAKER_SPAN[1]]
+        d = embedded_data(page.render(model.traces_of(spans)))
+        slow = next(x for t in d["traces"] for x in t["spans"] if x["waits"] and x["links"])
+        self.assertEqual((slow["waits"][3]["wakerSpan"]["found"], slow["waits"][3]["wakerSpan"]["label"]),
+                         (False, None))
+        self.assertFalse(slow["links"][1]["ref"]["found"])
+
+    def test_events_and_links_through_otlp(self):
+        doc = json.loads(json.dumps(otlp.otlp_document(self.spans)))
+        out = {s["spanId"]: s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]}
+        slow = out["b7ad6b7169203331"]
+        self.assertEqual([l["flags"] for l in slow["links"]], [0x101, 0x301])  # sampled; remote
+        self.assertEqual(len(slow["events"]), 4)
+        back = {(s["trace_id"], s["span_id"]): s for s in model.spans_of_doc(doc)}
+        for s in self.spans:
+            b = back[(s["trace_id"], s["span_id"])]
+            self.assertEqual(b["events"], s["events"])
+            self.assertEqual(b["links"], s["links"])
+        exp = self.cases["sched_wakers"]["expected"]
+        b = back[("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")]
+        self.assertEqual(b["links"], exp["links"])
+        self.assertEqual(b["events"], exp["events"])
+
+    def test_events_and_links_through_every_input_form(self):
+        exp = self.cases["sched_wakers"]["expected"]
+        # receiver form (spans.jsonl: links without remote/sampled), OTLP JSON lines with
+        # base64 ids (protobuf's JSON mapping), show_traces.py's traces.json
+        recv = [dict(s, links=[{k: v for k, v in l.items() if k not in ("remote", "sampled")}
+                               for l in s["links"]]) for s in self.spans]
+        b64 = lambda h: base64.b64encode(bytes.fromhex(h)).decode()  # noqa: E731
+        doc = otlp.otlp_document(self.spans)
+        for rs in doc["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                for x in ss["spans"]:
+                    for l in x.get("links", []):
+                        l["traceId"], l["spanId"] = b64(l["traceId"]), b64(l["spanId"])
+        with tempfile.TemporaryDirectory() as d:
+            paths = {"spans.jsonl": "\n".join(json.dumps(s) for s in recv) + "\n",
+                     "otlp.jsonl": json.dumps(doc) + "\n" + json.dumps({"resourceSpans": []}) + "\n",
+                     "traces.json": json.dumps({"traces": [{"spans": recv}]})}
+            for name, text in paths.items():
+                p = os.path.join(d, name)
+                with open(p, "w", encoding="utf-8") as f:
+                    f.write(text)
+                got = {(s["trace_id"], s["span_id"]): s for s in model.load([p])}
+                slow = got[("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")]
+                self.assertEqual(slow["events"], exp["events"], name)
+                want = exp["links"] if name == "otlp.jsonl" else [
+                    {k: v for k, v in l.items() if k not in ("remote", "sampled")} for l in exp["links"]]
+                self.assertEqual(slow["links"], want, name)
+                self.assertEqual(sum(len(s["links"]) for s in got.values()), 2, name)
+
+    def test_command_keeps_events_and_links(self):
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "spans.jsonl")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(s) + "\n" for s in self.spans))
+            r = subprocess.run([sys.executable, SPANTRACK, "view", src, "--slow", "--otlp", "-",
+                                "-o", os.path.join(d, "v.html")],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            back = {(s["trace_id"], s["span_id"]): s for s in model.spans_of_doc(json.loads(r.stdout))}
+            slow = back[("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")]
+            self.assertEqual(len(slow["events"]), 4)
+            self.assertEqual([l["span_id"] for l in slow["links"]], [WAKER_SPAN[1], REMOTE_WAKER_SPAN[1]])
+            with open(os.path.join(d, "v.html"), encoding="utf-8") as f:
+                data = embedded_data(f.read())
+            self.assertEqual(sum(len(s["waits"]) for t in data["traces"] for s in t["spans"]), 12)
 
 
 class TestCommand(unittest.TestCase):
