@@ -205,8 +205,11 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Counters that depend on what the test threads happen to do inside spans (their
-/// system calls), excluded from whole-stats comparisons.
-pub const NOISY: [&str; 8] = [
+/// system calls, and how the scheduler runs them), excluded from whole-stats comparisons.
+pub const NOISY: [&str; 11] = [
+    "sched_stretches",
+    "sched_unattributed",
+    "sched_wakeups",
     "chunks_in_use",
     "spans_high_water",
     "calls_attributed",
