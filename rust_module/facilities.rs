@@ -35,6 +35,9 @@ extern "C" {
     fn st_tracepoints_unregister();
     /// Scheduler accounting on (1) or off (0): (un)registers its probes. Sleeps.
     pub(crate) fn st_sched_set(on: c_int) -> c_int;
+    /// Whether blocking switches take their kernel and user stacks (sysfs sched_stacks).
+    pub(crate) fn st_stacks_get() -> c_int;
+    pub(crate) fn st_stacks_set(on: c_int);
     pub(crate) fn st_for_each_thread_of_current(
         cb: unsafe extern "C" fn(ctx: *mut c_void, tid: c_int, tgid: c_int) -> c_int,
         ctx: *mut c_void,

@@ -28,6 +28,7 @@
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task_stack.h>
+#include <linux/stacktrace.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/sysfs.h>
@@ -70,7 +71,8 @@ struct st_waker {
 };
 void st_rs_sched_switch(int prev_tid, int prev_on, int preempt, unsigned int prev_state,
 			int in_iowait, int have_slot, u64 slot, int next_tid, int next_on,
-			unsigned int cpu, u64 mono);
+			unsigned int cpu, u64 mono, const u64 *kstack, unsigned int n_kstack,
+			const u64 *ustack, unsigned int n_ustack);
 void st_rs_sched_waking(int tid, u64 mono, const struct st_waker *w, int have_slot, u64 slot);
 void st_rs_sched_enable(int on);
 void st_rs_sched_runtime(int tid, u64 delta, int is_current, int have_slot, u64 slot);
@@ -414,6 +416,51 @@ static __always_inline int st_slot_value_of_current(pid_t pid, u64 *v)
 	return addr && !st_read_slot(addr, v);
 }
 
+/* Stacks of blocking switches (sysfs sched_stacks; uapi KSTACK_DEPTH, USTACK_DEPTH). */
+#define ST_KSTACK 16
+#define ST_USTACK 12
+static int st_stacks_on = 1;
+
+int st_stacks_get(void)
+{
+	return READ_ONCE(st_stacks_on);
+}
+
+void st_stacks_set(int on)
+{
+	WRITE_ONCE(st_stacks_on, !!on);
+}
+
+/*
+ * The user stack of current's system call: the user IP at entry, then the chain of saved
+ * frame pointers from the user rbp (code built with frame pointers; a leaf without one,
+ * such as libc's system-call wrappers, leaves rbp to its caller, whose caller comes next).
+ * Read with copy_from_user_nofault(): never faults a page in, stops at the first frame it
+ * cannot read, at a misaligned or non-increasing frame pointer, or at a zero return.
+ */
+static unsigned int st_user_stack(u64 *out, unsigned int max)
+{
+	struct pt_regs *regs = task_pt_regs(current);
+	unsigned long fp, frame[2];
+	unsigned int n = 0;
+
+	if (!current->mm || !user_mode(regs) || !max)
+		return 0;
+	out[n++] = regs->ip;
+	fp = regs->bp;
+	while (n < max && fp && !(fp & 7)) {
+		if (copy_from_user_nofault(frame, (const void __user *)fp, sizeof(frame)))
+			break;
+		if (!frame[1])
+			break;
+		out[n++] = frame[1];
+		if (frame[0] <= fp)
+			break;
+		fp = frame[0];
+	}
+	return n;
+}
+
 /*
  * sched_switch runs on the CPU that switches, with its runqueue lock held and current ==
  * prev (still in prev's mm, so prev's slot is readable). prev_state is masked to the
@@ -423,15 +470,23 @@ static void st_probe_sched_switch(void *data, bool preempt, struct task_struct *
 				  struct task_struct *next, unsigned int prev_state)
 {
 	int a = st_active(prev->pid), b = st_active(next->pid);
+	unsigned int kn = 0, un = 0;
+	u64 kst[ST_KSTACK], ust[ST_USTACK];
 	int have = 0;
 	u64 v = 0;
 
 	if (likely(!a && !b))
 		return;
-	if (a)
+	if (a) {
 		have = st_slot_value_of_current(prev->pid, &v);
+		/* A blocking switch: where it blocked, in the kernel and in user space. */
+		if (!preempt && (prev_state & TASK_REPORT) && READ_ONCE(st_stacks_on)) {
+			kn = stack_trace_save((unsigned long *)kst, ST_KSTACK, 0);
+			un = st_user_stack(ust, ST_USTACK);
+		}
+	}
 	st_rs_sched_switch(prev->pid, a, preempt, prev_state & TASK_REPORT, prev->in_iowait, have, v,
-			   next->pid, b, smp_processor_id(), ktime_get_ns());
+			   next->pid, b, smp_processor_id(), ktime_get_ns(), kst, kn, ust, un);
 }
 
 /*
@@ -1374,7 +1429,15 @@ int st_proc_create(void)
  * /proc/spantrack/stats.
  */
 
-enum st_attr { ST_THRESHOLD, ST_TIMEOUT, ST_MAX_CALLS, ST_FILTER, ST_MAX_PROCS_PER_UID, ST_SCHED };
+enum st_attr {
+	ST_THRESHOLD,
+	ST_TIMEOUT,
+	ST_MAX_CALLS,
+	ST_FILTER,
+	ST_MAX_PROCS_PER_UID,
+	ST_SCHED,
+	ST_SCHED_STACKS,
+};
 
 #define ST_ATTR_FNS(fname, id)                                                            \
 	static ssize_t fname##_show(struct kobject *k, struct kobj_attribute *a, char *buf) \
@@ -1394,6 +1457,7 @@ ST_ATTR_FNS(max_calls, ST_MAX_CALLS)
 ST_ATTR_FNS(filter, ST_FILTER)
 ST_ATTR_FNS(max_procs_per_uid, ST_MAX_PROCS_PER_UID)
 ST_ATTR_FNS(sched, ST_SCHED)
+ST_ATTR_FNS(sched_stacks, ST_SCHED_STACKS)
 
 static struct kobj_attribute st_threshold_attr = __ATTR(threshold_ns, 0644, threshold_ns_show, threshold_ns_store);
 static struct kobj_attribute st_timeout_attr = __ATTR(timeout_ns, 0644, timeout_ns_show, timeout_ns_store);
@@ -1402,10 +1466,13 @@ static struct kobj_attribute st_filter_attr = __ATTR(filter, 0644, filter_show, 
 static struct kobj_attribute st_max_procs_attr =
 	__ATTR(max_procs_per_uid, 0644, max_procs_per_uid_show, max_procs_per_uid_store);
 static struct kobj_attribute st_sched_attr = __ATTR(sched, 0644, sched_show, sched_store);
+static struct kobj_attribute st_sched_stacks_attr =
+	__ATTR(sched_stacks, 0644, sched_stacks_show, sched_stacks_store);
 
 static struct attribute *st_attrs[] = {
 	&st_threshold_attr.attr, &st_timeout_attr.attr, &st_max_calls_attr.attr,
-	&st_filter_attr.attr,	 &st_max_procs_attr.attr, &st_sched_attr.attr, NULL,
+	&st_filter_attr.attr,	 &st_max_procs_attr.attr, &st_sched_attr.attr,
+	&st_sched_stacks_attr.attr, NULL,
 };
 
 static const struct attribute_group st_attr_group = { .attrs = st_attrs };

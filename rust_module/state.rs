@@ -245,9 +245,13 @@ pub(crate) struct StWaker {
 
 /// `sched_switch` with `prev` or `next` (or both) tracked with an open span (`*_on`); the
 /// runqueue lock is held and interrupts are off. `slot` is prev's active-span slot value
-/// when `have_slot`.
+/// when `have_slot`; `kstack`/`ustack` hold prev's stacks at a blocking switch.
+///
+/// # Safety
+/// `kstack` and `ustack` are null or point to `n_kstack`/`n_ustack` readable `u64`s, alive
+/// for the call.
 #[no_mangle]
-extern "C" fn st_rs_sched_switch(
+unsafe extern "C" fn st_rs_sched_switch(
     prev_tid: c_int,
     prev_on: c_int,
     preempt: c_int,
@@ -259,13 +263,25 @@ extern "C" fn st_rs_sched_switch(
     next_on: c_int,
     cpu: c_uint,
     mono: u64,
+    kstack: *const u64,
+    n_kstack: c_uint,
+    ustack: *const u64,
+    n_ustack: c_uint,
 ) {
     let Some(g) = global() else { return };
+    let stack = |p: *const u64, n: c_uint| -> &[u64] {
+        if p.is_null() || n == 0 {
+            return &[];
+        }
+        // SAFETY: the caller's contract: `n` readable entries, alive for this call.
+        unsafe { core::slice::from_raw_parts(p, n as usize) }
+    };
+    let (ks, us) = (stack(kstack, n_kstack), stack(ustack, n_ustack));
     let mut l = g.lock();
     let t = l.tracker();
     if prev_on != 0 {
         let slot = (have_slot != 0).then_some(slot);
-        t.sched_out(prev_tid as u32, cpu, preempt != 0, prev_state, in_iowait != 0, slot, mono);
+        t.sched_out(prev_tid as u32, cpu, preempt != 0, prev_state, in_iowait != 0, slot, mono, ks, us);
     }
     if next_on != 0 {
         t.sched_in(next_tid as u32, cpu, mono);
@@ -754,6 +770,7 @@ const ATTR_MAX_CALLS: c_int = 2;
 const ATTR_FILTER: c_int = 3;
 const ATTR_MAX_PROCS_PER_UID: c_int = 4;
 const ATTR_SCHED: c_int = 5;
+const ATTR_SCHED_STACKS: c_int = 6;
 const PAGE: usize = 4096;
 
 /// A read of sysfs attribute `attr`.
@@ -766,12 +783,15 @@ unsafe extern "C" fn st_rs_sysfs_show(attr: c_int, buf: *mut c_char) -> c_long {
     // SAFETY: the caller's contract: `buf` is sysfs's one-page buffer.
     let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, PAGE) };
     let n = match attr {
-        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS | ATTR_MAX_PROCS_PER_UID | ATTR_SCHED => {
+        ATTR_THRESHOLD | ATTR_TIMEOUT | ATTR_MAX_CALLS | ATTR_MAX_PROCS_PER_UID | ATTR_SCHED
+        | ATTR_SCHED_STACKS => {
             let v = match attr {
                 ATTR_THRESHOLD => g.threshold_ns.load(Ordering::Relaxed),
                 ATTR_TIMEOUT => g.timeout_ns.load(Ordering::Relaxed),
                 ATTR_MAX_CALLS => g.lock().tracker().max_calls() as u64,
                 ATTR_SCHED => u64::from(g.lock().tracker().sched_on()),
+                // SAFETY: plain read of a flag.
+                ATTR_SCHED_STACKS => u64::from(unsafe { fac::st_stacks_get() } != 0),
                 _ => g.lock().tracker().max_procs_per_uid() as u64,
             };
             let mut t = TextBuf::new(out);
@@ -815,6 +835,8 @@ unsafe extern "C" fn st_rs_sysfs_store(attr: c_int, buf: *const c_char, len: usi
             0 => Ok(()),
             e => Err(-e),
         }),
+        // SAFETY: plain write of a flag.
+        ATTR_SCHED_STACKS => tunables::parse_u64(input, 0, 1).map(|v| unsafe { fac::st_stacks_set(v as c_int) }),
         _ => Err(EINVAL),
     };
     match r {

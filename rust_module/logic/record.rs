@@ -14,7 +14,7 @@ use core::mem::offset_of;
 /// it by tests (`otel/tests/golden.rs`, `tests/golden/records.json`).
 pub const RECORD_MAX_SIZE: usize = 256 * 1024;
 
-/// Most itemised calls one record can carry within [`RECORD_MAX_SIZE`] (8172).
+/// Most itemised calls one record can carry within [`RECORD_MAX_SIZE`] (8143).
 pub const MAX_CALLS_LIMIT: u32 =
     ((RECORD_MAX_SIZE - RECORD_HEADER_SIZE) / SYSCALL_ENTRY_SIZE) as u32;
 
@@ -168,6 +168,14 @@ fn encode_wait(w: &WaitEntry, out: &mut [u8]) {
     put(o, offset_of!(WaitEntry, waker_ctx), &[w.waker_ctx]);
     put(o, offset_of!(WaitEntry, softirq), &[w.softirq]);
     put(o, offset_of!(WaitEntry, flags), &[w.flags]);
+    for (i, a) in w.kstack.iter().enumerate() {
+        put(o, offset_of!(WaitEntry, kstack) + 8 * i, &a.to_le_bytes());
+    }
+    for (i, a) in w.ustack.iter().enumerate() {
+        put(o, offset_of!(WaitEntry, ustack) + 8 * i, &a.to_le_bytes());
+    }
+    put(o, offset_of!(WaitEntry, n_kstack), &[w.n_kstack]);
+    put(o, offset_of!(WaitEntry, n_ustack), &[w.n_ustack]);
 }
 
 /// Writes `e` into `out[..SYSCALL_ENTRY_SIZE]`; false (nothing written) if `out` is shorter.
@@ -287,7 +295,7 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert_eq!(MAX_CALLS_LIMIT, 8172);
+        assert_eq!(MAX_CALLS_LIMIT, 8143);
         assert!(record_size(MAX_CALLS_LIMIT) <= RECORD_MAX_SIZE);
         assert!(record_size(MAX_CALLS_LIMIT + 1) > RECORD_MAX_SIZE);
         assert_eq!(record_size(u32::MAX), (u32::MAX as usize) * 32 + RECORD_HEADER_SIZE);

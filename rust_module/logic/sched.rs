@@ -16,7 +16,8 @@
 
 use crate::uapi::{
     SchedPart, WaitEntry, CAUSE_IO, CAUSE_LOCK, CAUSE_NET, CAUSE_OTHER, CAUSE_PREEMPTED,
-    CAUSE_TIMER, CTX_NONE, CTX_SOFTIRQ, CTX_TIMER, MAX_WAITS, NO_CALL, N_CAUSES, SOFTIRQ_NONE,
+    CAUSE_TIMER, CTX_NONE, CTX_SOFTIRQ, CTX_TIMER, KSTACK_DEPTH, MAX_WAITS, NO_CALL, N_CAUSES,
+    SOFTIRQ_NONE, USTACK_DEPTH,
 };
 
 /// `TASK_UNINTERRUPTIBLE` in `sched_switch`'s `prev_state` (include/linux/sched.h).
@@ -136,6 +137,11 @@ pub const UNUSED_WAIT: WaitEntry = WaitEntry {
     waker_ctx: 0,
     softirq: 0,
     flags: 0,
+    kstack: [0; KSTACK_DEPTH],
+    ustack: [0; USTACK_DEPTH],
+    n_kstack: 0,
+    n_ustack: 0,
+    _pad: [0; 6],
 };
 
 /// A wait with no waker.
@@ -156,6 +162,11 @@ pub const EMPTY_WAIT: WaitEntry = WaitEntry {
     waker_ctx: CTX_NONE,
     softirq: SOFTIRQ_NONE,
     flags: 0,
+    kstack: [0; KSTACK_DEPTH],
+    ustack: [0; USTACK_DEPTH],
+    n_kstack: 0,
+    n_ustack: 0,
+    _pad: [0; 6],
 };
 
 /// What a `sched_waking` probe knows of the waker.

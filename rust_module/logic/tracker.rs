@@ -2079,7 +2079,10 @@ impl<'a> Tracker<'a> {
     /// preempted (`preempt`, or `state` 0: a yield) or blocked in `state` (masked
     /// `prev_state`), with `in_iowait`; `slot` is its active-span slot value if it has
     /// one and it could be read. The time since its last checkpoint goes to its active
-    /// span, and the stretch off the CPU starts, for that span.
+    /// span, and the stretch off the CPU starts, for that span, with the kernel and user
+    /// stacks of the blocking call (`kstack`, `ustack`: return addresses, innermost first;
+    /// empty when not taken), which the record keeps if the stretch is among its longest.
+    #[allow(clippy::too_many_arguments)]
     pub fn sched_out(
         &mut self,
         tid: u32,
@@ -2089,6 +2092,8 @@ impl<'a> Tracker<'a> {
         in_iowait: bool,
         slot: Option<u64>,
         now: u64,
+        kstack: &[u64],
+        ustack: &[u64],
     ) {
         if !self.sched_on {
             return;
@@ -2117,6 +2122,15 @@ impl<'a> Tracker<'a> {
             in_iowait: u32::from(in_iowait),
             wait: sched::EMPTY_WAIT,
         };
+        let w = &mut t.off.wait;
+        for (d, s) in w.kstack.iter_mut().zip(kstack) {
+            *d = *s;
+        }
+        for (d, s) in w.ustack.iter_mut().zip(ustack) {
+            *d = *s;
+        }
+        w.n_kstack = kstack.len().min(uapi::KSTACK_DEPTH) as u8;
+        w.n_ustack = ustack.len().min(uapi::USTACK_DEPTH) as u8;
         t.off_span = si;
         t.off_span_v = v;
         t.off_nr = if t.call_state != CALL_NONE { t.call_nr } else { NO_CALL };

@@ -1078,14 +1078,14 @@ fn stats_text() {
 fn default_storage_sizes() {
     use core::mem::size_of;
     assert_eq!(size_of::<ProcessSlot>(), 48);
-    assert_eq!(size_of::<ThreadSlot>(), 280);
-    assert_eq!(size_of::<SpanSlot>(), 648);
+    assert_eq!(size_of::<ThreadSlot>(), 512);
+    assert_eq!(size_of::<SpanSlot>(), 1576);
     assert_eq!(size_of::<EntryChunk>(), 1032);
     assert_eq!(size_of::<TableSlot<u32>>(), 12);
     assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
     let total = size_of::<DefaultStorage>();
     std::println!("DefaultStorage: {total} bytes");
-    assert!(total < 16 << 20);
+    assert!(total < 20 << 20);
     // All-zero bytes are a valid DefaultStorage, and the tracker runs on it.
     // SAFETY: every field is an integer, an array of integers or an `AtomicU64`, for which
     // all-zero bytes are valid.
@@ -2170,11 +2170,11 @@ fn sched_parts_of_a_thread_per_request_span() {
     tr.sched_in(100, 0, 500); // on CPU before its span: not charged
     tr.begin(100, key(0), 1000, 0).unwrap();
     tr.sys_enter(100, 202, 1100);
-    tr.sched_out(100, 0, false, 1, false, None, 1200); // 200 on CPU, blocks in futex
+    tr.sched_out(100, 0, false, 1, false, None, 1200, &[0xffff_1, 0xffff_2], &[0x4000]); // 200 on CPU, blocks in futex
     tr.sched_waking(100, 61_200, &waker(101), None);
     tr.sched_in(100, 1, 63_200); // 60_000 blocked, 2_000 waiting for a CPU, migrated
     tr.sys_exit(100, 0, 63_300);
-    tr.sched_out(100, 1, true, 0, false, None, 64_000); // preempted after 800 on CPU
+    tr.sched_out(100, 1, true, 0, false, None, 64_000, &[], &[]); // preempted after 800 on CPU
     tr.sched_in(100, 1, 65_000);
     // A child span: its time is its own.
     tr.begin(100, key(1), 65_500, 0).unwrap();
@@ -2193,7 +2193,9 @@ fn sched_parts_of_a_thread_per_request_span() {
     assert_eq!((w.waker_tid, w.waker_nr, w.waker_on_cpu_ns, &w.waker_comm[..7]), (101, 202, 58, &b"refresh"[..]));
     assert_eq!(w.flags & uapi::WAIT_WAKER_IN_SPAN, uapi::WAIT_WAKER_IN_SPAN);
     assert_eq!((w.waker_trace_id, w.waker_span_id), (key(9).trace_id, key(9).span_id));
+    assert_eq!((w.n_kstack, &w.kstack[..2], w.n_ustack, w.ustack[0]), (2, &[0xffff_1, 0xffff_2][..], 1, 0x4000));
     assert_eq!(p.waits[1].cause, uapi::CAUSE_PREEMPTED);
+    assert_eq!((p.waits[1].n_kstack, p.waits[1].n_ustack), (0, 0));
     // The parts and the child's 500 sum to the span's duration.
     assert_eq!(crate::sched::charged(&p) + 500, 70_000 - 1000);
     assert_eq!(tr.stats().sched_stretches, 2);
@@ -2207,14 +2209,14 @@ fn sched_off_is_free_and_a_switch_marks_open_spans_partial() {
     tr.add_thread(10, 100).unwrap();
     let mut out = vec![0u8; BIG];
     tr.begin(100, key(0), 1000, 0).unwrap();
-    tr.sched_out(100, 0, false, 1, false, None, 1200);
+    tr.sched_out(100, 0, false, 1, false, None, 1200, &[], &[]);
     tr.sched_in(100, 0, 2200);
     let r = tr.end(100, key(0), 3000, 0, 0, &mut out).unwrap();
     let (h, _) = decode(&out, r);
     assert_eq!((h.flags & (uapi::REC_SCHED | uapi::REC_SCHED_PARTIAL), h.sched), (0, SchedPart::default()));
     tr.begin(100, key(0), 4000, 0).unwrap();
     tr.set_sched(true);
-    tr.sched_out(100, 0, false, 1, false, None, 4200);
+    tr.sched_out(100, 0, false, 1, false, None, 4200, &[], &[]);
     tr.sched_in(100, 0, 5200);
     let r = tr.end(100, key(0), 6000, 0, 0, &mut out).unwrap();
     let (h, _) = decode(&out, r);
@@ -2243,12 +2245,12 @@ fn sched_of_an_activated_span_follows_the_slot() {
     tr.sched_runtime(100, 300, false, None); // from another CPU: the span last seen
     tr.sys_enter_with(100, 0, 1500, |_| Some(va));
     tr.sched_runtime(100, 200, true, Some(va));
-    tr.sched_out(100, 0, false, 1, false, Some(va), 2000);
+    tr.sched_out(100, 0, false, 1, false, Some(va), 2000, &[], &[]);
     tr.sched_in(100, 0, 12_000);
     tr.sched_runtime(100, 100, true, Some(0)); // no span active: charged to none
     tr.sched_in(101, 1, 12_000);
     tr.sched_runtime(101, 1000, true, Some(vb));
-    tr.sched_out(101, 1, false, 1, false, Some(vb), 13_000);
+    tr.sched_out(101, 1, false, 1, false, Some(vb), 13_000, &[], &[]);
     tr.sched_in(101, 1, 14_000);
     let r = tr.end(100, a, 20_000, 0, 0, &mut out).unwrap();
     let (h, _) = decode(&out, r);

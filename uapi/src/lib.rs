@@ -313,6 +313,12 @@ pub const WAIT_WAKER_KTHREAD: u8 = 1 << 1;
 
 /// The longest waits a record keeps, with their wakers.
 pub const MAX_WAITS: usize = 4;
+/// Kernel return addresses kept per wait (innermost first; the scheduler's own frames
+/// included, for user space to drop).
+pub const KSTACK_DEPTH: usize = 16;
+/// User return addresses kept per wait (innermost first: the user IP of the system call,
+/// then the frame-pointer chain).
+pub const USTACK_DEPTH: usize = 12;
 
 /// One of a span's longest off-CPU stretches: from switch-out to switch-in.
 #[repr(C)]
@@ -348,6 +354,14 @@ pub struct WaitEntry {
     pub softirq: u8,
     /// `WAIT_*` bits.
     pub flags: u8,
+    /// The kernel stack at the switch-out (`stack_trace_save`): `kstack[..n_kstack]`.
+    pub kstack: [u64; KSTACK_DEPTH],
+    /// The user stack of the blocking call: `ustack[..n_ustack]` (see [`USTACK_DEPTH`];
+    /// deeper than the first frame only where the code keeps frame pointers).
+    pub ustack: [u64; USTACK_DEPTH],
+    pub n_kstack: u8,
+    pub n_ustack: u8,
+    pub _pad: [u8; 6],
 }
 
 /// The scheduler's view of a span: the parts of its wall time and its longest waits.
@@ -406,7 +420,7 @@ pub const SYSCALL_ENTRY_SIZE: usize = core::mem::size_of::<SyscallEntry>();
 // Layout is ABI: pinned here, checked again by tests on both sides.
 const _: () = assert!(RECORD_HEADER_SIZE == 128 + SCHED_PART_SIZE);
 const _: () = assert!(SCHED_PART_SIZE == 104 + MAX_WAITS * WAIT_ENTRY_SIZE);
-const _: () = assert!(WAIT_ENTRY_SIZE == 96);
+const _: () = assert!(WAIT_ENTRY_SIZE == 96 + 8 * (KSTACK_DEPTH + USTACK_DEPTH) + 8);
 const _: () = assert!(SYSCALL_ENTRY_SIZE == 32);
 const _: () = assert!(core::mem::size_of::<Info>() == 40);
 const _: () = assert!(core::mem::size_of::<ActiveSlot>() == 8);
@@ -544,6 +558,11 @@ impl WaitEntry {
             waker_ctx: le_array::<1>(b, offset_of!(WaitEntry, waker_ctx))[0],
             softirq: le_array::<1>(b, offset_of!(WaitEntry, softirq))[0],
             flags: le_array::<1>(b, offset_of!(WaitEntry, flags))[0],
+            kstack: core::array::from_fn(|i| le_u64(b, offset_of!(WaitEntry, kstack) + 8 * i)),
+            ustack: core::array::from_fn(|i| le_u64(b, offset_of!(WaitEntry, ustack) + 8 * i)),
+            n_kstack: le_array::<1>(b, offset_of!(WaitEntry, n_kstack))[0],
+            n_ustack: le_array::<1>(b, offset_of!(WaitEntry, n_ustack))[0],
+            _pad: [0; 6],
         }
     }
 }
@@ -665,7 +684,12 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(RECORD_HEADER_SIZE, 616);
+        assert_eq!(RECORD_HEADER_SIZE, 1544);
+        assert_eq!(WAIT_ENTRY_SIZE, 328);
+        assert_eq!(offset_of!(WaitEntry, kstack), 96);
+        assert_eq!(offset_of!(WaitEntry, ustack), 224);
+        assert_eq!(offset_of!(WaitEntry, n_kstack), 320);
+        assert_eq!(offset_of!(WaitEntry, n_ustack), 321);
         assert_eq!(offset_of!(RecordHeader, sched), 128);
         assert_eq!(offset_of!(SchedPart, blocked_ns), 24);
         assert_eq!(offset_of!(SchedPart, blocks), 64);
