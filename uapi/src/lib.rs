@@ -225,6 +225,13 @@ pub const REC_SCHED_PARTIAL: u32 = 1 << 6;
 /// `RecordHeader::flags`: scheduler events of the span were lost (`sched.lost_events`).
 pub const REC_SCHED_LOST: u32 = 1 << 7;
 
+/// `h` with the scheduler-part flags (`REC_SCHED*`) cleared: for readers that check only a
+/// record's system calls.
+pub fn without_sched_flags(mut h: RecordHeader) -> RecordHeader {
+    h.flags &= !(REC_SCHED | REC_SCHED_PARTIAL | REC_SCHED_LOST);
+    h
+}
+
 /// Distinct threads a span's record counts exactly (`n_threads`).
 pub const MAX_SPAN_THREADS: usize = 8;
 
