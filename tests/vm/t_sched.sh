@@ -44,6 +44,16 @@ absorb "$out"
 check "the scheduler workload exits 0" [ $rc = 0 ]
 if grep -q '^spanhook' "$t/err"; then nok "library silent: $(head -c 400 "$t/err")"; else ok "library silent"; fi
 
+stacks=/sys/kernel/spantrack/sched_stacks
+check "sysfs sched_stacks is 1 at load" [ "$(cat $stacks)" = 1 ]
+if printf 'x' > $stacks 2>/dev/null; then nok "sysfs sched_stacks refuses 'x'"; else ok "sysfs sched_stacks refuses 'x'"; fi
+echo 0 > $stacks
+check "sysfs sched_stacks 0 is taken" [ "$(cat $stacks)" = 0 ]
+out=$(run "$py" $w nostacks 2>"$t/err"); rc=$?
+absorb "$out"
+check "the workload with stacks off exits 0" [ $rc = 0 ]
+echo 1 > $stacks
+
 echo 0 > $sched
 check "sysfs sched 0 is taken" [ "$(cat $sched)" = 0 ]
 check "stats: sched_enabled 0" grep -qx 'sched_enabled 0' /proc/spantrack/stats

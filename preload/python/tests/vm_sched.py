@@ -12,6 +12,9 @@ spans have known answers to "where did the time go, who woke it":
   an fsync of 8 MiB of dirty data         blocked (io) on an ext2 disk ($SCHED_DISK)
   a spin sharing one CPU with a hog      about half waiting for the CPU (preempted)
 
+With sysfs sched_stacks at 1, the longest waits also carry where they blocked: the kernel
+stack (names from /proc/kallsyms), the user stack, and for Python the Python frames.
+
 Each check states its tolerance. Prints TAP-like "ok - ..." / "not ok - ..." lines.
 """
 
@@ -106,6 +109,15 @@ def parts_sum_to_duration(name, span):
           and total + inactive <= dur + tick, summary(span))
 
 
+def frames(wait, key):
+    return list(wait.get(key) or ()) if wait else []
+
+
+def has_frame(wait, key, *names):
+    """Whether stack attribute `key` of `wait` has a frame naming one of `names`."""
+    return any(n in f for f in frames(wait, key) for n in names)
+
+
 def ms(ns):
     return f"{ns / MS:.1f} ms"
 
@@ -143,6 +155,12 @@ def main():
           and w[0].get("spantrack.wait.syscall") == "clock_nanosleep"
           and w[0].get("spantrack.waker.context") == "timer"
           and w[0].get("spantrack.wait.blocked_ns", 0) >= 40 * MS, w)
+    check("sleep: the wait's kernel stack is the nanosleep path (hrtimer_nanosleep/do_nanosleep), "
+          "without the scheduler's own frames, and it has a user stack",
+          w and has_frame(w[0], "spantrack.wait.kernel_stack", "hrtimer_nanosleep", "do_nanosleep")
+          and not has_frame(w[0], "spantrack.wait.kernel_stack", "__schedule", "st_probe")
+          and frames(w[0], "spantrack.wait.user_stack"),
+          w[:1])
     parts_sum_to_duration("sleep", span)
 
     # 3. A lock held 80 ms by another thread, which runs span "refresh" meanwhile.
@@ -163,8 +181,10 @@ def main():
     def start_holder():
         th.start()
         held.wait()
-    span, spans = run("lock", lambda: lock.acquire() and lock.release(),
-                      before=start_holder, after=th.join)
+    def take_lock():
+        with lock:
+            pass
+    span, spans = run("lock", take_lock, before=start_holder, after=th.join)
     a, dur = parts(span)
     w = waits(span)
     lw = [x for x in w if x.get("spantrack.wait.cause") == "lock"]
@@ -179,6 +199,11 @@ def main():
           and lw[0].get("spantrack.waker.command") == "refresh"
           and lw[0].get("spantrack.waker.context") == "task"
           and "spantrack.waker.on_cpu_ns" in lw[0], (holder.get("tid"), w))
+    check("lock: where it blocked: the futex path in the kernel, and the Python function that "
+          "took the lock (take_lock) in its Python stack",
+          lw and has_frame(lw[0], "spantrack.wait.kernel_stack", "futex_wait")
+          and has_frame(lw[0], "spantrack.wait.python_stack", "take_lock"),
+          [{k: v for k, v in x.items() if "stack" in k} for x in lw[:1]])
     sc = holder.get("span")
     links = [(l.context.trace_id, l.context.span_id, dict(l.attributes or {}))
              for l in (span.links if span is not None else [])]
@@ -271,6 +296,10 @@ def main():
               "BLOCK softirq",
               io and io[0].get("spantrack.wait.syscall") == "fsync"
               and io[0].get("spantrack.waker.context") in ("hardirq", "softirq"), w)
+        check("fsync: the io wait's kernel stack shows the filesystem/writeback path",
+              io and has_frame(io[0], "spantrack.wait.kernel_stack", "file_write_and_wait",
+                               "filemap_fdatawait", "folio_wait", "ext2_fsync", "fsync"),
+              [frames(x, "spantrack.wait.kernel_stack") for x in io[:1]])
         parts_sum_to_duration("fsync", span)
 
     # 7. Two busy tasks on one CPU: about half the span waits for the CPU.
@@ -314,5 +343,16 @@ def main_off():
     return 0 if all(results) else 1
 
 
+def main_nostacks():
+    """With sysfs sched_stacks at 0: waits without any stack."""
+    span, _ = run("sleep-nostacks", lambda: time.sleep(0.03))
+    w = waits(span)
+    check("sched_stacks off: the sleep's wait is there, without kernel, user or Python stack",
+          w and not any(k.endswith("_stack") for x in w for k in x), w)
+    provider.shutdown()
+    return 0 if all(results) else 1
+
+
 if __name__ == "__main__":
-    sys.exit(main_off() if sys.argv[1:] == ["off"] else main())
+    mode = sys.argv[1:]
+    sys.exit(main_off() if mode == ["off"] else main_nostacks() if mode == ["nostacks"] else main())
