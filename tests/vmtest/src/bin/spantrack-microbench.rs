@@ -203,9 +203,15 @@ fn sched_costs(begin: i32, end: i32) {
     let off = pingpong(spans);
     println!("context switch, in spans, sched off         {:8.1} ns", off);
     sysfs_set("sched", "1");
+    sysfs_set("sched_stacks", "0");
+    pingpong(spans);
+    let nostacks = pingpong(spans);
+    println!("context switch, in spans, sched on, no stacks {:6.1} ns", nostacks);
+    sysfs_set("sched_stacks", "1");
     let on = pingpong(spans);
-    println!("context switch, in spans, sched on          {:8.1} ns", on);
-    println!("  scheduler probes per switch (on - off)    {:8.1} ns", on - off);
+    println!("context switch, in spans, sched on + stacks {:8.1} ns", on);
+    println!("  scheduler probes per switch (on - off)    {:8.1} ns", nostacks - off);
+    println!("  stacks per blocking switch                {:8.1} ns", 2.0 * (on - nostacks));
     println!("context switch, not in a span, sched on     {:8.1} ns", pingpong(None));
     // A slow span's record, with and without its scheduler part.
     sysfs_set("threshold_ns", "0");
