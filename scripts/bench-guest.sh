@@ -28,6 +28,24 @@
 #   BENCH_PROFILE [1]: perf profiles of a getpid() loop, tracked / in a span (spantrack-bench spin)
 #   BENCH_PROFILE_RUNS [""]: "CONFIG:K:N ..." runs done once under `perf record -a` (not counted)
 #   KO: path of spantrack.ko (required)
+#
+# BENCH_PARTS ["overhead"]: what this boot runs, "overhead" (all of the above) and/or
+# "overload" (issue 19: the integrations under sustained load, below), in that order.
+#
+# Part "overload" (one JSON line per run appended to $BENCH_OUT/overload.jsonl): the load of
+# issue 19 in a Python service (preload/python/tools/bench_overload.py one, $BENCH_PY) and in
+# a Rust one (spantrack-overload-bench, otel/demo_svc): BENCH_OVL_THREADS [8] threads x
+# BENCH_OVL_SPANS [1000] spans, each three writes to /dev/null and a 1.5 ms sleep (every span
+# slow at the default threshold), SimpleSpanProcessor with a JSON-serialising exporter.
+# Configurations (BENCH_OVL_CONFIGS ["off st all allsum"]), each a fresh module:
+#   off     without spantrack: module not loaded, no preload (Rust: no SpantrackProcessor)
+#   st      spantrack as shipped: module loaded, libspanhook.so preloaded, every default
+#   all     spantrack, nothing bounded (budget 100%, unbounded queue and record store,
+#           10 s record wait, 600 s shutdown): every span annotated, to measure what each
+#           annotated span and each child span costs
+#   allsum  "all" without child spans (SPANTRACK_MIN_CHILD_US of 1000 s): the difference
+#           to "all" is the child spans' cost
+# BENCH_OVL_LANGS ["python rust"], BENCH_OVL_REPS [2] (interleaved; the order rotates).
 set -uo pipefail
 root=$(pwd)
 out=${BENCH_OUT:-/run/spout}
@@ -57,6 +75,62 @@ module_off() { [ -d "$sysfs" ] && { rmmod spantrack || { log "rmmod failed"; exi
 # Default threshold: read once from a freshly loaded module.
 module_on; default_threshold=$(cat $sysfs/threshold_ns); module_off
 log "module default threshold_ns=$default_threshold"
+parts=${BENCH_PARTS:-overhead}
+
+# ---- part "overload" (issue 19) ---------------------------------------------------------
+# ovl_run LANG CONFIG REP: one run of the load, one line in overload.jsonl.
+ovl_run() {
+  local lang=$1 cfg=$2 rep=$3 env=() cmd=() line rc t0 t1 mstats=null
+  local threads=${BENCH_OVL_THREADS:-8} spans=${BENCH_OVL_SPANS:-1000}
+  module_off
+  case "$cfg" in
+    off) ;;
+    st|all|allsum)
+      module_on   # fresh: its stats are this run's; threshold_ns stays the default
+      env=(LD_PRELOAD="$hook" SPANHOOK_QUIET=1)
+      if [ "$cfg" != st ]; then
+        env+=(SPANTRACK_BUDGET_PCT=100 SPANTRACK_QUEUE_SIZE=1000000 SPANTRACK_TAKE_TIMEOUT_MS=10000
+              SPANTRACK_SHUTDOWN_TIMEOUT_MS=600000 SPANHOOK_MAX_RECORDS=1000000 SPANHOOK_MAX_BYTES=1073741824)
+      fi
+      [ "$cfg" = allsum ] && env+=(SPANTRACK_MIN_CHILD_US=1000000000);;
+    *) log "unknown overload config $cfg"; return;;
+  esac
+  case "$lang" in
+    python) cmd=("${BENCH_PY:-python3}" "$root/preload/python/tools/bench_overload.py" one "$threads" "$spans");;
+    rust) cmd=("$tdir/spantrack-overload-bench" --threads "$threads" --spans "$spans")
+          [ "$cfg" = off ] && cmd+=(--plain);;
+    *) log "unknown overload language $lang"; return;;
+  esac
+  t0=$(date +%s%N)
+  (cd "$work" && env "${env[@]}" timeout 1500 "${cmd[@]}" > "$work/ovl.out" 2> "$work/ovl.err")
+  rc=$?
+  t1=$(date +%s%N)
+  line=$(grep '^{' "$work/ovl.out" | tail -n 1)
+  if [ "$rc" != 0 ] || [ -z "$line" ]; then
+    log "overload FAILED: $lang $cfg rep=$rep (rc $rc): $(tail -c 600 "$work/ovl.err")"
+    line=null
+  fi
+  if [ -d "$sysfs" ]; then
+    mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' /proc/spantrack/stats 2>/dev/null)
+  fi
+  echo "{\"clock\":\"$clock\",\"lang\":\"$lang\",\"config\":\"$cfg\",\"rep\":$rep,\"rc\":$rc,\"run_ns\":$((t1 - t0)),\"module_stats\":$mstats,\"result\":$line}" >> "$out/overload.jsonl"
+  log "overload $lang $cfg rep=$rep ($(( (t1 - t0) / 1000000 )) guest ms): $(echo "$line" | cut -c1-160)"
+}
+
+if [[ " $parts " == *" overload "* ]]; then
+  echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"default_threshold_ns\":$default_threshold,\"cpus\":$(nproc),\"python\":\"$(${BENCH_PY:-python3} -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)\"}" >> "$out/overload.jsonl"
+  ovl_configs=(${BENCH_OVL_CONFIGS:-off st all allsum})
+  for ((rep = 1; rep <= ${BENCH_OVL_REPS:-2}; rep++)); do
+    for lang in ${BENCH_OVL_LANGS:-python rust}; do
+      for ((i = 0; i < ${#ovl_configs[@]}; i++)); do
+        ovl_run "$lang" "${ovl_configs[(i + rep - 1) % ${#ovl_configs[@]}]}" "$rep"
+      done
+    done
+  done
+  module_off
+  log "overload done: $(grep -c '"config"' "$out/overload.jsonl") runs"
+fi
+[[ " $parts " == *" overhead "* ]] || exit 0
 
 # Which peers can run here.
 have_perf=0

@@ -211,7 +211,7 @@ fn sched_costs(begin: i32, end: i32) {
     let on = pingpong(spans);
     println!("context switch, in spans, sched on + stacks {:8.1} ns", on);
     println!("  scheduler probes per switch (on - off)    {:8.1} ns", nostacks - off);
-    println!("  stacks per blocking switch                {:8.1} ns", 2.0 * (on - nostacks));
+    println!("  stacks per blocking switch                {:8.1} ns", on - nostacks);
     println!("context switch, not in a span, sched on     {:8.1} ns", pingpong(None));
     // A slow span's record, with and without its scheduler part.
     sysfs_set("threshold_ns", "0");
