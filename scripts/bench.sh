@@ -11,9 +11,16 @@
 # whole time slice on a lock the other one holds, and runs of the same configuration then
 # differed by up to 27%; with one, repeated runs agree within 0.1%.
 #
-# Knobs (environment): BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
-# BENCH_PEER_MAX_N, BENCH_PROFILE_RUNS, ... (see scripts/bench-guest.sh); BENCH_WALL=0 skips
-# the wall-clock VM; BENCH_WALL_N (10000) its N; BENCH_TIMEOUT (3600) seconds for the icount VM.
+# Issue 19's part (BENCH_PARTS contains "overload"), first, in a VM of its own (-icount
+# shift=0, one vCPU): the integrations under sustained load, Python and Rust, with and without
+# spantrack (scripts/bench-guest.sh, part "overload"; about 7 minutes): results/bench/
+# raw-overload.jsonl and the section "Under sustained load" of results.md (also overload.md).
+#
+# Knobs (environment): BENCH_PARTS ("overload overhead": both; "overload" alone takes ~8
+# minutes); BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
+# BENCH_PEER_MAX_N, BENCH_PROFILE_RUNS, BENCH_OVL_* ... (see scripts/bench-guest.sh); BENCH_WALL=0 skips
+# the wall-clock VM; BENCH_WALL_N (10000) its N; BENCH_TIMEOUT (3600) seconds for the icount VM;
+# BENCH_OVL_TIMEOUT (2400) for the overload VM.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -24,8 +31,10 @@ t_all=$(now)
 
 "$here/setup.sh"
 ko=$("$here/build-module.sh")
-stage "building spantrack-bench, libspanhook.so, spantrack-microbench"
-cargo build --release --quiet -p spantrack-bench -p spanhook -p spantrack-vmtest
+parts=${BENCH_PARTS:-overload overhead}
+stage "building spantrack-bench, libspanhook.so, spantrack-microbench, spantrack-overload-bench"
+cargo build --release --quiet -p spantrack-bench -p spanhook -p spantrack-vmtest -p spantrack-rust-demo-svc
+BENCH_PY=$("$here/python-env.sh")/bin/python; export BENCH_PY
 res="$root/results/bench"
 mkdir -p "$res" "$root/build/bench"
 { echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -43,11 +52,22 @@ guest_env() {
   printf '%s' "$out"
 }
 
+if [[ " $parts " == *" overload "* ]]; then
+  stage "VM 0: -icount shift=0, issue 19's load (Python and Rust, with and without spantrack)"
+  t0=$(now)
+  "$here/vm-run.sh" --variant release --icount --smp 1 --timeout "${BENCH_OVL_TIMEOUT:-2400}" --keep "$root/build/bench/overload" -- \
+    "$(guest_env) BENCH_CLOCK=icount BENCH_PARTS=overload scripts/bench-guest.sh"
+  stage "VM 0 done in $(elapsed "$t0")"
+  cp "$root/build/bench/overload/overload.jsonl" "$res/raw-overload.jsonl"
+fi
+[[ " $parts " == *" overhead "* ]] || { stage "report"; python3 "$here/bench-report.py" "$res"
+  stage "make bench done in $(elapsed "$t_all"): $res/results.md"; exit 0; }
+
 stage "VM 1: -icount shift=0, all configurations (this is the long part)"
 t0=$(now)
 export BENCH_PROFILE_RUNS=${BENCH_PROFILE_RUNS-"otel:0:10000 st1:0:10000 st1:20:10000"}
 "$here/vm-run.sh" --variant release --icount --smp 1 --timeout "${BENCH_TIMEOUT:-3600}" --keep "$root/build/bench/icount" -- \
-  "$(guest_env) BENCH_CLOCK=icount scripts/bench-guest.sh"
+  "$(guest_env) BENCH_CLOCK=icount BENCH_PARTS=overhead scripts/bench-guest.sh"
 stage "VM 1 done in $(elapsed "$t0")"
 cp "$root/build/bench/icount/results.jsonl" "$res/raw-icount.jsonl"
 rm -f "$res"/profile-*.txt
@@ -57,7 +77,7 @@ if [ "${BENCH_WALL:-1}" = 1 ]; then
   stage "VM 2: emulated wall clock (no -icount), one repetition, N=${BENCH_WALL_N:-10000}"
   t0=$(now)
   "$here/vm-run.sh" --variant release --smp 1 --timeout 1200 --keep "$root/build/bench/wall" -- \
-    "$(guest_env) BENCH_CLOCK=wall BENCH_REPS=1 BENCH_NS=${BENCH_WALL_N:-10000} BENCH_KS='5 20' BENCH_K_CONFIGS='otel st1' BENCH_K_NS=${BENCH_WALL_N:-10000} BENCH_K_REPS=1 BENCH_PROFILE=0 BENCH_PROFILE_RUNS= scripts/bench-guest.sh"
+    "$(guest_env) BENCH_CLOCK=wall BENCH_PARTS=overhead BENCH_REPS=1 BENCH_NS=${BENCH_WALL_N:-10000} BENCH_KS='5 20' BENCH_K_CONFIGS='otel st1' BENCH_K_NS=${BENCH_WALL_N:-10000} BENCH_K_REPS=1 BENCH_PROFILE=0 BENCH_PROFILE_RUNS= scripts/bench-guest.sh"
   stage "VM 2 done in $(elapsed "$t0")"
   cp "$root/build/bench/wall/results.jsonl" "$res/raw-wall.jsonl"
   cp "$root/build/bench/wall/micro-wall.txt" "$res/micro-wall.txt" 2>/dev/null || true
