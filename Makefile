@@ -5,6 +5,8 @@
 #   make kernel        the guest kernel alone (cached outside the repository)
 #   make setup         install what the build needs (Debian packages, bindgen)
 #   make bench-micro   guest cost of a system call (tracked, untracked) and of a span begin+end
+#   make bench         overhead benchmark and issue 19's load (scripts/bench.sh, results/bench)
+#   make bench-overload  issue 19's load alone: Python and Rust under sustained slow spans
 # Kernel-side work happens in a QEMU VM: the host kernel cannot load modules.
 
 SHELL := /bin/bash
@@ -43,6 +45,8 @@ clean:
 	@cargo clean
 bench-micro: setup
 	@$(SCRIPTS)/bench-micro.sh
-.PHONY: bench
+.PHONY: bench bench-overload
 bench: setup
 	@$(SCRIPTS)/bench.sh
+bench-overload: setup
+	@BENCH_PARTS=overload $(SCRIPTS)/bench.sh
