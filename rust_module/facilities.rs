@@ -38,6 +38,8 @@ extern "C" {
     /// Whether blocking switches take their kernel and user stacks (sysfs sched_stacks).
     pub(crate) fn st_stacks_get() -> c_int;
     pub(crate) fn st_stacks_set(on: c_int);
+    /// Process context: 1 if the calling task may read kernel addresses (CAP_SYSLOG).
+    pub(crate) fn st_may_see_kernel_addrs() -> c_int;
     pub(crate) fn st_for_each_thread_of_current(
         cb: unsafe extern "C" fn(ctx: *mut c_void, tid: c_int, tgid: c_int) -> c_int,
         ctx: *mut c_void,

@@ -432,6 +432,17 @@ void st_stacks_set(int on)
 }
 
 /*
+ * Whether the registering task may see kernel addresses, as in /proc/kallsyms (which needs
+ * CAP_SYSLOG when kptr_restrict is 1, or perf_event_paranoid <= 1 with kptr_restrict 0: we
+ * take the stricter rule). Without it its records carry no kernel stack: they would give
+ * away the kernel's load address (KASLR).
+ */
+int st_may_see_kernel_addrs(void)
+{
+	return ns_capable_noaudit(&init_user_ns, CAP_SYSLOG);
+}
+
+/*
  * The user stack of current's system call: the user IP at entry, then the chain of saved
  * frame pointers from the user rbp (code built with frame pointers; a leaf without one,
  * such as libc's system-call wrappers, leaves rbp to its caller, whose caller comes next).

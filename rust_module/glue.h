@@ -23,6 +23,7 @@ int st_tracepoints_register(void);
 int st_sched_set(int on);
 int st_stacks_get(void);
 void st_stacks_set(int on);
+int st_may_see_kernel_addrs(void);
 void st_for_each_thread_of_current(int (*cb)(void *ctx, int tid, int tgid), void *ctx);
 size_t st_subbuf_size(void);
 size_t st_n_subbufs(void);

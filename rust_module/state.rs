@@ -552,9 +552,14 @@ fn register(g: &Global, tgid: u32, uid: u32) -> core::result::Result<c_long, c_i
         return Err(if user { uapi::ERR_USER_LIMIT } else { uapi::ERR_TABLE_FULL });
     }
     let chan = RelayChannel::open(tgid as i32, uid).map_err(|_| ENOMEM)?;
+    // SAFETY: plain capability query of the calling task, in process context.
+    let kernel_addrs = unsafe { fac::st_may_see_kernel_addrs() } != 0;
     let mut l = g.lock();
     let idx = match l.tracker().register_process(tgid, uid) {
-        Ok(i) => i,
+        Ok(i) => {
+            l.tracker().set_kernel_addrs(tgid, kernel_addrs);
+            i
+        }
         Err(e) => {
             drop(l);
             drop(chan);

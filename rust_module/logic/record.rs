@@ -39,6 +39,17 @@ fn put(out: &mut [u8], off: usize, bytes: &[u8]) {
 
 /// Writes `h` into `out[..RECORD_HEADER_SIZE]`; false (nothing written) if `out` is shorter.
 pub fn encode_header(h: &RecordHeader, out: &mut [u8]) -> bool {
+    if !encode_fixed(h, out) {
+        return false;
+    }
+    encode_sched_into(&h.sched, true, out);
+    true
+}
+
+/// Writes `h`'s fields before its scheduler part into `out`; false (nothing written) if
+/// `out` is shorter than [`RECORD_HEADER_SIZE`]. The tracker writes the scheduler part
+/// itself with [`encode_sched_into`], from where it was charged.
+pub fn encode_fixed(h: &RecordHeader, out: &mut [u8]) -> bool {
     let Some(o) = out.get_mut(..RECORD_HEADER_SIZE) else {
         return false;
     };
@@ -115,15 +126,21 @@ pub fn encode_header(h: &RecordHeader, out: &mut [u8]) -> bool {
         offset_of!(RecordHeader, records_dropped_before),
         &h.records_dropped_before.to_le_bytes(),
     );
-    if let Some(sp) = o.get_mut(offset_of!(RecordHeader, sched)..) {
-        encode_sched(&h.sched, sp);
-    }
     true
 }
 
-/// Writes `p` into `out[..SCHED_PART_SIZE]` (nothing if `out` is shorter).
-fn encode_sched(p: &SchedPart, out: &mut [u8]) {
-    let Some(o) = out.get_mut(..SCHED_PART_SIZE) else {
+/// Writes the scheduler part `p` into its place in the record header at the start of
+/// `out` (nothing if `out` is shorter than [`RECORD_HEADER_SIZE`]): the first `n_waits`
+/// waits, the rest zero; without `kernel_addrs`, the waits' kernel stacks are left out
+/// (`n_kstack` 0, zeros).
+pub fn encode_sched_into(p: &SchedPart, kernel_addrs: bool, out: &mut [u8]) {
+    let Some(o) = out
+        .get_mut(..RECORD_HEADER_SIZE)
+        .and_then(|h| h.get_mut(offset_of!(RecordHeader, sched)..))
+    else {
+        return;
+    };
+    let Some(o) = o.get_mut(..SCHED_PART_SIZE) else {
         return;
     };
     put(o, offset_of!(SchedPart, on_cpu_ns), &p.on_cpu_ns.to_le_bytes());
@@ -140,9 +157,20 @@ fn encode_sched(p: &SchedPart, out: &mut [u8]) {
     put(o, offset_of!(SchedPart, wakeup_max_ns), &p.wakeup_max_ns.to_le_bytes());
     put(o, offset_of!(SchedPart, n_waits), &p.n_waits.to_le_bytes());
     put(o, offset_of!(SchedPart, lost_events), &p.lost_events.to_le_bytes());
+    let n = (p.n_waits as usize).min(p.waits.len());
     for (i, w) in p.waits.iter().enumerate() {
         if let Some(wo) = o.get_mut(offset_of!(SchedPart, waits) + WAIT_ENTRY_SIZE * i..) {
-            encode_wait(w, wo);
+            if i < n {
+                encode_wait(w, wo);
+                if !kernel_addrs {
+                    put(wo, offset_of!(WaitEntry, n_kstack), &[0]);
+                    if let Some(k) = wo.get_mut(offset_of!(WaitEntry, kstack)..offset_of!(WaitEntry, ustack)) {
+                        k.fill(0);
+                    }
+                }
+            } else if let Some(z) = wo.get_mut(..WAIT_ENTRY_SIZE) {
+                z.fill(0);
+            }
         }
     }
 }
@@ -299,6 +327,21 @@ mod tests {
         assert!(record_size(MAX_CALLS_LIMIT) <= RECORD_MAX_SIZE);
         assert!(record_size(MAX_CALLS_LIMIT + 1) > RECORD_MAX_SIZE);
         assert_eq!(record_size(u32::MAX), (u32::MAX as usize) * 32 + RECORD_HEADER_SIZE);
+    }
+
+    #[test]
+    fn only_the_kept_waits_are_written() {
+        let mut h = RecordHeader::default();
+        h.sched.n_waits = 1;
+        for (i, w) in h.sched.waits.iter_mut().enumerate() {
+            w.blocked_ns = 100 + i as u64;
+            w.kstack[0] = 7;
+        }
+        let mut b = std::vec![0xaau8; RECORD_HEADER_SIZE];
+        assert!(encode_header(&h, &mut b));
+        let d = crate::uapi::SchedPart::from_bytes(&b[core::mem::offset_of!(RecordHeader, sched)..]);
+        assert_eq!((d.n_waits, d.waits[0].blocked_ns, d.waits[0].kstack[0]), (1, 100, 7));
+        assert!(d.waits[1..].iter().all(|w| *w == crate::uapi::WaitEntry::default()));
     }
 
     #[test]

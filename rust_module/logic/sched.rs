@@ -191,16 +191,16 @@ fn wait_len(w: &WaitEntry) -> u64 {
     w.blocked_ns.saturating_add(w.runq_ns)
 }
 
-/// Keeps `w` among `p.waits` if it is one of the [`MAX_WAITS`] longest, longest first.
-pub fn keep_wait(p: &mut SchedPart, w: WaitEntry) {
+/// Where a wait of length `len` goes among `p.waits` (longest first), making room there;
+/// `None` if it is not among the [`MAX_WAITS`] longest.
+fn make_room(p: &mut SchedPart, len: u64) -> Option<usize> {
     let n = (p.n_waits as usize).min(MAX_WAITS);
-    let len = wait_len(&w);
     let mut at = n;
     while at > 0 && p.waits.get(at - 1).is_some_and(|x| wait_len(x) < len) {
         at -= 1;
     }
     if at >= MAX_WAITS {
-        return;
+        return None;
     }
     let mut i = n.min(MAX_WAITS - 1);
     while i > at {
@@ -211,35 +211,90 @@ pub fn keep_wait(p: &mut SchedPart, w: WaitEntry) {
         }
         i -= 1;
     }
-    if let Some(x) = p.waits.get_mut(at) {
-        *x = w;
-    }
     p.n_waits = (n + 1).min(MAX_WAITS) as u32;
+    Some(at)
 }
 
-/// Charges the off-CPU stretch `off` of thread `tid`, ended by a switch-in on `cpu` at
-/// `now`, to the span part `p`; `nr` is the call it blocked in (`NO_CALL`).
-pub fn charge_off_cpu(p: &mut SchedPart, off: &OffCpu, tid: u32, nr: u32, cpu: u32, now: u64) {
-    let total = now.saturating_sub(off.since);
-    let mut w = off.wait;
-    w.start_mono_ns = off.since;
-    w.tid = tid;
-    w.nr = nr;
-    if off.preempted != 0 || off.state == TASK_RUNNING {
+/// Keeps `w` among `p.waits` if it is one of the [`MAX_WAITS`] longest, longest first.
+pub fn keep_wait(p: &mut SchedPart, w: WaitEntry) {
+    if let Some(x) = make_room(p, wait_len(&w)).and_then(|at| p.waits.get_mut(at)) {
+        *x = w;
+    }
+}
+
+/// Resets the figures of a span part for a new span. The waits beyond `n_waits` (0) are
+/// left as they are: the encoder writes only the first `n_waits`.
+pub fn clear(p: &mut SchedPart) {
+    p.on_cpu_ns = 0;
+    p.runq_wakeup_ns = 0;
+    p.runq_preempt_ns = 0;
+    p.blocked_ns = [0; N_CAUSES];
+    p.blocks = 0;
+    p.preemptions = 0;
+    p.migrations = 0;
+    p.wakeups = 0;
+    p.wakeup_total_ns = 0;
+    p.wakeup_max_ns = 0;
+    p.n_waits = 0;
+    p.lost_events = 0;
+}
+
+/// Starts the off-CPU stretch `off` at a switch-out at `now` from `cpu`, with the task's
+/// state and, for a blocking switch, where it blocked (`kstack`, `ustack`, innermost first).
+/// Only what a stretch reads is written (the stacks' unused entries are not).
+#[allow(clippy::too_many_arguments)]
+pub fn start_off_cpu(
+    off: &mut OffCpu,
+    now: u64,
+    cpu: u32,
+    state: u32,
+    preempt: bool,
+    in_iowait: bool,
+    kstack: &[u64],
+    ustack: &[u64],
+) {
+    off.since = now;
+    off.woken_at = 0;
+    off.cpu = cpu;
+    off.state = state;
+    off.preempted = u32::from(preempt);
+    off.in_iowait = u32::from(in_iowait);
+    let w = &mut off.wait;
+    w.waker_ctx = CTX_NONE;
+    w.softirq = SOFTIRQ_NONE;
+    w.flags = 0;
+    w.waker_tid = 0;
+    w.waker_tgid = 0;
+    w.waker_nr = NO_CALL;
+    w.waker_on_cpu_ns = 0;
+    w.waker_comm = [0; 16];
+    w.waker_trace_id = [0; 16];
+    w.waker_span_id = [0; 8];
+    let nk = kstack.len().min(KSTACK_DEPTH);
+    let nu = ustack.len().min(USTACK_DEPTH);
+    if let (Some(d), Some(s)) = (w.kstack.get_mut(..nk), kstack.get(..nk)) {
+        d.copy_from_slice(s);
+    }
+    if let (Some(d), Some(s)) = (w.ustack.get_mut(..nu), ustack.get(..nu)) {
+        d.copy_from_slice(s);
+    }
+    w.n_kstack = nk as u8;
+    w.n_ustack = nu as u8;
+}
+
+/// Charges the off-CPU stretch `off` (begun at `since`) of thread `tid`, ended by a
+/// switch-in on `cpu` at `now`, to the span part `p`; `nr` is the call it blocked in
+/// (`NO_CALL`). The wait is copied into `p.waits` only if it is among the longest.
+pub fn charge_off_cpu(p: &mut SchedPart, off: &OffCpu, since: u64, tid: u32, nr: u32, cpu: u32, now: u64) {
+    let total = now.saturating_sub(since);
+    let (cause, blocked, runq, ctx) = if off.preempted != 0 || off.state == TASK_RUNNING {
         p.runq_preempt_ns = p.runq_preempt_ns.saturating_add(total);
         p.preemptions = p.preemptions.saturating_add(1);
-        w.cause = CAUSE_PREEMPTED;
-        w.blocked_ns = 0;
-        w.runq_ns = total;
-        w.waker_ctx = CTX_NONE;
+        (CAUSE_PREEMPTED, 0, total, CTX_NONE)
     } else {
-        let woken = off.woken_at >= off.since && off.woken_at <= now && off.woken_at != 0;
-        let (blocked, runq) = if woken {
-            (off.woken_at - off.since, now - off.woken_at)
-        } else {
-            (total, 0)
-        };
-        let c = cause(off.state, off.in_iowait != 0, nr, w.waker_ctx, w.softirq);
+        let woken = off.woken_at >= since && off.woken_at <= now && off.woken_at != 0;
+        let (blocked, runq) = if woken { (off.woken_at - since, now - off.woken_at) } else { (total, 0) };
+        let c = cause(off.state, off.in_iowait != 0, nr, off.wait.waker_ctx, off.wait.softirq);
         if let Some(b) = p.blocked_ns.get_mut(c as usize % N_CAUSES) {
             *b = b.saturating_add(blocked);
         }
@@ -250,14 +305,25 @@ pub fn charge_off_cpu(p: &mut SchedPart, off: &OffCpu, tid: u32, nr: u32, cpu: u
             p.wakeup_total_ns = p.wakeup_total_ns.saturating_add(runq);
             p.wakeup_max_ns = p.wakeup_max_ns.max(runq);
         }
-        w.cause = c;
-        w.blocked_ns = blocked;
-        w.runq_ns = runq;
-    }
+        (c, blocked, runq, off.wait.waker_ctx)
+    };
     if cpu != off.cpu {
         p.migrations = p.migrations.saturating_add(1);
     }
-    keep_wait(p, w);
+    if let Some(w) = make_room(p, blocked.saturating_add(runq)).and_then(|at| p.waits.get_mut(at)) {
+        *w = off.wait;
+        w.start_mono_ns = since;
+        w.tid = tid;
+        w.nr = nr;
+        w.cause = cause;
+        w.blocked_ns = blocked;
+        w.runq_ns = runq;
+        w.waker_ctx = ctx;
+        if cause == CAUSE_PREEMPTED {
+            w.n_kstack = 0;
+            w.n_ustack = 0;
+        }
+    }
 }
 
 /// Fills `off.wait`'s waker fields from `k` at a wake-up at `now` (the first wake-up of the
@@ -314,25 +380,28 @@ mod tests {
     #[test]
     fn a_blocked_stretch_splits_at_its_wakeup() {
         let mut p = SchedPart::default();
-        let mut off = OffCpu { since: 1000, cpu: 0, state: 1, ..OffCpu::NONE };
+        let mut off = OffCpu::NONE;
+        start_off_cpu(&mut off, 1000, 0, 1, false, false, &[1, 2, 3], &[4]);
         note_wakeup(&mut off, &waker(CTX_TASK, SOFTIRQ_NONE, 131), 61_000);
         note_wakeup(&mut off, &waker(CTX_TASK, SOFTIRQ_NONE, 999), 62_000);
-        charge_off_cpu(&mut p, &off, 7, 202, 1, 63_000);
+        charge_off_cpu(&mut p, &off, 1000, 7, 202, 1, 63_000);
         assert_eq!(p.blocked_ns[CAUSE_LOCK as usize], 60_000);
         assert_eq!((p.runq_wakeup_ns, p.blocks, p.wakeups, p.migrations), (2_000, 1, 1, 1));
         assert_eq!((p.wakeup_total_ns, p.wakeup_max_ns), (2_000, 2_000));
         assert_eq!(p.n_waits, 1);
         let w = p.waits[0];
         assert_eq!((w.waker_tid, w.tid, w.nr, w.cause, w.start_mono_ns), (131, 7, 202, CAUSE_LOCK, 1000));
+        assert_eq!((w.n_kstack, &w.kstack[..3], w.n_ustack, w.ustack[0]), (3, &[1, 2, 3][..], 1, 4));
         assert_eq!(charged(&p), 62_000);
     }
 
     #[test]
     fn a_preemption_is_runqueue_time() {
         let mut p = SchedPart::default();
-        let mut off = OffCpu { since: 10, cpu: 2, state: 0, preempted: 1, ..OffCpu::NONE };
+        let mut off = OffCpu::NONE;
+        start_off_cpu(&mut off, 10, 2, 0, true, false, &[], &[]);
         note_wakeup(&mut off, &waker(CTX_TASK, SOFTIRQ_NONE, 1), 20);
-        charge_off_cpu(&mut p, &off, 7, NO_CALL, 2, 110);
+        charge_off_cpu(&mut p, &off, 10, 7, NO_CALL, 2, 110);
         assert_eq!((p.runq_preempt_ns, p.preemptions, p.blocks, p.wakeups, p.migrations), (100, 1, 0, 0, 0));
         assert_eq!((p.waits[0].cause, p.waits[0].waker_ctx), (CAUSE_PREEMPTED, CTX_NONE));
     }
@@ -341,7 +410,7 @@ mod tests {
     fn an_unseen_wakeup_leaves_the_stretch_blocked() {
         let mut p = SchedPart::default();
         let off = OffCpu { since: 10, state: 1, ..OffCpu::NONE };
-        charge_off_cpu(&mut p, &off, 7, 230, 0, 110);
+        charge_off_cpu(&mut p, &off, 10, 7, 230, 0, 110);
         assert_eq!((p.blocked_ns[CAUSE_TIMER as usize], p.runq_wakeup_ns, p.wakeups), (100, 0, 0));
     }
 

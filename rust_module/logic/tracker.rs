@@ -137,6 +137,9 @@ pub struct ProcessSlot {
     /// Its threads with an active-span slot. While there are any, its open spans are in
     /// the activation index (a process without them pays nothing for it).
     slot_threads: u32,
+    /// Non-zero: its records may carry kernel addresses (the waits' kernel stacks): the
+    /// registering thread could read kernel addresses itself (CAP_SYSLOG).
+    kernel_addrs: u32,
     records_written: u64,
     records_dropped: u64,
 }
@@ -151,6 +154,7 @@ impl ProcessSlot {
         first_thread: NIL,
         open_spans: 0,
         slot_threads: 0,
+        kernel_addrs: 0,
         records_written: 0,
         records_dropped: 0,
     };
@@ -184,14 +188,31 @@ pub struct ThreadSlot {
     slot_span: u32,
     /// `Tracker::begins` when `slot_span` was found `NIL` (a later begin may open it).
     slot_gen: u32,
-    /// Scheduler accounting: the last on-CPU checkpoint (0: not known to be on a CPU
-    /// since a checkpoint), and the pending off-CPU stretch with the span it goes to
-    /// (`off_span`, whose span id's slot value is `off_span_v`) and the call it blocked in.
+}
+
+/// A tracked thread's scheduler accounting (kept apart from [`ThreadSlot`], which the
+/// system-call path reads: its cache lines stay few): the last on-CPU checkpoint (0: not
+/// known to be on a CPU since one), and the pending off-CPU stretch with the span it goes to
+/// (`off_span`, whose span id's slot value is `off_span_v`) and the call it blocked in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSched {
     run_since: u64,
     off_span: u32,
     off_nr: u32,
     off_span_v: u64,
     off: OffCpu,
+}
+
+impl ThreadSched {
+    /// Nothing pending (all-zero storage is equally valid: `off.since` 0).
+    pub const EMPTY: Self = ThreadSched {
+        run_since: 0,
+        off_span: NIL,
+        off_nr: NO_CALL,
+        off_span_v: 0,
+        off: OffCpu::NONE,
+    };
 }
 
 impl ThreadSlot {
@@ -211,11 +232,6 @@ impl ThreadSlot {
         slot_value: 0,
         slot_span: NIL,
         slot_gen: 0,
-        run_since: 0,
-        off_span: NIL,
-        off_nr: NO_CALL,
-        off_span_v: 0,
-        off: OffCpu::NONE,
     };
 }
 
@@ -251,11 +267,10 @@ pub struct SpanSlot {
     /// The span's own threshold from its begin line; [`DEFAULT_THRESHOLD`]: the one
     /// [`Tracker::end`] is given (the sysfs `threshold_ns`).
     threshold_ns: u64,
-    /// [`Tracker::sched_epoch`] at begin, and whether accounting was on then.
+    /// [`Tracker::sched_epoch`] at begin, and whether accounting was on then. (The figures
+    /// charged so far are in the tracker's `span_sched`, at the same index.)
     sched_epoch: u32,
     sched_at_begin: u32,
-    /// The scheduler's figures charged so far.
-    sched: SchedPart,
 }
 
 /// `SpanSlot::threshold_ns` of a span begun without a threshold.
@@ -285,7 +300,6 @@ impl SpanSlot {
         threshold_ns: DEFAULT_THRESHOLD,
         sched_epoch: 0,
         sched_at_begin: 0,
-        sched: EMPTY_SCHED,
     };
 }
 
@@ -437,6 +451,10 @@ pub struct Storage<'a> {
     pub skip_exit: &'a [AtomicU64],
     /// [`SlotHint`]s (`SLOT_HINTS` of them).
     pub slot_hints: &'a [SlotHint],
+    /// Scheduler accounting of each thread slot (same length as `threads`).
+    pub thread_sched: &'a mut [ThreadSched],
+    /// Scheduler figures of each span slot (same length as `spans`).
+    pub span_sched: &'a mut [SchedPart],
 }
 
 /// All the storage of the kernel module's tracker in one block (about 11 MiB), for a
@@ -473,6 +491,10 @@ pub struct DefaultStorage {
     pub skip_exit: [AtomicU64; TRACKED_WORDS],
     /// See [`Storage::slot_hints`].
     pub slot_hints: [SlotHint; SLOT_HINTS],
+    /// See [`Storage::thread_sched`].
+    pub thread_sched: [ThreadSched; DEFAULT_THREADS],
+    /// See [`Storage::span_sched`].
+    pub span_sched: [SchedPart; DEFAULT_SPANS],
 }
 
 impl DefaultStorage {
@@ -494,6 +516,8 @@ impl DefaultStorage {
             active_slot: &self.active_slot,
             skip_exit: &self.skip_exit,
             slot_hints: &self.slot_hints,
+            thread_sched: &mut self.thread_sched,
+            span_sched: &mut self.span_sched,
         }
     }
 }
@@ -772,6 +796,8 @@ pub struct Tracker<'a> {
     /// epoch has partial figures).
     sched_on: bool,
     sched_epoch: u32,
+    thread_sched: &'a mut [ThreadSched],
+    span_sched: &'a mut [SchedPart],
 }
 
 /// Entries of [`Tracker`]'s direct-mapped thread-slot hints.
@@ -797,7 +823,15 @@ impl<'a> Tracker<'a> {
             active_slot,
             skip_exit,
             slot_hints,
+            thread_sched,
+            span_sched,
         } = storage;
+        for t in thread_sched.iter_mut() {
+            *t = ThreadSched::EMPTY;
+        }
+        for p in span_sched.iter_mut() {
+            *p = EMPTY_SCHED;
+        }
         for p in processes.iter_mut() {
             *p = ProcessSlot::EMPTY;
         }
@@ -851,6 +885,8 @@ impl<'a> Tracker<'a> {
             stats: Stats::default(),
             sched_on: false,
             sched_epoch: 0,
+            thread_sched,
+            span_sched,
         }
     }
 
@@ -1065,6 +1101,9 @@ impl<'a> Tracker<'a> {
                 next: old_first,
                 ..ThreadSlot::EMPTY
             };
+        }
+        if let Some(ts) = slot_mut(self.thread_sched, ti) {
+            *ts = ThreadSched::EMPTY;
         }
         self.tracked.set(tid, true);
         bump(&mut self.stats.threads_added);
@@ -1475,6 +1514,9 @@ impl<'a> Tracker<'a> {
                 ..SpanSlot::EMPTY
             };
         }
+        if let Some(p) = slot_mut(self.span_sched, si) {
+            sched::clear(p);
+        }
         if stacked {
             if let Some(t) = slot_mut(self.threads, ti) {
                 if let Some(top) = t.stack.get_mut(depth as usize) {
@@ -1562,7 +1604,7 @@ impl<'a> Tracker<'a> {
         } else if self.sched_on || s.sched_at_begin != 0 {
             s.flags |= uapi::REC_SCHED_PARTIAL;
         }
-        if s.sched.lost_events != 0 {
+        if self.span_sched.get(si as usize).is_some_and(|p| p.lost_events != 0) {
             s.flags |= uapi::REC_SCHED_LOST;
         }
         let threshold_ns = if s.threshold_ns == DEFAULT_THRESHOLD { threshold_ns } else { s.threshold_ns };
@@ -1572,7 +1614,7 @@ impl<'a> Tracker<'a> {
                 .processes
                 .get(s.proc as usize)
                 .map_or((0, 0), |p| (p.tgid, p.records_dropped));
-            let len = self.encode(&mut s, tgid, dropped, now_mono, now_real, out);
+            let len = self.encode(&mut s, si, tgid, dropped, now_mono, now_real, out);
             EndOutcome::Slow { len, tgid }
         } else {
             EndOutcome::Fast
@@ -1606,9 +1648,11 @@ impl<'a> Tracker<'a> {
     }
 
     /// Encodes the record of span `s` (ending now) into `out`; returns its length.
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         &mut self,
         s: &mut SpanSlot,
+        si: u32,
         tgid: u32,
         dropped: u64,
         end_mono: u64,
@@ -1672,9 +1716,15 @@ impl<'a> Tracker<'a> {
             unitemised_calls: s.unitemised_calls,
             unitemised_ns: s.unitemised_ns,
             records_dropped_before: dropped,
-            sched: s.sched,
+            sched: EMPTY_SCHED,
         };
-        record::encode_header(&h, out);
+        // The fixed fields, then the scheduler part from where it was charged (not copied
+        // through the header: it is most of the record's fixed part).
+        record::encode_fixed(&h, out);
+        let kernel_addrs = self.processes.get(s.proc as usize).is_some_and(|p| p.kernel_addrs != 0);
+        if let Some(p) = self.span_sched.get(si as usize) {
+            record::encode_sched_into(p, kernel_addrs, out);
+        }
         record::record_size(fit)
     }
 
@@ -1956,6 +2006,16 @@ impl<'a> Tracker<'a> {
 
     // ---- scheduler accounting (sched_switch / sched_waking probes) --------------------
 
+    /// Lets the records of registered process `tgid` carry kernel addresses (the kernel
+    /// stacks of its waits), or not (the default: they are left out, `n_kstack` 0).
+    pub fn set_kernel_addrs(&mut self, tgid: u32, allowed: bool) {
+        if let Some(pi) = self.find_process(tgid) {
+            if let Some(p) = slot_mut(self.processes, pi) {
+                p.kernel_addrs = u32::from(allowed);
+            }
+        }
+    }
+
     /// Whether scheduler accounting is on (sysfs `sched`).
     pub fn sched_on(&self) -> bool {
         self.sched_on
@@ -1969,10 +2029,8 @@ impl<'a> Tracker<'a> {
         }
         self.sched_on = on;
         self.sched_epoch = self.sched_epoch.wrapping_add(1);
-        for t in self.threads.iter_mut() {
-            t.run_since = 0;
-            t.off = OffCpu::NONE;
-            t.off_span = NIL;
+        for t in self.thread_sched.iter_mut() {
+            *t = ThreadSched::EMPTY;
         }
     }
 
@@ -2031,16 +2089,17 @@ impl<'a> Tracker<'a> {
         if !self.sched_on {
             return;
         }
-        let Some(t) = slot_mut(self.threads, ti) else {
+        let slotted = self.threads.get(ti as usize).is_some_and(|t| t.slot_addr != 0);
+        let Some(ts) = slot_mut(self.thread_sched, ti) else {
             return;
         };
-        let since = core::mem::replace(&mut t.run_since, now);
-        if since == 0 || si == NIL || t.slot_addr != 0 {
+        let since = core::mem::replace(&mut ts.run_since, now);
+        if since == 0 || si == NIL || slotted {
             return;
         }
-        if let Some(s) = slot_mut(self.spans, si) {
-            if s.open != 0 && since >= s.begin_mono_ns && now >= since {
-                s.sched.on_cpu_ns = s.sched.on_cpu_ns.saturating_add(now - since);
+        if self.spans.get(si as usize).is_some_and(|s| s.open != 0 && since >= s.begin_mono_ns && now >= since) {
+            if let Some(p) = slot_mut(self.span_sched, si) {
+                p.on_cpu_ns = p.on_cpu_ns.saturating_add(now - since);
             }
         }
     }
@@ -2070,8 +2129,8 @@ impl<'a> Tracker<'a> {
         } else {
             NIL
         };
-        if let Some(s) = slot_mut(self.spans, si) {
-            s.sched.on_cpu_ns = s.sched.on_cpu_ns.saturating_add(delta);
+        if let Some(p) = slot_mut(self.span_sched, si) {
+            p.on_cpu_ns = p.on_cpu_ns.saturating_add(delta);
         }
     }
 
@@ -2104,36 +2163,23 @@ impl<'a> Tracker<'a> {
         let si = self.active_span(ti, slot);
         self.charge_cpu(ti, si, now);
         let v = self.spans.get(si as usize).map_or(0, |s| uapi::slot_value(&s.key.span_id));
-        let Some(t) = slot_mut(self.threads, ti) else {
+        let nr = match self.threads.get(ti as usize) {
+            Some(t) if t.call_state != CALL_NONE => t.call_nr,
+            _ => NO_CALL,
+        };
+        let Some(ts) = slot_mut(self.thread_sched, ti) else {
             return;
         };
-        t.run_since = 0;
+        ts.run_since = 0;
         if si == NIL {
-            t.off = OffCpu::NONE;
-            t.off_span = NIL;
+            ts.off.since = 0;
+            ts.off_span = NIL;
             return;
         }
-        t.off = OffCpu {
-            since: now,
-            woken_at: 0,
-            cpu,
-            state,
-            preempted: u32::from(preempt),
-            in_iowait: u32::from(in_iowait),
-            wait: sched::EMPTY_WAIT,
-        };
-        let w = &mut t.off.wait;
-        for (d, s) in w.kstack.iter_mut().zip(kstack) {
-            *d = *s;
-        }
-        for (d, s) in w.ustack.iter_mut().zip(ustack) {
-            *d = *s;
-        }
-        w.n_kstack = kstack.len().min(uapi::KSTACK_DEPTH) as u8;
-        w.n_ustack = ustack.len().min(uapi::USTACK_DEPTH) as u8;
-        t.off_span = si;
-        t.off_span_v = v;
-        t.off_nr = if t.call_state != CALL_NONE { t.call_nr } else { NO_CALL };
+        sched::start_off_cpu(&mut ts.off, now, cpu, state, preempt, in_iowait, kstack, ustack);
+        ts.off_span = si;
+        ts.off_span_v = v;
+        ts.off_nr = nr;
     }
 
     /// `sched_waking` of tracked thread `tid` at `now`, by `waker` (whose active-span slot
@@ -2145,7 +2191,7 @@ impl<'a> Tracker<'a> {
         let Some(ti) = self.hot_thread(tid) else {
             return;
         };
-        if self.threads.get(ti as usize).is_none_or(|t| t.off.since == 0 || t.off.woken_at != 0) {
+        if self.thread_sched.get(ti as usize).is_none_or(|t| t.off.since == 0 || t.off.woken_at != 0) {
             return;
         }
         // Was the waker inside a tracked span? (Only a task waker: in a hard interrupt the
@@ -2158,7 +2204,7 @@ impl<'a> Tracker<'a> {
             }
         }
         bump(&mut self.stats.sched_wakeups);
-        if let Some(t) = slot_mut(self.threads, ti) {
+        if let Some(t) = slot_mut(self.thread_sched, ti) {
             sched::note_wakeup(&mut t.off, waker, now);
             if let Some(k) = ids {
                 t.off.wait.waker_trace_id = k.trace_id;
@@ -2177,21 +2223,22 @@ impl<'a> Tracker<'a> {
         let Some(ti) = self.hot_thread(tid) else {
             return;
         };
-        let Some(t) = slot_mut(self.threads, ti) else {
+        let proc = self.threads.get(ti as usize).map_or(NIL, |t| t.proc);
+        let Some(ts) = slot_mut(self.thread_sched, ti) else {
             return;
         };
-        t.run_since = now;
-        let off = core::mem::replace(&mut t.off, OffCpu::NONE);
-        let (si, v, nr, proc) = (core::mem::replace(&mut t.off_span, NIL), t.off_span_v, t.off_nr, t.proc);
-        if off.since == 0 || si == NIL {
+        ts.run_since = now;
+        let since = core::mem::replace(&mut ts.off.since, 0);
+        let (si, v, nr) = (core::mem::replace(&mut ts.off_span, NIL), ts.off_span_v, ts.off_nr);
+        if since == 0 || si == NIL {
             return;
         }
         if !self.span_is(si, v, proc) {
             bump(&mut self.stats.sched_unattributed);
             return;
         }
-        if let Some(s) = slot_mut(self.spans, si) {
-            sched::charge_off_cpu(&mut s.sched, &off, tid, nr, cpu, now);
+        if let (Some(ts), Some(p)) = (self.thread_sched.get(ti as usize), self.span_sched.get_mut(si as usize)) {
+            sched::charge_off_cpu(p, &ts.off, since, tid, nr, cpu, now);
         }
         bump(&mut self.stats.sched_stretches);
     }

@@ -34,6 +34,8 @@ struct Mem {
     active_slot: Vec<AtomicU64>,
     skip_exit: Vec<AtomicU64>,
     slot_hints: Vec<SlotHint>,
+    thread_sched: Vec<ThreadSched>,
+    span_sched: Vec<SchedPart>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -118,6 +120,8 @@ impl Mem {
                     addr: AtomicU64::new(8),
                 })
                 .collect(),
+            thread_sched: vec![ThreadSched { run_since: 5, off_span: 1, ..ThreadSched::EMPTY }; c.threads],
+            span_sched: vec![SchedPart { on_cpu_ns: 9, n_waits: 3, ..SchedPart::default() }; c.spans],
         }
     }
 
@@ -139,6 +143,8 @@ impl Mem {
                 active_slot: &self.active_slot,
                 skip_exit: &self.skip_exit,
                 slot_hints: &self.slot_hints,
+                thread_sched: &mut self.thread_sched,
+                span_sched: &mut self.span_sched,
             },
             0x1234_5678,
         )
@@ -1078,8 +1084,9 @@ fn stats_text() {
 fn default_storage_sizes() {
     use core::mem::size_of;
     assert_eq!(size_of::<ProcessSlot>(), 48);
-    assert_eq!(size_of::<ThreadSlot>(), 512);
-    assert_eq!(size_of::<SpanSlot>(), 1576);
+    assert_eq!(size_of::<ThreadSlot>(), 128);
+    assert_eq!(size_of::<ThreadSched>(), 384);
+    assert_eq!(size_of::<SpanSlot>(), 160);
     assert_eq!(size_of::<EntryChunk>(), 1032);
     assert_eq!(size_of::<TableSlot<u32>>(), 12);
     assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
@@ -2164,6 +2171,7 @@ fn sched_parts_of_a_thread_per_request_span() {
     tr.add_thread(10, 100).unwrap();
     tr.add_thread(10, 101).unwrap();
     tr.set_sched(true);
+    tr.set_kernel_addrs(10, true);
     let mut out = vec![0u8; BIG];
     // Thread 101 runs span key(9) and wakes 100 from it.
     tr.begin(101, key(9), 0, 0).unwrap();
@@ -2198,7 +2206,16 @@ fn sched_parts_of_a_thread_per_request_span() {
     assert_eq!((p.waits[1].n_kstack, p.waits[1].n_ustack), (0, 0));
     // The parts and the child's 500 sum to the span's duration.
     assert_eq!(crate::sched::charged(&p) + 500, 70_000 - 1000);
-    assert_eq!(tr.stats().sched_stretches, 2);
+    // A process that may not see kernel addresses gets its waits without kernel stacks.
+    tr.set_kernel_addrs(10, false);
+    tr.begin(100, key(2), 80_000, 0).unwrap();
+    tr.sched_out(100, 0, false, 1, false, None, 80_100, &[0xffff_1], &[0x4000]);
+    tr.sched_in(100, 0, 90_000);
+    let r = tr.end(100, key(2), 91_000, 0, 0, &mut out).unwrap();
+    let (h, _) = decode(&out, r);
+    let w = h.sched.waits[0];
+    assert_eq!((w.n_kstack, w.kstack[0], w.n_ustack, w.ustack[0]), (0, 0, 1, 0x4000));
+    assert_eq!(tr.stats().sched_stretches, 3);
 }
 
 #[test]
