@@ -217,7 +217,7 @@ fn sched_costs(begin: i32, end: i32) {
     sysfs_set("threshold_ns", "0");
     for (v, what) in [("0", "off"), ("1", "on")] {
         sysfs_set("sched", v);
-        let n = 200u64;
+        let n = 100u64;
         let t0 = mono_ns();
         for i in 0..n {
             let l = line(8_000_000 + i + if v == "1" { n } else { 0 });
@@ -282,7 +282,7 @@ fn main() {
     }
     println!("span begin+end pair, fast (no record)       {:8.1} ns", (mono_ns() - t0) as f64 / PAIRS as f64);
     sysfs_set("threshold_ns", "0");
-    let n = 1_000u64; // 616-byte records: with the 2 x 200 below, within a CPU's 1 MiB relay buffer
+    let n = 300u64; // 1544-byte records: with the 2 x 100 below, within a CPU's 1 MiB relay buffer
     let t0 = mono_ns();
     for i in 0..n {
         let l = line(2_000_000 + i);
