@@ -304,6 +304,10 @@ pub fn charge_off_cpu(p: &mut SchedPart, off: &OffCpu, since: u64, tid: u32, nr:
             p.wakeups = p.wakeups.saturating_add(1);
             p.wakeup_total_ns = p.wakeup_total_ns.saturating_add(runq);
             p.wakeup_max_ns = p.wakeup_max_ns.max(runq);
+        } else {
+            // Every wake-up passes sched_waking; a blocked stretch without one (its probe
+            // registered while the thread slept) has no waker and no run-queue part.
+            p.lost_events = p.lost_events.saturating_add(1);
         }
         (c, blocked, runq, off.wait.waker_ctx)
     };
@@ -411,7 +415,7 @@ mod tests {
         let mut p = SchedPart::default();
         let off = OffCpu { since: 10, state: 1, ..OffCpu::NONE };
         charge_off_cpu(&mut p, &off, 10, 7, 230, 0, 110);
-        assert_eq!((p.blocked_ns[CAUSE_TIMER as usize], p.runq_wakeup_ns, p.wakeups), (100, 0, 0));
+        assert_eq!((p.blocked_ns[CAUSE_TIMER as usize], p.runq_wakeup_ns, p.wakeups, p.lost_events), (100, 0, 0, 1));
     }
 
     #[test]

@@ -1595,6 +1595,9 @@ impl<'a> Tracker<'a> {
             bump(&mut self.stats.ends_unknown);
             return Err(uapi::ERR_UNKNOWN_SPAN);
         };
+        // Ended from another thread while its own thread is off its CPU: the stretch so far
+        // is the span's (the rest, after the end, is not).
+        self.charge_pending_stretch(s.thread, si, now_mono);
         self.unstack(s.thread, si);
         if s.tid != writer_tid {
             s.flags |= uapi::REC_ENDED_ELSEWHERE;
@@ -2212,6 +2215,25 @@ impl<'a> Tracker<'a> {
                 t.off.wait.flags |= uapi::WAIT_WAKER_IN_SPAN;
             }
         }
+    }
+
+    /// Charges the off-CPU stretch pending on thread slot `ti` for span `si` up to `now`
+    /// (the span ends) and drops it.
+    fn charge_pending_stretch(&mut self, ti: u32, si: u32, now: u64) {
+        let tid = self.threads.get(ti as usize).map_or(0, |t| t.tid);
+        let Some(ts) = slot_mut(self.thread_sched, ti) else {
+            return;
+        };
+        if ts.off.since == 0 || ts.off_span != si {
+            return;
+        }
+        let since = core::mem::replace(&mut ts.off.since, 0);
+        ts.off_span = NIL;
+        let (nr, cpu) = (ts.off_nr, ts.off.cpu);
+        if let (Some(ts), Some(p)) = (self.thread_sched.get(ti as usize), self.span_sched.get_mut(si as usize)) {
+            sched::charge_off_cpu(p, &ts.off, since, tid, nr, cpu, now);
+        }
+        bump(&mut self.stats.sched_stretches);
     }
 
     /// `sched_switch`, the arriving side: tracked thread `tid` comes on CPU `cpu` at `now`.

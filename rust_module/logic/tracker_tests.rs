@@ -2242,6 +2242,25 @@ fn sched_off_is_free_and_a_switch_marks_open_spans_partial() {
 }
 
 #[test]
+fn sched_of_a_span_ended_elsewhere_while_its_thread_sleeps() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    tr.set_sched(true);
+    let mut out = vec![0u8; BIG];
+    tr.begin(100, key(0), 1000, 0).unwrap();
+    tr.sched_out(100, 0, false, 1, false, None, 2000, &[], &[]);
+    let r = tr.end(101, key(0), 9000, 0, 0, &mut out).unwrap();
+    let (h, _) = decode(&out, r);
+    assert_eq!(h.sched.blocked_ns[uapi::CAUSE_OTHER as usize], 7000);
+    assert_eq!(h.flags & uapi::REC_ENDED_ELSEWHERE, uapi::REC_ENDED_ELSEWHERE);
+    tr.sched_in(100, 0, 20_000); // nothing left to charge, nothing unattributed
+    assert_eq!((tr.stats().sched_stretches, tr.stats().sched_unattributed), (1, 0));
+}
+
+#[test]
 fn sched_of_an_activated_span_follows_the_slot() {
     let mut mem = Mem::new(CAPS);
     let mut tr = mem.tracker();

@@ -396,8 +396,8 @@ pub struct SchedPart {
     pub wakeup_max_ns: u64,
     /// Valid entries of `waits`, longest first.
     pub n_waits: u32,
-    /// Scheduler events that could not be charged (the span slot of the off-CPU stretch
-    /// was gone); [`REC_SCHED_LOST`].
+    /// Wake-ups not seen: blocked stretches that ended without a `sched_waking` (counted
+    /// as blocked throughout, no waker); [`REC_SCHED_LOST`].
     pub lost_events: u32,
     pub waits: [WaitEntry; MAX_WAITS],
 }
