@@ -11,6 +11,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use spantrack_uapi::{self as uapi, RecordHeader, SyscallEntry};
 
+use crate::stacks::{self, Symbolizer};
 use crate::{errno, sched};
 
 /// Attribute keys written on the slow span.
@@ -207,15 +208,28 @@ pub fn annotate(
 }
 
 /// [`annotate`], with child spans only for the calls that lasted at least `min_child_ns`
-/// (0: every call); the others are counted in [`attr::SYSCALLS_SUMMARISED`].
+/// (0: every call); the others are counted in [`attr::SYSCALLS_SUMMARISED`]. The waits'
+/// stacks are named with this process's symbols ([`stacks::host`]).
 pub fn annotate_with(
     span: &mut SpanData,
     record: &Record,
     new_span_id: &mut dyn FnMut() -> SpanId,
     min_child_ns: u64,
 ) -> Result<Vec<SpanData>, BadRecord> {
+    annotate_with_symbols(span, record, new_span_id, min_child_ns, stacks::host())
+}
+
+/// [`annotate_with`], the waits' stacks named by `sym` (tests and golden records: fixed
+/// symbol sources).
+pub fn annotate_with_symbols(
+    span: &mut SpanData,
+    record: &Record,
+    new_span_id: &mut dyn FnMut() -> SpanId,
+    min_child_ns: u64,
+    sym: &dyn Symbolizer,
+) -> Result<Vec<SpanData>, BadRecord> {
     summarise(span, record, min_child_ns)?;
-    let events = sched::events(span, &record.header);
+    let events = sched::events(span, &record.header, sym);
     span.events.events.extend(events);
     let links = sched::links(span, &record.header);
     span.links.links.extend(links);

@@ -17,8 +17,8 @@
 //! unchanged. With it, each span's thread writes the span's begin and end to the kernel, and
 //! a slow span reaches the inner processor with `spantrack.*` attributes and one child span
 //! per system call ([`annotate`]), and, when the module accounted its scheduler time, where
-//! its wall time went, its longest waits as events and links to the spans that woke it
-//! ([`sched`]).
+//! its wall time went, its longest waits as events (with where they blocked: [`stacks`]) and
+//! links to the spans that woke it ([`sched`]).
 
 pub mod activation;
 pub mod annotate;
@@ -28,6 +28,7 @@ pub mod hook;
 pub mod http_client;
 pub mod processor;
 pub mod sched;
+pub mod stacks;
 pub mod threshold;
 
 pub use hook::SpanHook;

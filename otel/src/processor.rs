@@ -805,6 +805,9 @@ impl Ctx<'_> {
             mark_missing(&mut span, true, why, self.stats);
             return self.shared.deliver(&*inner, [span], self.stats);
         }
+        // The symbol tables the waits' stacks need, loaded once: not the budget's (it is for
+        // building and handing on the child spans; naming a frame then takes microseconds).
+        crate::stacks::host().prepare(&rec.header);
         let t0 = thread_cpu_s();
         match annotate_with(&mut span, &rec, self.new_id, self.min_child_ns) {
             Ok(children) => {

@@ -1,7 +1,8 @@
 //! The record's scheduler part (`uapi::SchedPart`, ABI 5) → what the slow span carries: the
 //! `spantrack.sched.*` attributes (where its wall time went), one `spantrack.wait` event per
-//! longest wait (who woke it, from where) and a link to each span that held it up. Pure
-//! functions; the README's export specification, the same in the Python hook
+//! longest wait (who woke it, from where, and where it blocked: [`crate::stacks`]) and a link
+//! to each span that held it up. Pure functions (the stacks' symbols come from a
+//! [`Symbolizer`]); the README's export specification, the same in the Python hook
 //! (`spantrack_hook/annotate.py`), checked by the golden records (`otel/tests/golden.rs`).
 
 use std::time::SystemTime;
@@ -12,6 +13,7 @@ use opentelemetry_sdk::trace::SpanData;
 use spantrack_uapi::{self as uapi, RecordHeader, WaitEntry};
 
 use crate::annotate::{format_ns, int, mono_to_real_ns, ns_since_epoch, syscall_name, system_time};
+use crate::stacks::{self, Symbolizer};
 
 /// Attribute keys of the scheduler part: on the slow span, on its wait events and links.
 pub mod attr {
@@ -244,8 +246,15 @@ pub fn wait_summary(h: &RecordHeader, w: &WaitEntry) -> String {
     s
 }
 
-/// The attributes of one wait event.
-pub fn wait_attributes(h: &RecordHeader, w: &WaitEntry) -> Vec<KeyValue> {
+/// The wait's kernel stack (`kstack[..n_kstack]`) and user stack (`ustack[..n_ustack]`).
+pub fn wait_stacks(w: &WaitEntry) -> (&[u64], &[u64]) {
+    let nk = usize::from(w.n_kstack).min(uapi::KSTACK_DEPTH);
+    let nu = usize::from(w.n_ustack).min(uapi::USTACK_DEPTH);
+    (&w.kstack[..nk], &w.ustack[..nu])
+}
+
+/// The attributes of one wait event; `sym` names the frames of its stacks.
+pub fn wait_attributes(h: &RecordHeader, w: &WaitEntry, sym: &dyn Symbolizer) -> Vec<KeyValue> {
     let tid = if w.tid != 0 { w.tid } else { h.tid };
     let mut a = vec![
         KeyValue::new(attr::WAIT_CAUSE, cause_name(w.cause)),
@@ -279,19 +288,30 @@ pub fn wait_attributes(h: &RecordHeader, w: &WaitEntry) -> Vec<KeyValue> {
         a.push(KeyValue::new(attr::WAKER_SPAN_ID, hex(&w.waker_span_id)));
     }
     a.push(KeyValue::new(attr::WAIT_SUMMARY, wait_summary(h, w)));
+    let (kstack, ustack) = wait_stacks(w);
+    if !kstack.is_empty() {
+        let frames = sym.kernel_stack(kstack);
+        if !frames.is_empty() {
+            a.push(KeyValue::new(stacks::attr::KERNEL_STACK, stacks::string_array(frames)));
+        }
+    }
+    if !ustack.is_empty() {
+        a.push(KeyValue::new(stacks::attr::USER_STACK, stacks::string_array(sym.user_stack(ustack))));
+    }
     a
 }
 
 /// One [`WAIT_EVENT`] per valid wait, in record order (longest first), at the wait's start
-/// in wall-clock time, clamped into the span as the child spans are.
-pub fn events(span: &SpanData, h: &RecordHeader) -> Vec<Event> {
+/// in wall-clock time, clamped into the span as the child spans are; `sym` names the frames
+/// of their stacks.
+pub fn events(span: &SpanData, h: &RecordHeader, sym: &dyn Symbolizer) -> Vec<Event> {
     let lo = ns_since_epoch(span.start_time);
     let hi = ns_since_epoch(span.end_time).max(lo);
     waits(h)
         .iter()
         .map(|w| {
             let t: SystemTime = system_time(mono_to_real_ns(h, w.start_mono_ns).clamp(lo, hi));
-            Event::new(WAIT_EVENT, t, wait_attributes(h, w), 0)
+            Event::new(WAIT_EVENT, t, wait_attributes(h, w, sym), 0)
         })
         .collect()
 }
@@ -360,10 +380,11 @@ mod tests {
         let mut h = sched_header(0, &[waiting(uapi::CAUSE_LOCK, 5, 0)]);
         h.sched.on_cpu_ns = 7;
         assert!(attributes(&h).is_empty());
-        assert!(events(&span_data(0, 20_000), &h).is_empty());
+        let sym = crate::stacks::Symbols::default();
+        assert!(events(&span_data(0, 20_000), &h, &sym).is_empty());
         h.flags = uapi::REC_SCHED_PARTIAL;
         assert_eq!(get(&attributes(&h), attr::PARTIAL), Some(&true.into()));
-        assert_eq!(events(&span_data(0, 20_000), &h).len(), 1);
+        assert_eq!(events(&span_data(0, 20_000), &h, &sym).len(), 1);
         h.flags = uapi::REC_SCHED;
         assert_eq!(get(&attributes(&h), attr::PARTIAL), None);
     }

@@ -9,18 +9,35 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry::trace::{Event, Link};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::{json, Value as Json};
-use spantrack_otel::annotate::{annotate_with, mark, missing, summarise, BadRecord, Record};
+use spantrack_otel::annotate::{annotate_with_symbols, mark, missing, summarise, BadRecord, Record};
+use spantrack_otel::stacks::Symbols;
 use spantrack_logic::record::RECORD_MAX_SIZE;
 use spantrack_uapi as uapi;
 
-fn golden(name: &str) -> Json {
+fn golden_text(name: &str) -> String {
     let path = format!("{}/../tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn golden(name: &str) -> Json {
+    serde_json::from_str(&golden_text(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The case's symbol sources (`symbols`: kallsyms and maps files of tests/golden, null or
+/// absent: none), never the host's.
+fn symbols(c: &Json) -> Symbols {
+    let file = |k: &str| c.get("symbols").and_then(|s| s.get(k)).and_then(Json::as_str).map(golden_text);
+    Symbols::from_texts(file("kallsyms").as_deref(), file("maps").as_deref())
+}
+
+/// A stack as records.json spells it: hex strings, trailing zero entries left out.
+fn spelled(stack: &[u64]) -> Json {
+    let n = stack.iter().rposition(|&a| a != 0).map_or(0, |i| i + 1);
+    Json::from(stack[..n].iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>())
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -50,6 +67,7 @@ fn json_value(v: &Value) -> Json {
         Value::I64(i) => json!(i),
         Value::F64(f) => json!(f),
         Value::String(s) => json!(s.as_str()),
+        Value::Array(Array::String(v)) => json!(v.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
         other => panic!("unexpected attribute value {other:?}"),
     }
 }
@@ -152,6 +170,8 @@ fn layout_constants_are_uapis() {
     assert_eq!(u(&lay["sched_part_size"]) as usize, uapi::SCHED_PART_SIZE);
     assert_eq!(u(&lay["wait_entry_size"]) as usize, uapi::WAIT_ENTRY_SIZE);
     assert_eq!(u(&lay["max_waits"]) as usize, uapi::MAX_WAITS);
+    assert_eq!(u(&lay["kstack_depth"]) as usize, uapi::KSTACK_DEPTH);
+    assert_eq!(u(&lay["ustack_depth"]) as usize, uapi::USTACK_DEPTH);
     assert_eq!(u(&lay["softirq_none"]), u64::from(uapi::SOFTIRQ_NONE));
     assert_eq!(u(&lay["no_call"]), u64::from(uapi::NO_CALL));
     let names: Vec<&str> = lay["softirqs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
@@ -239,7 +259,8 @@ fn records_decode_to_their_fields() {
                     "waker_comm": hex_of(&w.waker_comm), "tid": w.tid, "nr": w.nr,
                     "waker_tid": w.waker_tid, "waker_tgid": w.waker_tgid, "waker_nr": w.waker_nr,
                     "cause": w.cause, "waker_ctx": w.waker_ctx, "softirq": w.softirq,
-                    "flags": w.flags,
+                    "flags": w.flags, "kstack": spelled(&w.kstack), "ustack": spelled(&w.ustack),
+                    "n_kstack": w.n_kstack, "n_ustack": w.n_ustack,
                 })
             })
             .collect();
@@ -284,6 +305,7 @@ fn every_case_exports_the_golden_spans() {
         let mode = c["mode"].as_str().unwrap();
         let (mode, why) = mode.split_once(':').unwrap_or((mode, ""));
         let why: &'static str = missing::ALL.iter().find(|m| **m == why).copied().unwrap_or("");
+        let sym = symbols(c);
         let mut p = original.clone();
         let mut n = 0u64;
         let mut ids = || {
@@ -292,7 +314,7 @@ fn every_case_exports_the_golden_spans() {
         };
         if exp.get("refused").is_some() {
             let rec = rec.unwrap();
-            let e = annotate_with(&mut p, &rec, &mut ids, min_child_ns).unwrap_err();
+            let e = annotate_with_symbols(&mut p, &rec, &mut ids, min_child_ns, &sym).unwrap_err();
             assert_eq!(e, BadRecord::OtherSpan, "{name}");
             assert_eq!(summarise(&mut p, &rec, min_child_ns).unwrap_err(), BadRecord::OtherSpan, "{name}");
             assert_eq!(p.attributes, original.attributes, "{name}: untouched");
@@ -308,7 +330,7 @@ fn every_case_exports_the_golden_spans() {
                 mark(&mut p, why);
                 vec![]
             }
-            "annotate" => annotate_with(&mut p, rec.as_ref().unwrap(), &mut ids, min_child_ns).unwrap(),
+            "annotate" => annotate_with_symbols(&mut p, rec.as_ref().unwrap(), &mut ids, min_child_ns, &sym).unwrap(),
             other => panic!("{name}: mode {other}"),
         };
         if !why.is_empty() {

@@ -53,9 +53,9 @@ extern "C" {
 #define SPANHOOK_RECORD_MAX (256u * 1024u)
 
 /* Size of a record's header (uapi RECORD_HEADER_SIZE): its entries start here. */
-#define SPANHOOK_RECORD_HEADER_SIZE 616u
+#define SPANHOOK_RECORD_HEADER_SIZE 1544u
 
-/* Returns SPANHOOK_ABI_VERSION (5; 5 changed the records: a 616-byte header). */
+/* Returns SPANHOOK_ABI_VERSION (5; 5 changed the records: a 1544-byte header). */
 uint32_t spanhook_abi_version(void);
 
 /* 1 when the process is registered with the module, else 0. */
@@ -105,9 +105,10 @@ uint64_t *spanhook_active_slot(void);
 
 /*
  * Waits up to timeout_ms for the kernel's record of that span and moves it out of the
- * store into buf: raw uapi bytes (uapi/src/lib.rs), a 616-byte RecordHeader (128 bytes of
- * span and call figures, then the 488-byte SchedPart) followed by n_entries 32-byte
- * SyscallEntry at header.header_size, little-endian, header.total_size bytes in all.
+ * store into buf: raw uapi bytes (uapi/src/lib.rs), a 1544-byte RecordHeader (128 bytes of
+ * span and call figures, then the 1416-byte SchedPart, its waits with their stacks) followed
+ * by n_entries 32-byte SyscallEntry at header.header_size, little-endian, header.total_size
+ * bytes in all.
  * Returns its size; 0 if no record arrived in time (the kernel judged the span fast);
  * -ENOSPC if len is too small (the record is kept; SPANHOOK_RECORD_MAX always suffices);
  * -ENODEV when inactive; -EINVAL for null pointers.

@@ -49,7 +49,7 @@ unsafe fn read_ids(trace_id: *const u8, span_id: *const u8) -> Option<([u8; 16],
     Some((t, s))
 }
 
-/// Version of this ABI: 5 (records carry the scheduler part: a 616-byte header; 4 added
+/// Version of this ABI: 5 (records carry the scheduler part: a 1544-byte header; 4 added
 /// `spanhook_span_begin_threshold`, 2 `spanhook_active_slot`).
 #[no_mangle]
 pub extern "C" fn spanhook_abi_version() -> u32 {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes tests/golden/records.json: the golden kernel records, each as the readable fields
 below and as the bytes spantrack.ko would write (hex), encoded here from the layout of
-uapi/src/lib.rs (RecordHeader 616 bytes: 128 of span and call figures, then the SchedPart of
-104 bytes and 4 WaitEntry of 96; SyscallEntry 32 bytes; little-endian) without the
+uapi/src/lib.rs (RecordHeader 1544 bytes: 128 of span and call figures, then the SchedPart of
+104 bytes and 4 WaitEntry of 328, each ending with its kernel and user stacks; SyscallEntry 32
+bytes; little-endian) without the
 integrations' own code. Run it only when a case is added or changed, and review the diff of
 records.json and of the hand-checked spans.json; the tests never regenerate either.
 
@@ -16,10 +17,11 @@ import struct
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD = struct.Struct("<IHHII16s8sIIQQQQHHIQQQQQ")
 SCHED = struct.Struct("<QQQ5QIIIIQQII")
-WAIT = struct.Struct("<QQQQ16s8s16sIIIIIBBBB")
+KSTACK_DEPTH, USTACK_DEPTH = 16, 12
+WAIT = struct.Struct(f"<QQQQ16s8s16sIIIIIBBBB{KSTACK_DEPTH}Q{USTACK_DEPTH}QBB6x")
 MAX_WAITS = 4
 HEADER_SIZE = HEAD.size + SCHED.size + MAX_WAITS * WAIT.size
-assert (HEAD.size, SCHED.size, WAIT.size, HEADER_SIZE) == (128, 104, 96, 616)
+assert (HEAD.size, SCHED.size, WAIT.size, HEADER_SIZE) == (128, 104, 328, 1544)
 ENTRY = struct.Struct("<IIqQQ")
 MAGIC = int.from_bytes(b"SPTR", "little")
 # The record's version is the ABI's: after a bump of uapi's ABI_VERSION, rerun this script.
@@ -67,18 +69,30 @@ def header(entries, **kw):
 ZERO_WAIT = dict(start_mono_ns=0, blocked_ns=0, runq_ns=0, waker_on_cpu_ns=0,
                  waker_trace_id="00" * 16, waker_span_id="00" * 8, waker_comm="00" * 16, tid=0,
                  nr=0, waker_tid=0, waker_tgid=0, waker_nr=0, cause=0, waker_ctx=0, softirq=0,
-                 flags=0)
+                 flags=0, kstack=[], ustack=[], n_kstack=0, n_ustack=0)
 
 
 def wait(start_ms, cause, blocked_ns, runq_ns, nr, ctx, softirq=NO_SOFTIRQ, waker_tid=0,
          waker_tgid=0, comm=b"", waker_nr=NO_CALL, waker_on_cpu_ns=0, flags=0,
-         waker_trace="00" * 16, waker_span="00" * 8, tid=TID):
-    """A wait that began start_ms after the span's begin (a float: fractions of a ms)."""
+         waker_trace="00" * 16, waker_span="00" * 8, tid=TID, kstack=(), ustack=(),
+         n_kstack=None, n_ustack=None):
+    """A wait that began start_ms after the span's begin (a float: fractions of a ms). Its
+    stacks are spelled as hex strings, trailing zero entries left out; n_kstack and n_ustack
+    default to their lengths."""
     return dict(start_mono_ns=T0_MONO + round(start_ms * MS), blocked_ns=blocked_ns,
                 runq_ns=runq_ns, waker_on_cpu_ns=waker_on_cpu_ns, waker_trace_id=waker_trace,
                 waker_span_id=waker_span, waker_comm=comm.ljust(16, b"\0").hex(), tid=tid,
                 nr=nr, waker_tid=waker_tid, waker_tgid=waker_tgid, waker_nr=waker_nr,
-                cause=cause, waker_ctx=ctx, softirq=softirq, flags=flags)
+                cause=cause, waker_ctx=ctx, softirq=softirq, flags=flags,
+                kstack=[f"{a:#x}" for a in kstack], ustack=[f"{a:#x}" for a in ustack],
+                n_kstack=len(kstack) if n_kstack is None else n_kstack,
+                n_ustack=len(ustack) if n_ustack is None else n_ustack)
+
+
+def addrs(spelled, depth):
+    a = [int(x, 16) for x in spelled]
+    assert len(a) <= depth and (not a or a[-1] != 0)
+    return a + [0] * (depth - len(a))
 
 
 def sched(waits, n_waits=None, **kw):
@@ -100,7 +114,8 @@ def encode_sched(p):
                        bytes.fromhex(w["waker_trace_id"]), bytes.fromhex(w["waker_span_id"]),
                        bytes.fromhex(w["waker_comm"]), w["tid"], w["nr"], w["waker_tid"],
                        w["waker_tgid"], w["waker_nr"], w["cause"], w["waker_ctx"], w["softirq"],
-                       w["flags"])
+                       w["flags"], *addrs(w["kstack"], KSTACK_DEPTH),
+                       *addrs(w["ustack"], USTACK_DEPTH), w["n_kstack"], w["n_ustack"])
     return b
 
 
@@ -142,6 +157,45 @@ SCHED_PART = sched([
     blocked_ns=[0, 60 * MS, 40 * MS, 50_100_000, 0], blocks=3, preemptions=1, migrations=2,
     wakeups=3, wakeup_total_ns=2 * MS, wakeup_max_ns=1_500_000, lost_events=2)
 
+# Kernel stacks as stack_trace_save() keeps them (innermost first: the module's probe, the
+# tracepoint's iterator, the scheduler, then the blocking path), user stacks as the module
+# reads them (the user IP in libc's wrapper, then the frame-pointer chain), in the address
+# space of tests/golden/kallsyms.txt and maps.txt.
+PROBE = [0xffffffffc0a1005a, 0xffffffff810c4a7c, 0xffffffff81c5e591]  # st_probe_sched_switch+0x5a,
+#                                    __traceiter_sched_switch+0x3c, __schedule+0x3f1
+SCHEDULE = 0xffffffff81c5ea97                                        # schedule+0x27
+SYSENTRY = [0xffffffff81c4b942, 0xffffffff81e0008e]  # do_syscall_64+0x82, entry_SYSCALL_64_after_hwframe+0x76
+STACK_NANOSLEEP = PROBE + [SCHEDULE, 0xffffffff81c63f8e, 0xffffffff811e00b4, 0xffffffff811e01ba] + SYSENTRY
+STACK_FUTEX = PROBE + [SCHEDULE, 0xffffffff81148e80, 0xffffffff81149193, 0xffffffff811492dc,
+                       0xffffffff81147b3b, 0xffffffff81147c90] + SYSENTRY
+STACK_ODD = PROBE + [
+    0xffffffff81c5ec46,  # io_schedule+0x46: the leading frames end here
+    SCHEDULE,            # kept: not leading
+    0xffffffff81c5eb40,  # schedule_preempt_disabled's first byte: the call before it, in schedule
+    0xffffffff81000000,  # the first symbol's first byte: nothing before it
+    0xffffffff80000010,  # below every symbol
+    0xffffffffc0a2002d,  # ext2_fsync+0x2d [ext2]
+    0xffffffff81402d63,  # file_write_and_wait_range+0x63
+    0xffffffff81001008,  # arch_cpu_idle_dead+0x8 (a weak symbol, W)
+    0xffffffffc0a10902,  # in __func__.0 (r: not text): st_probe_sched_waking's
+    0xffffffff81c5f34a,  # __mutex_lock.constprop.0+0x4a
+] + SYSENTRY + [SYSENTRY[1]]
+STACK_SCHED_ONLY = PROBE + [0xffffffff81c5eb55]  # schedule_preempt_disabled+0x15
+USTACK_ODD = [
+    0x7f2a93ae8f3a,      # libc.so.6+0xe8f3a
+    0x55d0c0b12345,      # catalog-svc+0x112345
+    0x55d0c0a00010,      # catalog-svc+0x10 (its first mapping)
+    0x7f2a93b7b000,      # just past libc's text: in no mapping
+    0x7f2a93a26000,      # libc.so.6+0x26000 (its text's first byte)
+    0x7ffd8e3f1008,      # [stack]+0x8
+    0x55d0c1e5a100,      # [heap]+0x100
+    0x7f2a93a00020,      # libc.so.6+0x20
+    0xffffffffffffffff,  # in no mapping
+    0x55d0c0c3e000,      # catalog-svc+0x23e000
+    0x55d0c0b00000,      # catalog-svc+0x100000
+    0x7f2a93c3ffff,      # libplug in.so+0x40fff (its last byte)
+]
+assert (len(STACK_ODD), len(USTACK_ODD)) == (KSTACK_DEPTH, USTACK_DEPTH)
 
 CASES = [
     case("plain", "three successful calls on the thread that began the span", [
@@ -260,6 +314,26 @@ CASES = [
         flags=SCHED_ON),
     case("sched_off", "no REC_SCHED flag: the scheduler part is not exported, whatever it "
          "holds", [call(202, 0, 1_000, 15_000)], SCHED_PART),
+    case("sched_stacks", "REC_SCHED with where each wait blocked (symbols: tests/golden/"
+         "kallsyms.txt and maps.txt): a nanosleep and a futex with the probe's and the "
+         "scheduler's leading frames; a wait with every kind of odd frame and counts above "
+         "the depths; a wait whose kernel stack is only scheduler frames", [
+        call(35, 0, 1_000, 51_200),       # nanosleep
+        call(202, 0, 52_000, 82_100),     # futex
+        call(74, 0, 83_000, 93_050),      # fsync
+    ], sched([
+        wait(1, TIMER, 50 * MS, 150_000, 35, TIMER_CTX, kstack=STACK_NANOSLEEP,
+             ustack=[0x7f2a93ae8f3a, 0x55d0c0b12345, 0x55d0c0a5a0b7, 0x7f2a90000100]),
+        wait(52, LOCK, 30 * MS, 80_000, 202, TASK, waker_tid=4251, waker_tgid=4200,
+             comm=b"refresh", waker_nr=202, waker_on_cpu_ns=29 * MS, kstack=STACK_FUTEX,
+             ustack=[0x7f2a93a9a1b6, 0x7f2a93c01234, 0x7f2a93d00010, 0x7ffd8e5f6a10, 0x1234]),
+        wait(83, IO, 10 * MS, 50_000, 74, SOFTIRQ, softirq=4, kstack=STACK_ODD, n_kstack=20,
+             ustack=USTACK_ODD, n_ustack=200),
+        wait(95, OTHER, 2 * MS, 10_000, NO_CALL, HARDIRQ, kstack=STACK_SCHED_ONLY, n_kstack=4,
+             ustack=[0x7f2a93ae8f3a, 0x55d0c0b12345]),
+    ], on_cpu_ns=5 * MS, runq_wakeup_ns=290_000, blocked_ns=[10 * MS, 30 * MS, 0, 50 * MS, 2 * MS],
+        blocks=4, wakeups=4, wakeup_total_ns=290_000, wakeup_max_ns=150_000),
+        flags=SCHED_ON, end_mono_ns=T0_MONO + 100 * MS, end_real_ns=T0_REAL + 100 * MS),
 ]
 
 BAD = {
@@ -290,6 +364,7 @@ def main():
                    "record_header_size": HEADER_SIZE, "syscall_entry_size": ENTRY.size,
                    "sched_part_size": SCHED.size + MAX_WAITS * WAIT.size,
                    "wait_entry_size": WAIT.size, "max_waits": MAX_WAITS,
+                   "kstack_depth": KSTACK_DEPTH, "ustack_depth": USTACK_DEPTH,
                    "record_max_size": 256 * 1024,
                    "flags": {"calls_truncated": TRUNCATED, "pool_exhausted": POOL,
                              "ended_elsewhere": ELSEWHERE, "many_threads": MANY_THREADS,
@@ -314,7 +389,8 @@ def main():
                   r"[\1, \2, \3, \4, \5]", text)
     # One line per wait and per blocked_ns.
     text = re.sub(r"\{\n\s+\"start_mono_ns\"[^}]*\}",
-                  lambda m: "{" + re.sub(r"\s*\n\s*", " ", m.group(0)[1:-1]).strip() + "}", text)
+                  lambda m: "{" + re.sub(r"\s*\n\s*", " ", m.group(0)[1:-1]).strip()
+                  .replace("[ ", "[").replace(" ]", "]") + "}", text)
     text = re.sub(r"\"blocked_ns\": \[[^\]]*\]",
                   lambda m: re.sub(r"\s*\n\s*", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"), text)
     with open(os.path.join(HERE, "records.json"), "w", encoding="utf-8") as f:

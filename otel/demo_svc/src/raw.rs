@@ -22,6 +22,9 @@ pub fn gettid() -> u32 {
 }
 
 /// `nanosleep(2)` itself (glibc's `nanosleep()` and std's sleep use `clock_nanosleep`).
+/// Never inlined: the self-test finds its caller in the wait's user stack (libc's `syscall`
+/// keeps no frame pointer, so the chain goes from here to the caller).
+#[inline(never)]
 pub fn nanosleep_ms(ms: u64) -> i64 {
     let ts = libc::timespec {
         tv_sec: (ms / 1000) as libc::time_t,

@@ -269,6 +269,48 @@ fn calibrate(hook: &SpanHook) -> Result<bool, String> {
     Ok(clk)
 }
 
+/// A string-array attribute of an event (empty when absent).
+fn frames(e: &opentelemetry::trace::Event, k: &str) -> Vec<String> {
+    match e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| &kv.value) {
+        Some(Value::Array(opentelemetry::Array::String(v))) => v.iter().map(|s| s.as_str().to_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Issue 12, where it blocked (sysfs `sched_stacks` 1): the slow span's nanosleep was made
+/// by `raw::nanosleep_ms`, called by `run_scenarios`; libc's `syscall` keeps no frame
+/// pointer, so its user stack is libc's IP, then the caller of `nanosleep_ms` (this crate
+/// keeps frame pointers: `.cargo/config.toml`) and its callers, named from the debug
+/// information. Its kernel stack is the nanosleep path, with names when `/proc/kallsyms`
+/// shows addresses (root, or `kptr_restrict` 0).
+fn check_stacks(name: &str, wait: Option<&opentelemetry::trace::Event>) -> Result<(), String> {
+    let Some(wait) = wait else { return Err(format!("{name}: no wait event")) };
+    let user = frames(wait, "spantrack.wait.user_stack");
+    ensure!(
+        user.iter().any(|f| f.contains("nanosleep_ms") || f.contains("run_scenarios")),
+        "{name}: the wait's user stack names neither raw::nanosleep_ms nor run_scenarios: {user:?}"
+    );
+    let kernel = frames(wait, "spantrack.wait.kernel_stack");
+    ensure!(!kernel.is_empty(), "{name}: the wait has no kernel stack");
+    let named = std::fs::read_to_string("/proc/kallsyms")
+        .ok()
+        .and_then(|t| spantrack_otel::stacks::KernelSymbols::parse(&t))
+        .is_some();
+    if named {
+        ensure!(
+            kernel.iter().any(|f| f.starts_with("hrtimer_nanosleep+") || f.starts_with("do_nanosleep+")),
+            "{name}: the wait's kernel stack is not the nanosleep path: {kernel:?}"
+        );
+        ensure!(
+            !kernel.iter().any(|f| f.starts_with("__schedule+") || f.starts_with("st_probe_")),
+            "{name}: the scheduler's own frames are left in the kernel stack: {kernel:?}"
+        );
+    }
+    println!("# {name}: user stack {user:?}");
+    println!("# {name}: kernel stack {kernel:?}");
+    Ok(())
+}
+
 /// Checks one annotated (or not) scenario span and its children.
 fn check_span(
     name: &str,
@@ -322,6 +364,9 @@ fn check_span(
             "{name}: longest wait {:?}",
             wait.map(|e| &e.attributes)
         );
+        if kernel_sysfs("sched_stacks").as_deref() == Some("1") {
+            check_stacks(name, wait)?;
+        }
     }
     // The children: in the parent, in order, with their return values.
     let pid = i64::from(std::process::id());

@@ -2,7 +2,8 @@
 spantrack's summary attributes, plus one child span per itemised system call (kernel
 CLOCK_MONOTONIC times converted to wall clock, clamped inside the parent). With the record's
 scheduler part: `spantrack.sched.*` attributes, one `spantrack.wait` event per longest wait
-and a link to each distinct span whose thread woke the span up. A slow span that
+(with where it blocked: stacks.py, pystacks.py) and a link to each distinct span whose thread
+woke the span up. A slow span that
 goes on without its calls gets `spantrack.annotation.missing` saying why (`mark`, or
 `summarise` for the summary attributes alone)."""
 
@@ -13,11 +14,13 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceFlags
 
+from . import stacks as _stacks
 from .errnos import error_type
 from .record import (CAUSE_PREEMPTED, CTX_HARDIRQ, CTX_NMI, CTX_NONE, CTX_SOFTIRQ, CTX_TASK,
-                     CTX_TIMER, MAX_WAITS, NO_CALL, REC_CALLS_TRUNCATED, REC_ENDED_ELSEWHERE,
-                     REC_POOL_EXHAUSTED, REC_SCHED, REC_SCHED_PARTIAL, SOFTIRQ_NONE,
-                     WAIT_WAKER_IN_SPAN, WAIT_WAKER_KTHREAD, RecordError, SpanRecord, WaitEntry)
+                     CTX_TIMER, KSTACK_DEPTH, MAX_WAITS, NO_CALL, REC_CALLS_TRUNCATED,
+                     REC_ENDED_ELSEWHERE, REC_POOL_EXHAUSTED, REC_SCHED, REC_SCHED_PARTIAL,
+                     SOFTIRQ_NONE, USTACK_DEPTH, WAIT_WAKER_IN_SPAN, WAIT_WAKER_KTHREAD,
+                     RecordError, SpanRecord, WaitEntry)
 from .syscalls import syscall_name
 
 # The kernel's convention: a return value in -4095..-1 is a negated errno.
@@ -230,8 +233,14 @@ def wait_summary(rec: SpanRecord, w: WaitEntry) -> str:
     return s
 
 
-def wait_attributes(rec: SpanRecord, w: WaitEntry) -> dict:
-    """The attributes of one `spantrack.wait` event."""
+def wait_stacks(w: WaitEntry):
+    """The wait's kernel stack (kstack[:n_kstack]) and user stack (ustack[:n_ustack])."""
+    return w.kstack[:min(w.n_kstack, KSTACK_DEPTH)], w.ustack[:min(w.n_ustack, USTACK_DEPTH)]
+
+
+def wait_attributes(rec: SpanRecord, w: WaitEntry, stacks=None) -> dict:
+    """The attributes of one `spantrack.wait` event; `stacks` (stacks.HostSymbols, or fixed
+    sources: stacks.Symbols) names the frames of its stacks and finds its Python frames."""
     a = {"spantrack.wait.cause": _name(CAUSE_NAMES, w.cause),
          "spantrack.wait.blocked_ns": _i64(w.blocked_ns),
          "spantrack.wait.runqueue_ns": _i64(w.runq_ns),
@@ -254,10 +263,26 @@ def wait_attributes(rec: SpanRecord, w: WaitEntry) -> dict:
         a["spantrack.waker.trace_id"] = w.waker_trace_id.hex()
         a["spantrack.waker.span_id"] = w.waker_span_id.hex()
     a["spantrack.wait.summary"] = wait_summary(rec, w)
+    kstack, ustack = wait_stacks(w)
+    if kstack or ustack:
+        if stacks is None:
+            stacks = _stacks.host()
+        if kstack:
+            frames = stacks.kernel_stack(kstack)
+            if frames:
+                a[_stacks.KERNEL_STACK] = tuple(frames)
+        if ustack:
+            a[_stacks.USER_STACK] = tuple(stacks.user_stack(ustack))
+        # Python only: the sampler's frames of the thread inside the wait (a blocking switch
+        # the module kept stacks of).
+        frames = stacks.python_stack(w.tid or rec.tid, w.start_mono_ns,
+                                     w.start_mono_ns + w.blocked_ns)
+        if frames:
+            a[_stacks.PYTHON_STACK] = tuple(frames)
     return a
 
 
-def wait_events(span: ReadableSpan, rec: SpanRecord) -> list:
+def wait_events(span: ReadableSpan, rec: SpanRecord, stacks=None) -> list:
     """One `spantrack.wait` event per valid wait, in record order (longest first), at the
     wait's start in wall-clock time, clamped into the span as the child spans are."""
     lo = span.start_time
@@ -266,7 +291,7 @@ def wait_events(span: ReadableSpan, rec: SpanRecord) -> list:
     out = []
     for w in waits(rec):
         t = min(max(w.start_mono_ns + offset, lo), hi)
-        out.append(Event(WAIT_EVENT, wait_attributes(rec, w), t))
+        out.append(Event(WAIT_EVENT, wait_attributes(rec, w, stacks), t))
     return out
 
 
@@ -343,14 +368,15 @@ def summarise(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str], m
 
 
 def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
-          min_child_ns: int = 0) -> List[ReadableSpan]:
+          min_child_ns: int = 0, stacks=None) -> List[ReadableSpan]:
     """The annotated copy of `span` (with its wait events and waker links), then one child
     span per itemised system call that lasted at least `min_child_ns`; with `min_child_ns` > 0
     the others are counted in spantrack.syscalls.summarised. Per call: one SpanContext, one
-    attributes dict, one ReadableSpan (the status, resource and scope are shared)."""
+    attributes dict, one ReadableSpan (the status, resource and scope are shared). `stacks`
+    names the waits' frames (default: this process's, stacks.host())."""
     ctx = span.context
     out = [_copy(span, summary_attributes(span, rec, thread_name, min_child_ns),
-                 wait_events(span, rec), waker_links(span, rec))]
+                 wait_events(span, rec, stacks), waker_links(span, rec))]
     common = dict(resource=span.resource, instrumentation_scope=span.instrumentation_scope)
     info = getattr(span, "_instrumentation_info", None)
     if info is not None:
@@ -391,6 +417,6 @@ def build(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None
 
 
 def annotate(span: ReadableSpan, rec: SpanRecord, thread_name: Optional[str] = None,
-             min_child_ns: int = 0) -> Iterator[ReadableSpan]:
+             min_child_ns: int = 0, stacks=None) -> Iterator[ReadableSpan]:
     """`build`, one span at a time."""
-    return iter(build(span, rec, thread_name, min_child_ns))
+    return iter(build(span, rec, thread_name, min_child_ns, stacks))

@@ -40,7 +40,7 @@ from typing import Optional
 
 from opentelemetry.sdk.trace import SpanProcessor
 
-from . import activation, annotate, record, threshold
+from . import activation, annotate, pystacks, record, stacks, threshold
 from .abi import U64_MAX
 
 log = logging.getLogger("spantrack")
@@ -155,6 +155,8 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._reset_worker_state()
         if self._publish_dir and lib.active() == 1 and getattr(lib, "publishes", True):
             self._start_publisher()
+        # The Python frames of waits (pystacks.py): a sampler that sleeps while no span is open.
+        self._sampler = pystacks.start(lib, self) if lib.active() == 1 else None
         if hasattr(os, "register_at_fork"):
             weak = weakref.WeakMethod
             before, parent, child = (weak(self._before_fork), weak(self._after_fork_parent),
@@ -189,6 +191,8 @@ class SpantrackSpanProcessor(SpanProcessor):
         ctx = span.context
         if self._inactive or self._shut or ctx is None or not ctx.trace_flags.sampled:
             return
+        if self._sampler is not None:
+            self._sampler.span_starting()  # before the begin: a wake-up is not the span's
         own = None
         if self.threshold_config.adaptive:
             op = self._operation(span)
@@ -312,6 +316,7 @@ class SpantrackSpanProcessor(SpanProcessor):
 
         def run():
             lib.unregister_thread()
+            pystacks.HOOK_THREADS.add(threading.current_thread().native_id)
             pid = os.getpid()
             while not stop.wait(self.PUBLISH_EVERY_S):
                 p = weak()
@@ -435,6 +440,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._reset_worker_state()
         self.counters = collections.Counter()
         self._publisher = None  # the parent's thread (its file is the parent's)
+        self._sampler = None  # the parent's thread
         activation.reset_after_fork()
         self._inactive = self._lib.active() != 1
 
@@ -504,6 +510,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         rc = self._lib.unregister_thread()
         if rc != 0:
             self.counters[f"unregister_error_{-rc}"] += 1
+        pystacks.HOOK_THREADS.add(threading.current_thread().native_id)
         while True:
             with self._lock:
                 while not self._pending:
@@ -604,6 +611,11 @@ class SpantrackSpanProcessor(SpanProcessor):
         op = item.why[2] if item.why is not None else None
         try:
             rec = record.decode(raw)
+            # The symbol tables the waits' stacks need, loaded once: not the budget's (it is
+            # for building and handing on the child spans; naming a frame then is cheap).
+            tp = time.thread_time()
+            stacks.host().prepare(rec)
+            t0 += time.thread_time() - tp
             ctx = span.context
             if rec.trace_id != ctx.trace_id.to_bytes(16, "big") or \
                     rec.span_id != ctx.span_id.to_bytes(8, "big"):

@@ -1,7 +1,8 @@
 """Decoding of one span record as spantrack.ko writes it (the layout is uapi/src/lib.rs; these
 constants are checked against it by tests/test_golden.py through tests/golden/records.json:
-`RecordHeader`, 616 bytes (128 of span and call figures, then the 488-byte `SchedPart`), then
-`n_entries` x `SyscallEntry`, 32 bytes, little-endian)."""
+`RecordHeader`, 1544 bytes (128 of span and call figures, then the 1416-byte `SchedPart`: 104
+bytes of figures and 4 `WaitEntry` of 328 with their stacks), then `n_entries` x
+`SyscallEntry`, 32 bytes, little-endian)."""
 
 import struct
 from typing import List, NamedTuple
@@ -20,8 +21,11 @@ _HEADER = struct.Struct("<IHHII16s8sIIQQQQHHIQQQQQ")
 _SCHED = struct.Struct("<QQQ5QIIIIQQII")
 # WaitEntry: start_mono_ns, blocked_ns, runq_ns, waker_on_cpu_ns u64, waker_trace_id [16],
 # waker_span_id [8], waker_comm [16], tid, nr, waker_tid, waker_tgid, waker_nr u32, cause,
-# waker_ctx, softirq, flags u8.
-_WAIT = struct.Struct("<QQQQ16s8s16sIIIIIBBBB")
+# waker_ctx, softirq, flags u8, kstack [u64; KSTACK_DEPTH], ustack [u64; USTACK_DEPTH], n_kstack,
+# n_ustack u8, 6 bytes of padding.
+KSTACK_DEPTH = 16
+USTACK_DEPTH = 12
+_WAIT = struct.Struct(f"<QQQQ16s8s16sIIIIIBBBB{KSTACK_DEPTH}Q{USTACK_DEPTH}QBB6x")
 # SyscallEntry: nr u32, tid u32, ret i64, start_mono_ns u64, end_mono_ns u64.
 _ENTRY = struct.Struct("<IIqQQ")
 MAX_WAITS = 4
@@ -29,7 +33,7 @@ SCHED_PART_SIZE = _SCHED.size + MAX_WAITS * _WAIT.size
 WAIT_ENTRY_SIZE = _WAIT.size
 HEADER_SIZE = _HEADER.size + SCHED_PART_SIZE
 ENTRY_SIZE = _ENTRY.size
-assert (HEADER_SIZE, SCHED_PART_SIZE, WAIT_ENTRY_SIZE, ENTRY_SIZE) == (616, 488, 96, 32)
+assert (HEADER_SIZE, SCHED_PART_SIZE, WAIT_ENTRY_SIZE, ENTRY_SIZE) == (1544, 1416, 328, 32)
 # Largest record the module writes (rust_module/logic/record.rs RECORD_MAX_SIZE): a buffer
 # this big takes any record.
 RECORD_MAX_SIZE = 256 * 1024
@@ -88,9 +92,33 @@ class WaitEntry(NamedTuple):
     waker_ctx: int = CTX_NONE
     softirq: int = SOFTIRQ_NONE
     flags: int = 0
+    # Where it blocked (a blocking switch with sysfs sched_stacks on): kernel return
+    # addresses (kstack[:n_kstack], innermost first, the scheduler's own frames included),
+    # the user IP of the system call then the user frame-pointer chain (ustack[:n_ustack]).
+    kstack: tuple = (0,) * KSTACK_DEPTH
+    ustack: tuple = (0,) * USTACK_DEPTH
+    n_kstack: int = 0
+    n_ustack: int = 0
 
 
 _NO_WAIT = WaitEntry(nr=0, waker_nr=0, waker_ctx=0, softirq=0)  # all zero bytes
+_N_FIXED = 16  # WaitEntry's fields before the stacks
+
+
+def _decode_wait(buf, off: int) -> WaitEntry:
+    f = _WAIT.unpack_from(buf, off)
+    k = _N_FIXED + KSTACK_DEPTH
+    u = k + USTACK_DEPTH
+    return WaitEntry(*f[:_N_FIXED], tuple(f[_N_FIXED:k]), tuple(f[k:u]), f[u], f[u + 1])
+
+
+def _pad(addrs, n: int) -> tuple:
+    return tuple(addrs[:n]) + (0,) * (n - len(addrs[:n]))
+
+
+def _encode_wait(w: WaitEntry) -> bytes:
+    return _WAIT.pack(*w[:_N_FIXED], *_pad(w.kstack, KSTACK_DEPTH), *_pad(w.ustack, USTACK_DEPTH),
+                      w.n_kstack, w.n_ustack)
 
 
 class SchedPart(NamedTuple):
@@ -116,8 +144,7 @@ _NO_SCHED = SchedPart()
 
 def _decode_sched(buf, off: int) -> SchedPart:
     f = _SCHED.unpack_from(buf, off)
-    waits = tuple(WaitEntry._make(_WAIT.unpack_from(buf, off + _SCHED.size + i * _WAIT.size))
-                  for i in range(MAX_WAITS))
+    waits = tuple(_decode_wait(buf, off + _SCHED.size + i * _WAIT.size) for i in range(MAX_WAITS))
     return SchedPart(f[0], f[1], f[2], tuple(f[3:8]), *f[8:16], waits)
 
 
@@ -126,7 +153,7 @@ def _encode_sched(p: SchedPart) -> bytes:
     return (_SCHED.pack(p.on_cpu_ns, p.runq_wakeup_ns, p.runq_preempt_ns, *p.blocked_ns,
                         p.blocks, p.preemptions, p.migrations, p.wakeups, p.wakeup_total_ns,
                         p.wakeup_max_ns, p.n_waits, p.lost_events)
-            + b"".join(_WAIT.pack(*w) for w in waits))
+            + b"".join(_encode_wait(w) for w in waits))
 
 
 class SpanRecord(NamedTuple):

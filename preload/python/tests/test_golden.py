@@ -21,12 +21,32 @@ sys.path.insert(0, PKG_DIR)
 from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags  # noqa: E402
 
-from spantrack_hook import annotate, errnos, record  # noqa: E402
+from spantrack_hook import annotate, errnos, record, stacks  # noqa: E402
+
+
+def load_text(name):
+    with open(os.path.join(GOLDEN, name), encoding="utf-8") as f:
+        return f.read()
 
 
 def load(name):
-    with open(os.path.join(GOLDEN, name), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(load_text(name))
+
+
+def symbols(case):
+    """The case's symbol sources (`symbols`: kallsyms and maps files of tests/golden, null
+    or absent: none), never the host's."""
+    src = case.get("symbols") or {}
+    return stacks.Symbols(*(load_text(src[k]) if src.get(k) else None
+                            for k in ("kallsyms", "maps")))
+
+
+def spelled(stack):
+    """A stack as records.json spells it: hex strings, trailing zero entries left out."""
+    n = len(stack)
+    while n and not stack[n - 1]:
+        n -= 1
+    return [f"{a:#x}" for a in stack[:n]]
 
 
 def decode(hex_bytes):
@@ -38,7 +58,10 @@ def decode(hex_bytes):
 
 
 def typed(v):
-    """A JSON value with its type made explicit (True and 1 are different exports)."""
+    """A JSON value with its type made explicit (True and 1 are different exports); an
+    array is one, whatever its Python sequence type."""
+    if isinstance(v, (list, tuple)):
+        return ("array", [typed(x) for x in v])
     return (type(v).__name__, v)
 
 
@@ -85,6 +108,8 @@ class GoldenRecords(unittest.TestCase):
                          (f["sched"], f["sched_partial"], f["sched_lost"]))
         self.assertEqual((record.SCHED_PART_SIZE, record.WAIT_ENTRY_SIZE, record.MAX_WAITS),
                          (lay["sched_part_size"], lay["wait_entry_size"], lay["max_waits"]))
+        self.assertEqual((record.KSTACK_DEPTH, record.USTACK_DEPTH),
+                         (lay["kstack_depth"], lay["ustack_depth"]))
         self.assertEqual((record.SOFTIRQ_NONE, record.NO_CALL),
                          (lay["softirq_none"], lay["no_call"]))
         self.assertEqual({k: getattr(record, "CAUSE_" + k.upper()) for k in lay["causes"]},
@@ -118,7 +143,8 @@ class GoldenRecords(unittest.TestCase):
                 # The scheduler part, spelled out beside the header (absent: all zero).
                 p = rec.sched
                 waits = [dict(w._asdict(), waker_trace_id=w.waker_trace_id.hex(),
-                              waker_span_id=w.waker_span_id.hex(), waker_comm=w.waker_comm.hex())
+                              waker_span_id=w.waker_span_id.hex(), waker_comm=w.waker_comm.hex(),
+                              kstack=spelled(w.kstack), ustack=spelled(w.ustack))
                          for w in p.waits]
                 got = dict(p._asdict(), blocked_ns=list(p.blocked_ns), waits=waits)
                 if "sched" in g:
@@ -145,9 +171,10 @@ class GoldenSpans(unittest.TestCase):
                 rec = decode(records[c["record"]]["hex"]) if c["record"] else None
                 exp = c["expected"]
                 mode, _, why = c["mode"].partition(":")
+                sym = symbols(c)
                 if "refused" in exp:
                     with self.assertRaises(record.RecordError):
-                        annotate.build(span, rec, None, c["min_child_ns"])
+                        annotate.build(span, rec, None, c["min_child_ns"], sym)
                     with self.assertRaises(record.RecordError):
                         annotate.summarise(span, rec, None, c["min_child_ns"], "over_budget")
                     continue
@@ -157,7 +184,7 @@ class GoldenSpans(unittest.TestCase):
                     out = [annotate.summarise(span, rec, "MainThread", c["min_child_ns"], why)]
                 else:
                     self.assertEqual(mode, "annotate")
-                    out = annotate.build(span, rec, "MainThread", c["min_child_ns"])
+                    out = annotate.build(span, rec, "MainThread", c["min_child_ns"], sym)
                 if why:
                     seen_missing.add(why)
                 parent, kids = out[0], out[1:]

@@ -67,9 +67,10 @@ class RecordTest(unittest.TestCase):
     def test_roundtrip_and_layout(self):
         raw = make_record(b"\x01" * 16, b"\x02" * 8, [(NR["fsync"], 0, 100, 2 * MS)],
                           unitemised=(3, 500), dropped_before=7)
-        self.assertEqual(len(raw), 616 + 32)
+        self.assertEqual(len(raw), record.HEADER_SIZE + 32)
+        self.assertEqual(record.HEADER_SIZE, 1544)
         self.assertEqual(raw[:4], b"SPTR")
-        self.assertEqual(raw[128:616], bytes(488))  # no scheduler part
+        self.assertEqual(raw[128:1544], bytes(1416))  # no scheduler part
         rec = record.decode(raw)
         self.assertEqual(rec.sched, record.SchedPart())
         self.assertEqual(rec.trace_id, b"\x01" * 16)
@@ -98,7 +99,8 @@ class RecordTest(unittest.TestCase):
         back = record.decode(raw2)
         self.assertEqual(back.sched.waits[0], w)
         self.assertEqual(back.sched.waits[1:], (record.WaitEntry._make(
-            (0, 0, 0, 0, bytes(16), bytes(8), bytes(16)) + (0,) * 9),) * 3)
+            (0, 0, 0, 0, bytes(16), bytes(8), bytes(16)) + (0,) * 9
+            + ((0,) * record.KSTACK_DEPTH, (0,) * record.USTACK_DEPTH, 0, 0)),) * 3)
         self.assertEqual(back.sched._replace(waits=(w,)), sp)
         # The part starts right after the first 128 bytes: on_cpu_ns, then the waits at 104.
         self.assertEqual(raw2[128:136], (1).to_bytes(8, "little"))
