@@ -9,7 +9,7 @@ spans have known answers to "where did the time go, who woke it":
                                          its own span: the waiting span links to it
   a pipe another process writes ~30 ms   woken by that process, in write
   a loopback request, server works 40 ms blocked (net), the server's span linked
-  an fsync of 8 MiB of dirty data         blocked (io) on an ext2 disk ($SCHED_DISK)
+  an fsync of 4 MiB of dirty data         blocked (io) on an ext2 disk ($SCHED_DISK, 16 MB/s)
   a spin sharing one CPU with a hog      about half waiting for the CPU (preempted)
 
 With sysfs sched_stacks at 1, the longest waits also carry where they blocked: the kernel
@@ -283,14 +283,14 @@ def main():
     else:
         path = os.path.join(disk, "dirty")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, b"z" * (8 << 20))
+        os.write(fd, b"z" * (4 << 20))
         span, _ = run("fsync", lambda: os.fsync(fd))
         os.close(fd)
         os.unlink(path)
         a, dur = parts(span)
         w = waits(span)
         io = [x for x in w if x.get("spantrack.wait.cause") == "io"]
-        check("fsync of 8 MiB dirty data: blocked.io dominant",
+        check("fsync of 4 MiB dirty data on a 16 MB/s disk: blocked.io dominant",
               a.get("spantrack.sched.dominant") == "blocked.io", summary(span))
         check("fsync: its longest io wait is in fsync, woken by the disk's interrupt or the "
               "BLOCK softirq",
@@ -311,7 +311,17 @@ def main():
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         hog["p"] = subprocess.Popen(["taskset", "-c", str(cpu), "/bin/sh", "-c",
                                      "while :; do :; done"], env=env)
-        time.sleep(0.1)
+        # Until the hog runs its loop (exec'd, and burning CPU): a debug kernel takes a while.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{hog['p'].pid}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+                if st[0] == "R" and int(st[11]) > 10:  # utime > 10 ticks
+                    break
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.02)
         os.sched_setaffinity(0, {cpu})
 
     def stop_hog():
