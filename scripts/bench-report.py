@@ -535,7 +535,7 @@ def main():
         dirty = [l.strip() for l in info if l.startswith("  ")]
         w(f"Run {kv.get('date', '?')}, commit {kv.get('commit', '?')}"
           + (f" plus uncommitted changes in {len(dirty)} file(s) of the measured code (see build-info.txt)" if dirty else "")
-          + ". Command: `make bench` (about 25 minutes on the 2 shared cores).\n")
+          + ". Command: `make bench` (about 16 minutes on 2 idle cores, 2026-12-02, with the overload part).\n")
     w("**Clock.** Under `-icount shift=0` one guest nanosecond is one executed guest instruction, "
       "and the VM has one vCPU, so guest time is the number of instructions the whole guest "
       "executed: work on background threads (batch exporter, spantrack worker, relay reader, "

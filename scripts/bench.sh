@@ -4,8 +4,8 @@
 # with QEMU -icount shift=0 (guest ns = executed instructions: figures do not depend on how
 # busy the host is) that runs every configuration interleaved and repeated
 # (scripts/bench-guest.sh), then one shorter VM without -icount for emulated wall-clock
-# figures; writes results/bench/ (raw JSON lines, results.md, SVG figures). About 30 minutes
-# on 2 shared cores.
+# figures; writes results/bench/ (raw JSON lines, results.md, SVG figures). 15.5 minutes
+# on 2 idle cores (2026-12-02: overload VM 5.2, VM 1 9.6, VM 2 0.7); more on a busy host.
 #
 # Both VMs have ONE vCPU (--smp 1): with two, QEMU's round-robin TCG lets a vCPU spin for a
 # whole time slice on a lock the other one holds, and runs of the same configuration then
@@ -13,10 +13,10 @@
 #
 # Issue 19's part (BENCH_PARTS contains "overload"), first, in a VM of its own (-icount
 # shift=0, one vCPU): the integrations under sustained load, Python and Rust, with and without
-# spantrack (scripts/bench-guest.sh, part "overload"; about 7 minutes): results/bench/
+# spantrack (scripts/bench-guest.sh, part "overload"; about 5 minutes): results/bench/
 # raw-overload.jsonl and the section "Under sustained load" of results.md (also overload.md).
 #
-# Knobs (environment): BENCH_PARTS ("overload overhead": both; "overload" alone takes ~8
+# Knobs (environment): BENCH_PARTS ("overload overhead": both; "overload" alone takes ~6
 # minutes); BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
 # BENCH_PEER_MAX_N, BENCH_PROFILE_RUNS, BENCH_OVL_* ... (see scripts/bench-guest.sh); BENCH_WALL=0 skips
 # the wall-clock VM; BENCH_WALL_N (10000) its N; BENCH_TIMEOUT (3600) seconds for the icount VM;
