@@ -5,7 +5,9 @@ Python function).
 A daemon thread of the hook (untracked by the module, as the annotator) samples every
 thread's frames (`sys._current_frames()`) every SPANTRACK_PY_STACK_INTERVAL_MS milliseconds
 (default 5; 0: no sampler, no Python stacks) while spans are open, and for a second after the
-last one; with none open it sleeps until a span starts. It keeps, per native thread id
+last one; then it only looks for open spans every 100 ms, and after 10 s without any it sleeps
+until a span starts (waking it at every span's start would make the sampler compete for the
+GIL with the span's first steps). It keeps, per native thread id
 (Thread.native_id), a ring of the last RING distinct stacks, each with the first and last
 times (CLOCK_MONOTONIC) it was seen: a thread that stays blocked keeps one entry however long
 it waits. When a record's wait (tid, start_mono_ns .. start_mono_ns + blocked_ns) is
@@ -34,6 +36,8 @@ _HOOK_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 RING = 64      # distinct stacks kept per thread
 DEPTH = 32     # frames kept per stack (innermost first)
 LINGER_NS = 1_000_000_000  # keeps sampling this long after the last open span
+IDLE_POLL_S = 0.1  # then looks for open spans this often
+DORMANT_NS = 10_000_000_000  # and after this long without any, sleeps until a span starts
 FORGET_NS = 10_000_000_000  # a thread not seen for this long loses its ring
 
 
@@ -108,6 +112,8 @@ class Sampler:
         self._lib = lib
         self.interval_s = interval_ms / 1000
         self.linger_ns = LINGER_NS
+        self.idle_poll_s = IDLE_POLL_S
+        self.dormant_ns = DORMANT_NS
         self._clock = clock
         self._current_frames = current_frames
         self._rings = {}  # native tid -> StackRing
@@ -182,15 +188,19 @@ class Sampler:
         self.unregister_error = self._lib.unregister_thread() if self._lib is not None else 0
         HOOK_THREADS.add(threading.current_thread().native_id)
         clock, sleep = self._clock, time.sleep
-        active_at = clock()
+        # Starts between spans: nothing is sampled before a span is seen open.
+        active_at = clock() - self.linger_ns - 1
         while True:
             now = clock()
             if self._poked or self._spans_open():
                 self._poked = False
                 active_at = now
-            elif now - active_at > self.linger_ns:
-                # Idle: published before looking at _poked again (span_starting sets _poked
-                # before it looks at _idle: one of the two sees the other).
+            elif now - active_at > self.dormant_ns:
+                # Dormant: published before looking at _poked again (span_starting sets
+                # _poked before it looks at _idle: one of the two sees the other). The first
+                # span after this wakes the sampler while it starts, and the sampler's return
+                # to Python may then make that span's thread hand the GIL over (a futex in
+                # its span): only after DORMANT_NS without spans.
                 self._idle = True
                 if not self._poked and not self._spans_open():
                     self._wake.wait()
@@ -198,6 +208,11 @@ class Sampler:
                 self._idle = False
                 self._poked = False
                 active_at = clock()
+                continue
+            elif now - active_at > self.linger_ns:
+                # Between spans: look again a little later, without sampling (woken by a
+                # span's start, it would compete for the GIL with that span's first steps).
+                sleep(self.idle_poll_s)
                 continue
             try:
                 self.sample()

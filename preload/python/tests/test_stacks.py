@@ -239,7 +239,7 @@ class Sampling(unittest.TestCase):
         fake = FakeSpanHook()
         proc = Processor()
         s = pystacks.Sampler(fake, 2)
-        s.linger_ns = 50 * MS
+        s.linger_ns, s.idle_poll_s, s.dormant_ns = 50 * MS, 0.01, 400 * MS
         s.watch(proc)
         self.assertTrue(s.start())
         try:
@@ -267,7 +267,16 @@ class Sampling(unittest.TestCase):
             self.assertIsNone(s.python_stack(t.native_id, seen["end"] + 10**9, seen["end"] + 2 * 10**9))
             self.assertIsNone(s.python_stack(threading.current_thread().native_id, 0, 1))
             proc._open.clear()
-            self.assertTrue(wait_until(lambda: s._idle, 5))  # linger_ns after the last span
+            # linger_ns after the last span it stops sampling, then looks every idle_poll_s
+            # and picks up a span that starts then without being woken.
+            time.sleep(0.1)
+            n = s.samples
+            time.sleep(0.05)
+            self.assertEqual((s.samples, s._idle), (n, False), "between spans: no sample")
+            proc._open[2] = "span"
+            self.assertTrue(wait_until(lambda: s.samples > n + 2, 5))
+            proc._open.clear()
+            self.assertTrue(wait_until(lambda: s._idle, 5))  # dormant_ns after the last span
         finally:
             proc._open.clear()
 
