@@ -57,7 +57,9 @@ else
   nok "LD_PRELOAD alone arms the Python hook (the library does not put preload/python on PYTHONPATH); the rest sets it by hand"
   extra=(PYTHONPATH="$root/preload/python")
 fi
-run() { env LD_PRELOAD="$lib" "${extra[@]}" "$@"; }
+# The Python-stacks sampler takes the GIL every 5 ms and can add futex calls to a span:
+# off here, where spans must hold exactly their own calls (t_sched runs it).
+run() { env LD_PRELOAD="$lib" SPANTRACK_PY_STACK_INTERVAL_MS=0 "${extra[@]}" "$@"; }
 mkdir -p "$t/shadow"
 echo 'import builtins; builtins.SHADOWED = 1' > "$t/shadow/sitecustomize.py"
 out=$(run PYTHONPATH="${extra:+$root/preload/python:}$t/shadow" "$py" -c 'import builtins, sys; print(hasattr(builtins, "SHADOWED"), "spantrack_hook" in sys.modules)' 2>&1)
