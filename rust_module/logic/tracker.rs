@@ -1813,43 +1813,19 @@ impl<'a> Tracker<'a> {
             t.call_start_ns = now_mono;
             return;
         }
-        let (addr, cached, cached_si, cached_gen, proc) =
-            (t.slot_addr, t.slot_value, t.slot_span, t.slot_gen, t.proc);
+        let addr = t.slot_addr;
         let mut state = CALL_UNCHARGED;
         let mut span = NIL;
-        {
-            match read_slot(addr) {
-                None => bump(&mut self.stats.slot_faults),
-                Some(0) => bump(&mut self.stats.calls_no_active_span),
-                Some(v) => {
-                    let si = if v == cached
-                        && (self.span_is(cached_si, v, proc)
-                            || (cached_si == NIL && cached_gen == self.begins))
-                    {
-                        cached_si
-                    } else {
-                        let si = self
-                            .active_index
-                            .get(&ActiveKey {
-                                span_id: v,
-                                proc,
-                                pad: 0,
-                            })
-                            .unwrap_or(NIL);
-                        let begins = self.begins;
-                        if let Some(t) = slot_mut(self.threads, ti) {
-                            t.slot_value = v;
-                            t.slot_span = si;
-                            t.slot_gen = begins;
-                        }
-                        si
-                    };
-                    if si == NIL {
-                        bump(&mut self.stats.calls_unknown_active_span);
-                    } else {
-                        state = CALL_ACTIVE;
-                        span = si;
-                    }
+        match read_slot(addr) {
+            None => bump(&mut self.stats.slot_faults),
+            Some(0) => bump(&mut self.stats.calls_no_active_span),
+            Some(v) => {
+                let si = self.resolve_slot(ti, v);
+                if si == NIL {
+                    bump(&mut self.stats.calls_unknown_active_span);
+                } else {
+                    state = CALL_ACTIVE;
+                    span = si;
                 }
             }
         }
