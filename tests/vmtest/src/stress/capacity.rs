@@ -344,10 +344,11 @@ fn chunks(rep: &mut Report) -> Result<(), String> {
     for _ in 0..limit {
         raw_getpid();
     }
-    let re = span_write(e, &l);
     let s_over = Stats::read()?;
     let want_pool = u64::from(limit) - (rem * per_chunk).min(u64::from(limit));
-    // A small span while the pool is still empty: its record says so.
+    // A small span while the pool is still empty: its record says so. It is
+    // nested in the span above, which keeps the pool's last chunks until it
+    // ends (ending it first would hand them to the small span).
     sysfs::set(sysfs::THRESHOLD, "0")?;
     let k = key3(23, 0, 0);
     let kl = k.line();
@@ -356,6 +357,7 @@ fn chunks(rep: &mut Report) -> Result<(), String> {
         raw_getpid();
     }
     let re2 = span_write(e, &kl);
+    let re = span_write(e, &l);
     let mut rng = Rng::new(1);
     let mut got: Vec<Rec> = Vec::new();
     wait_until(Duration::from_secs(2), || {
