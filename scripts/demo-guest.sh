@@ -11,8 +11,9 @@
 #   KO      the module to insmod ("none": no module, e.g. on the host: nothing annotated)
 #   OUT_DIR where spans.jsonl, requests.json, traces.json and the logs go. Default: the VM's
 #           output share /run/spout/demo-output (kept on the host with vm-run.sh --keep DIR),
-#           else /tmp/spantrack-demo. The services' files (the fsync'ed ones) go there too:
-#           in the VM /tmp is a tmpfs, where fsync costs nothing.
+#           else /tmp/spantrack-demo. The services' files (the fsync'ed ones) go to the VM's
+#           disk /dev/vda when it has one (mounted on OUT_DIR/data), else to OUT_DIR/data
+#           (in the VM /tmp is a tmpfs, where fsync costs nothing).
 # Env: DEMO_THRESHOLD_MS (default 10), DEMO_RECEIVER_PORT/FRONTEND_PORT/CURRENCY_PORT
 #      (4318/8081/8082), SPANTRACK_VENV (default: the venv of scripts/python-env.sh),
 #      SPANHOOK_LIB (default target/release/libspanhook.so).
@@ -36,10 +37,17 @@ py=$venv/bin/python
 [ -x "$py" ] || fail "no python in $venv (run scripts/python-env.sh on the host first)"
 
 rm -rf "$out"; mkdir -p "$out/data" || fail "cannot write $out"
+# The services' files go to a real disk when the VM has one (scripts/vm-run.sh attaches a
+# slow ext2 disk as /dev/vda): there an fsync waits for the device, as on a server.
+disk=
+if [ -b /dev/vda ] && ! grep -q '^/dev/vda ' /proc/mounts && mount -t ext2 /dev/vda "$out/data" 2>/dev/null; then
+  disk=/dev/vda
+fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
+  if [ -n "$disk" ]; then rm -rf "$out/data"/* 2>/dev/null; umount "$out/data"; fi
   rm -rf "$out/data"
   if [ "$ko" != none ] && lsmod 2>/dev/null | grep -q '^spantrack'; then rmmod spantrack; fi
 }
@@ -107,7 +115,11 @@ for q in "q=ready&fsync=1" "q=ready&stat=1"; do
 done
 "$py" demo/wait.py port "$fport" 120 || fail "frontend did not start: $(cat "$out/frontend.log")"
 
-case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac
+if [ -n "$disk" ]; then
+  say "the services' files go to $out/data: an ext2 file system on $disk, a slow virtual disk (16 MB/s, 500 I/O per second)"
+else
+  case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac
+fi
 say "requests (client-side latency as the caller saw it):"
 "$py" demo/drive.py "http://127.0.0.1:$fport" "$out/requests.json" || fail "the driver failed"
 
