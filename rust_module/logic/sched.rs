@@ -146,27 +146,12 @@ pub const UNUSED_WAIT: WaitEntry = WaitEntry {
 
 /// A wait with no waker.
 pub const EMPTY_WAIT: WaitEntry = WaitEntry {
-    start_mono_ns: 0,
-    blocked_ns: 0,
-    runq_ns: 0,
-    waker_on_cpu_ns: 0,
-    waker_trace_id: [0; 16],
-    waker_span_id: [0; 8],
-    waker_comm: [0; 16],
-    tid: 0,
     nr: NO_CALL,
-    waker_tid: 0,
-    waker_tgid: 0,
     waker_nr: NO_CALL,
     cause: CAUSE_OTHER,
     waker_ctx: CTX_NONE,
     softirq: SOFTIRQ_NONE,
-    flags: 0,
-    kstack: [0; KSTACK_DEPTH],
-    ustack: [0; USTACK_DEPTH],
-    n_kstack: 0,
-    n_ustack: 0,
-    _pad: [0; 6],
+    ..UNUSED_WAIT
 };
 
 /// What a `sched_waking` probe knows of the waker.

@@ -8,3 +8,14 @@ finish() { echo "# $(basename "$0"): $ST_PASS passed, $ST_FAIL failed"; [ "$ST_F
 # Kernel log lines written since the mark.
 dmesg_mark() { dmesg | wc -l; }
 dmesg_since() { dmesg | tail -n +"$(( $1 + 1 ))"; }
+# What the preload and Python tests start from: the repository as the working directory;
+# root (its path), lib (libspanhook.so), venv and py (the venv's Python); t, a fresh scratch
+# directory named after the test (the test removes it).
+st_setup() {
+  cd "$(dirname "$0")/../.." || exit 1
+  root=$PWD
+  lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
+  venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
+  py=$venv/bin/python
+  t=$(mktemp -d "/tmp/$(basename "$0" .sh).XXXXXX")
+}

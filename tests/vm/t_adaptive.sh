@@ -7,12 +7,7 @@
 # outliers (both shown). Also the begin line's threshold field at the proc interface.
 . "$(dirname "$0")/lib.sh"
 ko=$1
-cd "$(dirname "$0")/../.."
-root=$PWD
-lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
-venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
-py=$venv/bin/python
-t=$(mktemp -d /tmp/t_adaptive.XXXXXX)
+st_setup
 trap 'rm -rf "$t"' EXIT
 if [ ! -x "$py" ]; then nok "Python venv present"; finish; exit; fi
 lsmod | grep -q '^spantrack' && rmmod spantrack

@@ -8,14 +8,9 @@
 # tests/async_rust (spantrack-tokio-svc).
 . "$(dirname "$0")/lib.sh"
 ko=$1
-cd "$(dirname "$0")/../.."
-root=$PWD
-lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
-venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
-py=$venv/bin/python
+st_setup
 svc=$root/target/release/spantrack-tokio-svc
 w=preload/python/tests/vm_async.py
-t=$(mktemp -d /tmp/t_async.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$t"; }
 trap cleanup EXIT

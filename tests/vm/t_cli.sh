@@ -4,13 +4,8 @@
 # tunable, malformed and out-of-range values, a process that is not registered.
 . "$(dirname "$0")/lib.sh"
 ko=$1
-cd "$(dirname "$0")/../.."
-root=$PWD
-lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
-venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
-py=$venv/bin/python
+st_setup
 st=scripts/spantrack
-t=$(mktemp -d /tmp/t_cli.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$t"; }
 trap cleanup EXIT

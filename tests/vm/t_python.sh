@@ -7,13 +7,8 @@
 # oteltest's independent `otelsink` and by demo/receiver.py.
 . "$(dirname "$0")/lib.sh"
 ko=$1
-cd "$(dirname "$0")/../.."
-root=$PWD
-lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
-venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
-py=$venv/bin/python
+st_setup
 w=preload/python/tests/vm_workload.py
-t=$(mktemp -d /tmp/t_python.XXXXXX)
 export TMPDIR=$t
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$t"; }

@@ -6,14 +6,9 @@
 # refused and nothing changed, off: no scheduler part and no probe on the scheduler path).
 . "$(dirname "$0")/lib.sh"
 ko=$1
-cd "$(dirname "$0")/../.."
-root=$PWD
-lib=${SPANHOOK_LIB:-$root/target/release/libspanhook.so}
-venv=${SPANTRACK_VENV:-$(scripts/python-env.sh 2>/dev/null)}
-py=$venv/bin/python
+st_setup
 w=preload/python/tests/vm_sched.py
 sched=/sys/kernel/spantrack/sched
-t=$(mktemp -d /tmp/t_sched.XXXXXX)
 trap 'rm -rf "$t"' EXIT
 
 if [ ! -x "$py" ]; then nok "Python venv present (run scripts/python-env.sh on the host)"; finish; exit; fi

@@ -31,14 +31,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from vmcheck import check, results
+
 MS = 1_000_000
-results = []
-
-
-def check(name, cond, why=""):
-    results.append(bool(cond))
-    print(f"ok - {name}" if cond else f"not ok - {name}{': ' + str(why) if why else ''}",
-          flush=True)
 
 
 def set_comm(name):

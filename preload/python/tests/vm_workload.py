@@ -22,16 +22,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from vmcheck import check, results
+
 THRESHOLD = "/sys/kernel/spantrack/threshold_ns"
 MS = 1_000_000
-
-results = []
-
-
-def check(name, cond, why=""):
-    results.append(bool(cond))
-    print(f"ok - {name}" if cond else f"not ok - {name}{': ' + str(why) if why else ''}",
-          flush=True)
 
 
 def set_threshold(ns):
