@@ -27,8 +27,7 @@ pub fn run(opts: &Opts) {
     let mut end = -1;
     if mode != "plain" {
         let ctl = open(uapi::PROC_CONTROL, libc::O_RDONLY);
-        // SAFETY: REGISTER takes no argument.
-        if unsafe { libc::ioctl(ctl, uapi::IOCTL_REGISTER as _) } != 0 {
+        if spantrack_sys::ioctl_plain(ctl, uapi::IOCTL_REGISTER).is_err() {
             die("REGISTER failed");
         }
     }

@@ -6,23 +6,28 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, RawFd};
 
+use nix::errno::Errno;
+use nix::{ioctl_read_bad, ioctl_write_ptr_bad};
 use spantrack_uapi as uapi;
 
 /// The calling thread's `errno` (no system call).
 pub fn errno() -> i32 {
-    // SAFETY: `__errno_location` returns the calling thread's errno slot, always valid.
-    unsafe { *libc::__errno_location() }
+    Errno::last_raw()
 }
 
-/// An argument-less ioctl (`IOCTL_REGISTER`, `IOCTL_UNREGISTER*`) on the control file.
+// The control file's requests with a fixed argument type, numbered in `uapi` (the ABI is
+// written once there; nix's `_bad` macros take a request number as it is).
+ioctl_read_bad!(raw_info, uapi::IOCTL_INFO, uapi::Info);
+ioctl_read_bad!(raw_info_abi2, uapi::IOCTL_INFO_ABI2, uapi::Info);
+ioctl_read_bad!(raw_relay_fds, uapi::IOCTL_RELAY_FDS, uapi::RelayFds);
+ioctl_write_ptr_bad!(raw_set_active_slot, uapi::IOCTL_SET_ACTIVE_SLOT, u64);
+
+/// An argument-less ioctl (`IOCTL_REGISTER`, `IOCTL_UNREGISTER*`, or any request number, as
+/// the fuzzer sends) on the control file.
 pub fn ioctl_plain(control: RawFd, req: u32) -> Result<(), i32> {
-    // SAFETY: the spantrack ioctls without a payload take no argument.
-    let r = unsafe { libc::ioctl(control, req as _, 0usize) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    // SAFETY: the spantrack ioctls without a payload take no argument; for any other request
+    // number the argument is 0, which no request may dereference without checking.
+    Errno::result(unsafe { libc::ioctl(control, req as _, 0usize) }).map(drop).map_err(|e| e as i32)
 }
 
 /// `IOCTL_SET_ACTIVE_SLOT` on the control file for the calling thread: `slot` is the
@@ -30,24 +35,14 @@ pub fn ioctl_plain(control: RawFd, req: u32) -> Result<(), i32> {
 pub fn set_active_slot(control: RawFd, slot: *const u64) -> Result<(), i32> {
     // SAFETY: the request takes the slot's address as its argument; the kernel only reads
     // 8 bytes there (and later reads them again without faulting).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_SET_ACTIVE_SLOT as _, slot as usize) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    unsafe { raw_set_active_slot(control, slot) }.map(drop).map_err(|e| e as i32)
 }
 
 /// `IOCTL_INFO` on the control file.
 pub fn ioctl_info(control: RawFd) -> Result<uapi::Info, i32> {
     let mut info = uapi::Info::default();
     // SAFETY: IOCTL_INFO writes one `Info` (its size is encoded in the request number).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_INFO as _, &mut info as *mut uapi::Info) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(info)
-    }
+    unsafe { raw_info(control, &mut info) }.map(|_| info).map_err(|e| e as i32)
 }
 
 /// The loaded module's ABI version when it is older than this crate's and so does not
@@ -55,8 +50,7 @@ pub fn ioctl_info(control: RawFd) -> Result<uapi::Info, i32> {
 pub fn older_module_abi(control: RawFd) -> Option<u32> {
     let mut info = uapi::Info::default();
     // SAFETY: as `ioctl_info`: the request writes one `Info` (its size is in the number).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_INFO_ABI2 as _, &mut info as *mut uapi::Info) };
-    (r == 0).then_some(info.abi_version)
+    unsafe { raw_info_abi2(control, &mut info) }.ok().map(|_| info.abi_version)
 }
 
 /// `poll()` one descriptor for POLLIN: its `revents` (0 on timeout) or the errno.
@@ -80,12 +74,7 @@ pub fn poll_in(fd: RawFd, timeout_ms: i32) -> Result<i16, i32> {
 /// `IOCTL_RELAY_FDS` on the control file: the calling process's per-CPU relay buffers as
 /// `(cpu, file)` pairs (read-only, blocking, close-on-exec), or the errno.
 pub fn relay_fds(control: RawFd) -> Result<Vec<(u32, File)>, i32> {
-    let mut out = uapi::RelayFds::default();
-    // SAFETY: IOCTL_RELAY_FDS writes one `RelayFds` (its size is in the request number).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_RELAY_FDS as _, &mut out as *mut uapi::RelayFds) };
-    if r < 0 {
-        return Err(errno());
-    }
+    let out = relay_fds_answer(control)?;
     let mut v = Vec::new();
     for (cpu, &fd) in out.fds.iter().enumerate() {
         if fd >= 0 {
@@ -94,6 +83,13 @@ pub fn relay_fds(control: RawFd) -> Result<Vec<(u32, File)>, i32> {
         }
     }
     Ok(v)
+}
+
+/// `IOCTL_RELAY_FDS`'s answer as the kernel wrote it (the caller owns the descriptors in it).
+pub fn relay_fds_answer(control: RawFd) -> Result<uapi::RelayFds, i32> {
+    let mut out = uapi::RelayFds::default();
+    // SAFETY: IOCTL_RELAY_FDS writes one `RelayFds` (its size is in the request number).
+    unsafe { raw_relay_fds(control, &mut out) }.map(|_| out).map_err(|e| e as i32)
 }
 
 /// The `cpu<N>` files of a debugfs relay directory, sorted by N.

@@ -8,31 +8,12 @@ use std::ffi::CString;
 #[allow(unused_imports)]
 pub use spantrack_sys::{errno, ioctl_info, ioctl_plain, poll_in};
 
-/// Symbolic name of an errno value (the ones the module's interface uses, plus a few).
+/// Symbolic name of an errno value (nix's table), `errno <n>` for one it does not know.
 pub fn errno_name(e: i32) -> String {
-    let n = match e {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::E2BIG => "E2BIG",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::EINVAL => "EINVAL",
-        libc::ENOTTY => "ENOTTY",
-        libc::ENOSPC => "ENOSPC",
-        libc::ERANGE => "ERANGE",
-        libc::ENOSYS => "ENOSYS",
-        libc::EOVERFLOW => "EOVERFLOW",
-        libc::EALREADY => "EALREADY",
-        libc::EDQUOT => "EDQUOT",
-        _ => return format!("errno {e}"),
-    };
-    n.to_string()
+    match nix::errno::Errno::from_raw(e) {
+        nix::errno::Errno::UnknownErrno => format!("errno {e}"),
+        n => format!("{n:?}"),
+    }
 }
 
 /// Describes the result of a write-like call: `n` bytes or `-errno`.

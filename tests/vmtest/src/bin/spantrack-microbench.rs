@@ -84,9 +84,9 @@ fn activation(begin: i32, end: i32, ctl: i32) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     sysfs_set("threshold_ns", "3600000000000");
     let slot = Box::new(AtomicU64::new(0));
-    // SAFETY: the slot outlives its registration (cleared below); 8-aligned.
-    let r = unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, slot.as_ptr() as usize) };
-    assert_eq!(r, 0, "SET_ACTIVE_SLOT: {}", std::io::Error::last_os_error());
+    // The slot outlives its registration (cleared below); 8-aligned.
+    let r = spantrack_sys::set_active_slot(ctl, slot.as_ptr());
+    assert_eq!(r, Ok(()), "SET_ACTIVE_SLOT");
     getpid_loop(10_000);
     println!("getpid, slot thread, no span open          {:8.1} ns", getpid_loop(CALLS));
     let getpid = || {
@@ -110,8 +110,7 @@ fn activation(begin: i32, end: i32, ctl: i32) {
     });
     println!("getpid after a switch (store + getpid)      {:8.1} ns", switching);
     println!("switch (kernel look-up + store)             {:8.1} ns", switching - steady);
-    // SAFETY: clears the registration (null argument).
-    unsafe { libc::ioctl(ctl, uapi::IOCTL_SET_ACTIVE_SLOT as _, 0usize) };
+    let _ = spantrack_sys::set_active_slot(ctl, std::ptr::null());
 }
 
 const ROUND_TRIPS: u64 = 20_000;
@@ -242,8 +241,7 @@ fn main() {
     println!("getpid, module loaded, thread not tracked   {:8.1} ns", getpid_loop(CALLS));
 
     let ctl = open(uapi::PROC_CONTROL, libc::O_RDONLY);
-    // SAFETY: REGISTER takes no argument.
-    assert_eq!(unsafe { libc::ioctl(ctl, uapi::IOCTL_REGISTER as _) }, 0, "REGISTER");
+    assert_eq!(spantrack_sys::ioctl_plain(ctl, uapi::IOCTL_REGISTER), Ok(()), "REGISTER");
     let begin = open(uapi::PROC_BEGIN, libc::O_WRONLY);
     let end = open(uapi::PROC_END, libc::O_WRONLY);
     println!("getpid, tracked thread, no open span        {:8.1} ns", getpid_loop(CALLS));
@@ -297,6 +295,5 @@ fn main() {
     for l in stats.lines().filter(|l| l.starts_with("records_")) {
         println!("  {l}");
     }
-    // SAFETY: UNREGISTER takes no argument.
-    unsafe { libc::ioctl(ctl, uapi::IOCTL_UNREGISTER as _) };
+    let _ = spantrack_sys::ioctl_plain(ctl, uapi::IOCTL_UNREGISTER);
 }

@@ -162,16 +162,7 @@ impl BulkReader {
 }
 
 /// `IOCTL_RELAY_FDS` on `control`: the answer or the errno.
-pub fn relay_fds(control: i32) -> Result<uapi::RelayFds, i32> {
-    let mut out = uapi::RelayFds::default();
-    // SAFETY: the ioctl writes one RelayFds (its size is in the request number).
-    let r = unsafe { libc::ioctl(control, uapi::IOCTL_RELAY_FDS as _, &mut out as *mut uapi::RelayFds) };
-    if r < 0 {
-        Err(crate::sys::errno())
-    } else {
-        Ok(out)
-    }
-}
+pub use spantrack_sys::relay_fds_answer as relay_fds;
 
 /// Structural checks every record passes: sizes, entry order and times inside the span,
 /// totals consistent, reserved fields zero.
