@@ -39,6 +39,11 @@ def ms(ns):
     return f"{ns / 1e6:.1f} ms"
 
 
+def dur(ns):
+    """A short duration: µs below a millisecond."""
+    return f"{ns / 1e3:.0f} µs" if ns < 1e6 else ms(ns)
+
+
 def is_syscall(span):
     return "spantrack.syscall.nr" in span["attributes"]
 
@@ -192,9 +197,30 @@ def print_span(trace, span, depth, out, name_width):
             print(f"{pad}     {name:<16} ×{g['count']:<4} {ms(g['ns']):>10}{longest}"
                   + (f"  failed: {errs}" if errs else "") + gloss, file=out)
         print_sched(trace, span, pad, out)
+    why = why_annotated(a)
+    if why:
+        print(f"{pad}  ⤷ why annotated: {why}", file=out)
     for c in trace.children[span["span_id"]]:
         if not is_syscall(c):
             print_span(trace, c, depth + 1, out, name_width)
+
+
+def why_annotated(a):
+    """Why spantrack judged the span slow: the threshold in force, where it came from, and the
+    operation's latency estimates (issue 14's attributes); None on a span without them."""
+    if "spantrack.threshold_ns" not in a:
+        return None
+    source = a.get("spantrack.threshold.source", "?")
+    text = f"over {dur(a['spantrack.threshold_ns'])}, " + {
+        "adaptive": "this operation's adaptive threshold",
+        "warmup": "the module's threshold_ns (the operation is still warming up)",
+        "fixed": "the module's threshold_ns (SPANTRACK_THRESHOLD=fixed)",
+    }.get(source, f"source {source}")
+    if a.get("spantrack.op.samples"):
+        text += (f"; the operation: p50 {dur(a.get('spantrack.op.p50_ns', 0))}, "
+                 f"p95 {dur(a.get('spantrack.op.p95_ns', 0))}, p99 {dur(a.get('spantrack.op.p99_ns', 0))}, "
+                 f"cv {float(a.get('spantrack.op.cv', 0)):.2f}, {a['spantrack.op.samples']} spans")
+    return text
 
 
 SCHED_PARTS = [("on CPU", "on_cpu_ns"), ("waiting for a CPU", "runqueue_ns"),

@@ -25,7 +25,8 @@ else
   nok "the demo wrote $out/traces.json"
 fi
 # What a person reads: the trees name the calls and say where the time went.
-for want in "fsync " "clock_nanosleep " "futex " "[client]" "mostly clock_nanosleep" "⤷ kernel:"; do
+for want in "fsync " "clock_nanosleep " "futex " "[client]" "mostly clock_nanosleep" "⤷ kernel:" \
+            "⤷ why annotated: over" "this operation's adaptive threshold" "warm-up: "; do
   check "the printed trees show '$want'" grep -qF -- "$want" <<<"$printed"
 done
 rm -rf "$out"
