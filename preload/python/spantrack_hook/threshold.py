@@ -143,7 +143,7 @@ class ThresholdConfig:
         self.window_samples = max(min(ws if ws >= 0 else 1000, MAX_WINDOW_SAMPLES), self.warmup)
         s = num("SPANTRACK_THRESHOLD_WINDOW_S", 60)
         self.window_ns = (s if s >= 1 else 60) * 1_000_000_000
-        self.floor_ns = max(0, num("SPANTRACK_THRESHOLD_FLOOR_NS", 0))
+        self.floor_ns = max(0, num("SPANTRACK_THRESHOLD_FLOOR_NS", DEFAULT_FLOOR_NS))
         self.max_ops = max(0, num("SPANTRACK_THRESHOLD_MAX_OPS", 256))
         self.annotations_per_s = max(0, num("SPANTRACK_OP_ANNOTATIONS_PER_S", 100))
 
@@ -202,6 +202,11 @@ class Estimator:
         return {"threshold_ns": self.threshold_ns(), "p50_ns": p50, "p95_ns": p95,
                 "p99_ns": p99, "samples": n, "cv": cv(both, n)}
 
+
+# The default floor of adaptive thresholds, as the Rust library's DEFAULT_FLOOR_NS (1 ms, the
+# module's default threshold_ns): without it an operation of tens of microseconds would have
+# 5% of its spans annotated.
+DEFAULT_FLOOR_NS = 1_000_000
 
 DEFAULT_OPS_DIR = "/tmp/spantrack-ops"
 

@@ -106,6 +106,18 @@ class Estimates(unittest.TestCase):
                                 "SPANTRACK_THRESHOLD_WINDOW": "5"})
         self.assertEqual((c.percentile_bp, c.warmup, c.window_samples), (9500, 20, 20))
 
+    def test_floor_is_1_ms_by_default(self):
+        self.assertEqual(th.ThresholdConfig({}).floor_ns, 1_000_000)
+        self.assertEqual(th.ThresholdConfig({"SPANTRACK_THRESHOLD_FLOOR_NS": "0"}).floor_ns, 0)
+        self.assertEqual(th.ThresholdConfig({"SPANTRACK_THRESHOLD_FLOOR_NS": "250000"}).floor_ns, 250_000)
+        # A 30 us operation: its threshold is the floor, or its own p95 without one.
+        cfg = th.ThresholdConfig({"SPANTRACK_THRESHOLD_WARMUP": "5", "SPANTRACK_THRESHOLD_WINDOW": "100"})
+        for floor, lo, hi in ((1_000_000, 1_000_000, 1_000_000), (0, 30_000, 36_000)):
+            op = th.Op(("svc", "op", 1), cfg)
+            for i in range(40):
+                op.record(30_000 + i % 3 * 100, i, floor)
+            self.assertTrue(lo <= op.threshold <= hi, (floor, op.threshold))
+
     def test_op_table_and_cap(self):
         cfg = th.ThresholdConfig({"SPANTRACK_THRESHOLD_MAX_OPS": "2", "SPANTRACK_THRESHOLD_WARMUP": "5"})
         t = th.OpTable(cfg)
