@@ -122,6 +122,9 @@ pub struct ProcessorStats {
     /// down (the worker was stuck in the inner processor past the shutdown's timeout):
     /// never handed to it.
     pub after_shutdown: AtomicU64,
+    /// The same for the system-call child spans spantrack made (not the service's spans:
+    /// apart, so that `after_shutdown` + exported = spans the service made).
+    pub children_after_shutdown: AtomicU64,
     /// Slow spans past their operation's annotations per second
     /// (`Config::threshold.annotations_per_s`): summary only, `over_budget`.
     pub op_capped: AtomicU64,
@@ -146,6 +149,7 @@ pub struct StatsSnapshot {
     pub missing_worker_error: u64,
     pub missing_inactive: u64,
     pub after_shutdown: u64,
+    pub children_after_shutdown: u64,
     pub op_capped: u64,
 }
 
@@ -181,6 +185,7 @@ impl ProcessorStats {
             missing_worker_error: g(&self.missing_worker_error),
             missing_inactive: g(&self.missing_inactive),
             after_shutdown: g(&self.after_shutdown),
+            children_after_shutdown: g(&self.children_after_shutdown),
             op_capped: g(&self.op_capped),
         }
     }
@@ -225,14 +230,23 @@ impl Shared {
         self.hurry.load(Ordering::Acquire) > 0
     }
 
-    /// Hands spans to the inner processor unless it was shut down.
-    fn deliver<P: SpanProcessor>(&self, inner: &P, spans: impl IntoIterator<Item = SpanData>, stats: &ProcessorStats) {
+    /// Hands the service's span to the inner processor unless it was shut down (counted).
+    fn deliver<P: SpanProcessor>(&self, inner: &P, span: SpanData, stats: &ProcessorStats) {
+        self.deliver_counted(inner, [span], &stats.after_shutdown);
+    }
+
+    /// The same for child spans spantrack made.
+    fn deliver_children<P: SpanProcessor>(&self, inner: &P, spans: Vec<SpanData>, stats: &ProcessorStats) {
+        self.deliver_counted(inner, spans, &stats.children_after_shutdown);
+    }
+
+    fn deliver_counted<P: SpanProcessor>(&self, inner: &P, spans: impl IntoIterator<Item = SpanData>, late: &AtomicU64) {
         let open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         for s in spans {
             if *open {
                 inner.on_end(s);
             } else {
-                bump(&stats.after_shutdown);
+                bump(late);
             }
         }
     }
@@ -768,7 +782,7 @@ impl Ctx<'_> {
             explain(&mut span, &reason);
         }
         mark_missing(&mut span, slow, why, self.stats);
-        self.shared.deliver(&*inner, [span], self.stats);
+        self.shared.deliver(&*inner, span, self.stats);
     }
 
     /// Passes on everything waiting, unannotated (a flush or shutdown out of time).
@@ -787,7 +801,7 @@ impl Ctx<'_> {
             Err(_) => {
                 bump(&self.stats.bad_records);
                 mark_missing(&mut span, true, missing::WORKER_ERROR, self.stats);
-                return self.shared.deliver(&*inner, [span], self.stats);
+                return self.shared.deliver(&*inner, span, self.stats);
             }
         };
         let capped = reason.op.as_ref().is_some_and(|op| !op.allow_annotation(self.annotations_per_s, now_ns()));
@@ -803,7 +817,7 @@ impl Ctx<'_> {
                 }
             };
             mark_missing(&mut span, true, why, self.stats);
-            return self.shared.deliver(&*inner, [span], self.stats);
+            return self.shared.deliver(&*inner, span, self.stats);
         }
         // The symbol tables the waits' stacks need, loaded once: not the budget's (it is for
         // building and handing on the child spans; naming a frame then takes microseconds).
@@ -816,7 +830,7 @@ impl Ctx<'_> {
                     op.annotated.fetch_add(1, Ordering::Relaxed);
                 }
                 self.stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
-                self.shared.deliver(&*inner, children, self.stats);
+                self.shared.deliver_children(&*inner, children, self.stats);
             }
             Err(_) => {
                 bump(&self.stats.bad_records);
@@ -825,7 +839,7 @@ impl Ctx<'_> {
         }
         // What annotating cost beyond passing the span on: the children, built and handed on.
         self.budget.credit -= thread_cpu_s() - t0;
-        self.shared.deliver(&*inner, [span], self.stats);
+        self.shared.deliver(&*inner, span, self.stats);
     }
 
     /// Takes every record that is there; passes on the spans whose wait is over; annotates

@@ -657,6 +657,8 @@ fn a_stuck_inner_processor_never_gets_spans_after_its_shutdown() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), n, "a span handed on twice");
+    // The service's spans are exported or counted, once; the children apart.
+    assert_eq!(n as u64 + s.after_shutdown, 40, "{s:?}");
 }
 
 #[test]
