@@ -250,6 +250,16 @@ def print_sched(trace, span, pad, out):
         if sid and sid in names:
             held = f"  ← held up by span '{names[sid]['name']}' ({names[sid]['service']})"
         print(f"{pad}     wait: {ea.get('spantrack.wait.summary', '?')}{held}", file=out)
+        # Where it blocked: the innermost frames of each stack the wait carries.
+        for key, label in (("spantrack.wait.python_stack", "python stack"),
+                           ("spantrack.wait.user_stack", "user stack"),
+                           ("spantrack.wait.kernel_stack", "kernel stack")):
+            frames = ea.get(key)
+            if isinstance(frames, str):
+                frames = [frames]
+            if frames:
+                more = f" < ... ({len(frames) - 4} more)" if len(frames) > 4 else ""
+                print(f"{pad}       {label}: {' < '.join(str(f) for f in frames[:4])}{more}", file=out)
 
 
 def main():

@@ -26,7 +26,8 @@ else
 fi
 # What a person reads: the trees name the calls and say where the time went.
 for want in "fsync " "clock_nanosleep " "futex " "[client]" "mostly clock_nanosleep" "⤷ kernel:" \
-            "⤷ why annotated: over" "this operation's adaptive threshold" "warm-up: "; do
+            "⤷ why annotated: over" "this operation's adaptive threshold" "warm-up: " \
+            "wait: lock" "kernel stack: " "user stack: "; do
   check "the printed trees show '$want'" grep -qF -- "$want" <<<"$printed"
 done
 rm -rf "$out"
