@@ -536,7 +536,8 @@ static void st_probe_sched_waking(void *data, struct task_struct *p)
 		return;
 	if (in_nmi()) {
 		w.ctx = ST_CTX_NMI;
-	} else if (this_cpu_read(st_timer_depth) > 0) {
+	} else if ((in_hardirq() || in_serving_softirq()) && this_cpu_read(st_timer_depth) > 0) {
+		/* Timer callbacks run in hard or soft interrupt context (not PREEMPT_RT). */
 		w.ctx = ST_CTX_TIMER;
 	} else if (in_hardirq()) {
 		w.ctx = ST_CTX_HARDIRQ;
@@ -580,13 +581,19 @@ struct st_tp {
 	bool registered;
 };
 
+/*
+ * Registered in this order, unregistered in the reverse: each exit probe before its entry
+ * probe, so that no entry is counted whose exit goes unseen (a timer that entered between
+ * the two registrations would leave its CPU "in a timer" for good, and every wake-up there
+ * would say "woken by a timer"); the consumers last.
+ */
 static struct st_tp st_sched_tps[] = {
-	{ .name = "softirq_entry", .probe = st_probe_softirq_entry },
 	{ .name = "softirq_exit", .probe = st_probe_softirq_exit },
-	{ .name = "hrtimer_expire_entry", .probe = st_probe_hrtimer_entry },
+	{ .name = "softirq_entry", .probe = st_probe_softirq_entry },
 	{ .name = "hrtimer_expire_exit", .probe = st_probe_hrtimer_exit },
-	{ .name = "timer_expire_entry", .probe = st_probe_timer_entry },
+	{ .name = "hrtimer_expire_entry", .probe = st_probe_hrtimer_entry },
 	{ .name = "timer_expire_exit", .probe = st_probe_timer_exit },
+	{ .name = "timer_expire_entry", .probe = st_probe_timer_entry },
 	{ .name = "sched_waking", .probe = st_probe_sched_waking },
 	{ .name = "sched_stat_runtime", .probe = st_probe_stat_runtime },
 	{ .name = "sched_switch", .probe = st_probe_sched_switch },
@@ -650,6 +657,12 @@ int st_sched_set(int on)
 		WRITE_ONCE(st_sched_on, 0);
 		st_sched_unregister_locked();
 		goto out;
+	}
+	/* No probe runs now (off, and unregistered with a grace period): what an earlier
+	 * unregistration cut in the middle of a timer or a softirq is forgotten. */
+	for_each_possible_cpu(i) {
+		per_cpu(st_timer_depth, i) = 0;
+		per_cpu(st_softirq_vec, i) = ST_SOFTIRQ_NONE;
 	}
 	for (i = 0; i < ARRAY_SIZE(st_sched_tps); i++) {
 		if (!st_sched_tps[i].tp) {

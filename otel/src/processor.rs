@@ -357,6 +357,14 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
         match SpanHook::find() {
             Ok(h) => {
                 crate::activation::install(h);
+                // The stacks' symbols load in a thread of their own, untracked like the worker;
+                // with the module there, they start loading now.
+                crate::stacks::set_thread_init(move || {
+                    let _ = h.unregister_thread();
+                });
+                if h.is_active() {
+                    crate::stacks::host().warm_up();
+                }
                 Self::with_hook(inner, config, h)
             }
             Err(why) => SpantrackProcessor {

@@ -6,8 +6,9 @@
 //! (`tests/golden/kallsyms.txt`, `maps.txt`).
 //!
 //! - Kernel: `function+0xOFF` from the text symbols of `/proc/kallsyms` (kernel and modules),
-//!   read once, when the first stack needs it; `0x<hex>` when it hides its addresses (not
-//!   root, `kptr_restrict`). The scheduler's and the probe's own frames are dropped.
+//!   read once, in the background ([`HostSymbolizer`]); `0x<hex>` when it hides its
+//!   addresses (not root, `kptr_restrict`) or is not loaded yet. The scheduler's and the
+//!   probe's own frames are dropped.
 //! - User: the function and, where debug information has it, ` (file:line)`, resolved in
 //!   this process with the `backtrace` crate (the standard library's own symboliser); where
 //!   no function is found, `<file name of the mapping>+0x<offset>` from `/proc/self/maps`;
@@ -244,14 +245,50 @@ const MAPS_REREAD: Duration = Duration::from_secs(1);
 /// forgets them all).
 const DEBUG_CACHE: usize = 4096;
 
-/// This process's symbols: `/proc/kallsyms` (read once, when first needed), its own debug
-/// information (each library's loaded once, by the `backtrace` crate; the frames of the last
-/// [`DEBUG_CACHE`] addresses remembered), `/proc/self/maps` (re-read when an address is in no
-/// known mapping).
+/// This process's symbols: `/proc/kallsyms`, its own debug information (each library's
+/// loaded once, by the `backtrace` crate; the frames of the last [`DEBUG_CACHE`] addresses
+/// remembered), `/proc/self/maps` (re-read when an address is in no known mapping).
+///
+/// Loading kallsyms or a library's debug information takes seconds on a slow machine (a
+/// 20 MB Rust binary under emulation: more than the SDK's 5 s flush timeout), so it is
+/// never done on the annotator's thread: a loader thread of its own ([`set_thread_init`]
+/// makes it untracked) does it in the background, and until a source is loaded the stacks
+/// that need it say less (kernel `0x<hex>`, user `<file>+0x<offset>`) instead of holding up
+/// every span behind them. The processor asks for the kernel's symbols and its own
+/// executable's debug information when it starts ([`HostSymbolizer::warm_up`]).
 pub struct HostSymbolizer {
     kallsyms: OnceLock<Option<KernelSymbols>>,
     maps: Mutex<(ProcessMaps, Option<Instant>)>,
     debug: Mutex<BTreeMap<u64, Vec<String>>>,
+    loader: Mutex<Loader>,
+}
+
+/// The background loader's state.
+struct Loader {
+    /// Where to send work, and the process that started the thread (a forked child starts
+    /// its own).
+    tx: Option<(std::sync::mpsc::Sender<Load>, u32)>,
+    /// Kernel symbols asked for.
+    kernel: bool,
+    /// Mapped files whose debug information was asked for, and those loaded.
+    asked: std::collections::BTreeSet<String>,
+    loaded: std::collections::BTreeSet<String>,
+    /// Requests not done yet.
+    pending: usize,
+}
+
+enum Load {
+    Kernel,
+    /// A file's debug information, loaded by resolving one of its addresses.
+    Debug(String, u64),
+}
+
+/// What the loader thread runs first (the processor makes it untracked by the module).
+static THREAD_INIT: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Sets what the symbol loader's thread runs when it starts (once per process).
+pub fn set_thread_init(f: impl Fn() + Send + Sync + 'static) {
+    let _ = THREAD_INIT.set(Box::new(f));
 }
 
 impl HostSymbolizer {
@@ -260,29 +297,109 @@ impl HostSymbolizer {
             kallsyms: OnceLock::new(),
             maps: Mutex::new((ProcessMaps { maps: Vec::new() }, None)),
             debug: Mutex::new(BTreeMap::new()),
+            loader: Mutex::new(Loader {
+                tx: None,
+                kernel: false,
+                asked: std::collections::BTreeSet::new(),
+                loaded: std::collections::BTreeSet::new(),
+                pending: 0,
+            }),
         }
     }
 
-    /// Loads what the stacks of `h`'s waits need: the kernel's symbols, the mappings and the
-    /// debug information of their user addresses (one-time costs: the annotator calls this
-    /// before it starts counting the span's annotation against the budget).
-    pub fn prepare(&self, h: &RecordHeader) {
+    /// Asks the loader for what the stacks of `h`'s waits need (never waits for it).
+    pub fn prepare(&'static self, h: &RecordHeader) {
         for w in crate::sched::waits(h) {
             let (kstack, ustack) = crate::sched::wait_stacks(w);
             if !kstack.is_empty() {
-                self.kernel_symbols();
+                self.ask(None);
             }
             if !ustack.is_empty() {
-                self.maps_for(ustack);
+                let maps = self.maps_for(ustack);
                 for &a in ustack {
-                    self.debug_frames(a);
+                    if let Some((Some(file), _)) = maps.mapping(a) {
+                        self.ask(Some((file, a)));
+                    }
                 }
             }
         }
     }
 
-    /// [`debug_info_frames`], remembered.
-    fn debug_frames(&self, addr: u64) -> Vec<String> {
+    /// Asks for the kernel's symbols and this executable's debug information now, before a
+    /// stack needs them.
+    pub fn warm_up(&'static self) {
+        self.ask(None);
+        let here = debug_info_frames as *const () as usize as u64;
+        let maps = self.maps_for(&[here]);
+        if let Some((Some(file), _)) = maps.mapping(here) {
+            self.ask(Some((file, here)));
+        }
+    }
+
+    /// Whether everything asked for so far is loaded.
+    pub fn ready(&self) -> bool {
+        self.loader.lock().unwrap_or_else(|e| e.into_inner()).pending == 0
+    }
+
+    /// Sends a request to the loader (started on first use), once per source.
+    fn ask(&'static self, what: Option<(&str, u64)>) {
+        let mut l = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        let load = match what {
+            None if l.kernel => return,
+            None => {
+                l.kernel = true;
+                Load::Kernel
+            }
+            Some((file, _)) if l.asked.contains(file) => return,
+            Some((file, addr)) => {
+                l.asked.insert(file.to_string());
+                Load::Debug(file.to_string(), addr)
+            }
+        };
+        let pid = std::process::id();
+        if l.tx.as_ref().is_none_or(|t| t.1 != pid) {
+            let (tx, rx) = std::sync::mpsc::channel::<Load>();
+            let started = std::thread::Builder::new().name("spantrack-syms".into()).spawn(move || {
+                if let Some(init) = THREAD_INIT.get() {
+                    init();
+                }
+                let host = self;
+                while let Ok(load) = rx.recv() {
+                    match load {
+                        Load::Kernel => {
+                            host.kallsyms.get_or_init(|| {
+                                std::fs::read_to_string("/proc/kallsyms").ok().and_then(|t| KernelSymbols::parse(&t))
+                            });
+                        }
+                        Load::Debug(file, addr) => {
+                            let _ = debug_info_frames(addr);
+                            host.loader.lock().unwrap_or_else(|e| e.into_inner()).loaded.insert(file);
+                        }
+                    }
+                    let mut l = host.loader.lock().unwrap_or_else(|e| e.into_inner());
+                    l.pending = l.pending.saturating_sub(1);
+                }
+            });
+            match started {
+                Ok(_) => l.tx = Some((tx, pid)),
+                // No thread: the stacks stay unnamed (never loaded on the annotator's thread).
+                Err(_) => return,
+            }
+        }
+        if let Some((tx, _)) = &l.tx {
+            if tx.send(load).is_ok() {
+                l.pending += 1;
+            }
+        }
+    }
+
+    /// [`debug_info_frames`], remembered; empty while the file's debug information is not
+    /// loaded.
+    fn debug_frames(&self, file: Option<&str>, addr: u64) -> Vec<String> {
+        let Some(file) = file else { return Vec::new() };
+        if !self.loader.lock().unwrap_or_else(|e| e.into_inner()).loaded.contains(file) {
+            return Vec::new();
+        }
         if let Some(f) = self.debug.lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
             return f.clone();
         }
@@ -295,10 +412,9 @@ impl HostSymbolizer {
         f
     }
 
+    /// The kernel's symbols, once loaded.
     fn kernel_symbols(&self) -> Option<&KernelSymbols> {
-        self.kallsyms
-            .get_or_init(|| std::fs::read_to_string("/proc/kallsyms").ok().and_then(|t| KernelSymbols::parse(&t)))
-            .as_ref()
+        self.kallsyms.get().and_then(Option::as_ref)
     }
 
     /// The mappings, read again when one of `addrs` is in none of them (at most once per
@@ -331,7 +447,7 @@ impl Symbolizer for HostSymbolizer {
         let maps = self.maps_for(addrs);
         let mut out = Vec::with_capacity(addrs.len());
         for &a in addrs {
-            let named = self.debug_frames(a);
+            let named = self.debug_frames(maps.mapping(a).and_then(|m| m.0), a);
             if named.is_empty() {
                 out.push(maps.lookup(a).unwrap_or_else(|| raw(a)));
             } else {
@@ -459,6 +575,28 @@ ffffffff81c64000 t st_probe_lookalike
         std::hint::black_box(7)
     }
 
+    /// A symboliser of the test's own, its loader done.
+    fn loaded(h: &RecordHeader) -> &'static HostSymbolizer {
+        let s: &'static HostSymbolizer = Box::leak(Box::new(HostSymbolizer::new()));
+        s.prepare(h);
+        let t0 = Instant::now();
+        while !s.ready() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the loader never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s
+    }
+
+    fn header_with(ustack: &[u64], kstack: &[u64]) -> RecordHeader {
+        let mut h = RecordHeader { flags: spantrack_uapi::REC_SCHED, ..RecordHeader::default() };
+        h.sched.n_waits = 1;
+        h.sched.waits[0].ustack[..ustack.len()].copy_from_slice(ustack);
+        h.sched.waits[0].n_ustack = ustack.len() as _;
+        h.sched.waits[0].kstack[..kstack.len()].copy_from_slice(kstack);
+        h.sched.waits[0].n_kstack = kstack.len() as _;
+        h
+    }
+
     #[test]
     fn this_process_resolves_its_own_functions() {
         // The address just after the function's start, as a return address into it would be.
@@ -466,35 +604,43 @@ ffffffff81c64000 t st_probe_lookalike
         let f = debug_info_frames(addr);
         assert!(f.iter().any(|s| s.contains("a_function_with_a_name")), "{f:?}");
         assert!(f.iter().any(|s| s.contains("stacks.rs:")), "debug information gives the file and line: {f:?}");
-        let h = HostSymbolizer::new();
+        let getpid = libc::getpid as *const () as usize as u64 + 1;
+        let h = loaded(&header_with(&[addr, getpid], &[]));
         let u = h.user_stack(&[addr, 0x10]);
         assert!(u[0].contains("a_function_with_a_name"), "{u:?}");
         assert_eq!(u.last().map(String::as_str), Some("0x10"));
         // libc's own functions: from its symbol table (no file), else its mapping.
-        let getpid = libc::getpid as *const () as usize as u64 + 1;
         let g = h.user_stack(&[getpid]);
         assert!(g.len() == 1 && (g[0].contains("getpid") || g[0].contains("libc.so")), "{g:?}");
     }
 
     #[test]
-    fn prepare_remembers_the_frames_of_a_records_user_addresses() {
+    fn until_its_debug_information_is_loaded_a_frame_is_its_file_and_offset() {
         let addr = a_function_with_a_name as *const () as usize as u64 + 1;
-        let mut h = RecordHeader { flags: spantrack_uapi::REC_SCHED, ..RecordHeader::default() };
-        h.sched.n_waits = 1;
-        h.sched.waits[0].ustack[0] = addr;
-        h.sched.waits[0].n_ustack = 1;
-        let s = HostSymbolizer::new();
-        s.prepare(&h);
-        assert!(s.debug.lock().unwrap().get(&addr).is_some_and(|f| !f.is_empty()));
+        let s: &'static HostSymbolizer = Box::leak(Box::new(HostSymbolizer::new()));
+        // Nothing asked for: the annotator never loads on its own thread.
+        let u = s.user_stack(&[addr]);
+        assert!(u.len() == 1 && u[0].contains("+0x") && !u[0].contains("a_function_with_a_name"), "{u:?}");
+        assert_eq!(s.kernel_stack(&[0xffffffff81000010]), ["0xffffffff81000010"]);
+        assert!(s.ready());
+    }
+
+    #[test]
+    fn prepare_loads_what_a_records_stacks_need_in_the_background() {
+        let addr = a_function_with_a_name as *const () as usize as u64 + 1;
+        let s = loaded(&header_with(&[addr], &[]));
+        assert_eq!(s.loader.lock().unwrap().loaded.len(), 1, "the test binary's debug information");
         assert!(s.maps.lock().unwrap().1.is_some(), "the mappings were read");
         assert!(s.kallsyms.get().is_none(), "no kernel stack: /proc/kallsyms is not read");
-        h.sched.waits[0].n_kstack = 1;
-        h.sched.waits[0].kstack[0] = 0xffffffff81000010;
-        s.prepare(&h);
+        s.prepare(&header_with(&[addr], &[0xffffffff81000010]));
+        let t0 = Instant::now();
+        while !s.ready() && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(s.kallsyms.get().is_some());
         // No scheduler part: nothing.
-        let t = HostSymbolizer::new();
-        t.prepare(&RecordHeader { flags: 0, ..h });
-        assert!(t.kallsyms.get().is_none() && t.debug.lock().unwrap().is_empty());
+        let t: &'static HostSymbolizer = Box::leak(Box::new(HostSymbolizer::new()));
+        t.prepare(&RecordHeader { flags: 0, ..header_with(&[addr], &[1]) });
+        assert!(t.kallsyms.get().is_none() && !t.loader.lock().unwrap().kernel && t.ready());
     }
 }

@@ -484,6 +484,15 @@ pub fn run(expect: Expect) -> bool {
     // Pass 0 warms every code path up (lazy initialisation, allocator); pass 1 is checked.
     let warm = run_scenarios(&tracer, &sc);
     let _ = provider.force_flush();
+    // The stacks' symbols load in the background (seconds on a slow machine): the checked
+    // pass names frames only once they are there.
+    if active {
+        let t0 = std::time::Instant::now();
+        while !spantrack_otel::stacks::host().ready() && t0.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("# stack symbols loaded in {:.1} s", t0.elapsed().as_secs_f64());
+    }
     exporter.reset();
     let before = pstats.snapshot();
     let run = warm.and_then(|_| run_scenarios(&tracer, &sc));

@@ -155,6 +155,14 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._reset_worker_state()
         if self._publish_dir and lib.active() == 1 and getattr(lib, "publishes", True):
             self._start_publisher()
+        # The kernel's symbols load in a thread of their own, untracked (stacks.py).
+        def syms_thread_init(lib=lib):
+            lib.unregister_thread()
+            pystacks.HOOK_THREADS.add(threading.current_thread().native_id)
+        stacks.set_thread_init(syms_thread_init)
+        if lib.active() == 1 and os.geteuid() == 0 and getattr(lib, "publishes", True):
+            # Root (CAP_SYSLOG) gets kernel stacks: their symbols start loading now.
+            stacks.host().ask_kernel()
         # The Python frames of waits (pystacks.py): a sampler that sleeps while no span is open.
         self._sampler = pystacks.start(lib, self) if lib.active() == 1 else None
         if hasattr(os, "register_at_fork"):

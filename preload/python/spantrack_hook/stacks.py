@@ -13,6 +13,7 @@ sources; the golden records check both with fixed ones (tests/golden/kallsyms.tx
 """
 
 import bisect
+import os
 import threading
 import time
 from array import array
@@ -176,18 +177,37 @@ class Symbols:
         return None
 
 
+# What the symbol loader's thread runs first (the processor sets it: the hook's
+# unregister_thread, so that the module never tracks it).
+THREAD_INIT = None
+
+
+def set_thread_init(fn) -> None:
+    global THREAD_INIT
+    THREAD_INIT = fn
+
+
 class HostSymbols:
-    """This process's symbols: /proc/kallsyms (read once, when first needed),
-    /proc/self/maps (read again when an address is in no known mapping, at most once per
-    MAPS_REREAD_S), and the Python frames the sampler saw (pystacks.py)."""
+    """This process's symbols: /proc/kallsyms (read once), /proc/self/maps (read again when
+    an address is in no known mapping, at most once per MAPS_REREAD_S), and the Python
+    frames the sampler saw (pystacks.py).
+
+    Reading and parsing /proc/kallsyms takes seconds on a slow machine (under emulation, on
+    a debug kernel): it is done by a thread of its own ("spantrack-syms", untracked), never
+    on the annotator's, which names kernel frames 0x<hex> until it is done rather than
+    holding up every span behind it (as the Rust library). `background=False` loads at the
+    first use instead (tests)."""
 
     MAPS_REREAD_S = 1.0
 
-    def __init__(self, kallsyms_path="/proc/kallsyms", maps_path="/proc/self/maps"):
+    def __init__(self, kallsyms_path="/proc/kallsyms", maps_path="/proc/self/maps",
+                 background=True):
         self._kallsyms_path = kallsyms_path
         self._maps_path = maps_path
+        self._background = background
         self._kallsyms = None
         self._kallsyms_read = False
+        self._loading_pid = None  # the process whose loader thread is at work
         self._maps = ProcessMaps()
         self._maps_read_at = None
         self._lock = threading.Lock()
@@ -199,23 +219,56 @@ class HostSymbols:
         except OSError:
             return None
 
-    def kernel_symbols(self) -> Optional[KernelSymbols]:
+    def _load_kallsyms(self) -> None:
+        text = self._read(self._kallsyms_path)
+        syms = KernelSymbols.parse(text) if text is not None else None
         with self._lock:
-            if not self._kallsyms_read:
-                text = self._read(self._kallsyms_path)
-                self._kallsyms = KernelSymbols.parse(text) if text is not None else None
-                self._kallsyms_read = True
+            self._kallsyms, self._kallsyms_read, self._loading_pid = syms, True, None
+
+    def ask_kernel(self) -> None:
+        """Starts loading the kernel's symbols, once (never waits for them)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._kallsyms_read or self._loading_pid == pid:
+                return
+            self._loading_pid = pid
+        if not self._background:
+            self._load_kallsyms()
+            return
+
+        def run():
+            init = THREAD_INIT
+            if init is not None:
+                try:
+                    init()
+                except Exception:  # noqa: BLE001 - the loading must go on
+                    pass
+            self._load_kallsyms()
+        try:
+            threading.Thread(target=run, name="spantrack-syms", daemon=True).start()
+        except RuntimeError:  # interpreter shutting down: the stacks stay unnamed
+            with self._lock:
+                self._loading_pid = None
+
+    def ready(self) -> bool:
+        """Whether nothing asked for is still loading."""
+        with self._lock:
+            return self._loading_pid is None
+
+    def kernel_symbols(self) -> Optional[KernelSymbols]:
+        """The kernel's symbols once loaded (asked for on first use), else None."""
+        self.ask_kernel()
+        with self._lock:
             return self._kallsyms
 
     def prepare(self, rec) -> None:
-        """Loads what the stacks of `rec`'s waits need: the kernel's symbols, the mappings (a
-        one-time cost: the annotator calls this before it counts the span's annotation
-        against the budget)."""
+        """Asks for what the stacks of `rec`'s waits need: the kernel's symbols (in the
+        background) and the mappings."""
         from .annotate import wait_stacks, waits
         for w in waits(rec):
             kstack, ustack = wait_stacks(w)
             if kstack:
-                self.kernel_symbols()
+                self.ask_kernel()
             if ustack:
                 self._maps_for(ustack)
 

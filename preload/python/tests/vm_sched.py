@@ -87,11 +87,12 @@ def summary(span):
 
 def parts_sum_to_duration(name, span):
     """The parts and the inactive rest add up to the span. Stated tolerance: the parts may
-    exceed the duration by one scheduler tick (4 ms: an activated span's on-CPU time comes
-    in tick-sized runtime updates), and inactive_ns of a span that ran alone on its thread
-    is at most 10% of it plus one tick (the SDK's own work around the body). The kernel's
-    span (begin to end write) is a little shorter than the SDK's, which times its own work
-    around those writes too: inactive_ns is taken from the kernel's."""
+    exceed the duration by two scheduler ticks (4 ms each: an activated span's on-CPU time
+    comes in tick-sized runtime updates, and one may straddle each end of the span), and
+    inactive_ns of a span that ran alone on its thread is at most 20% of it plus one tick
+    (the SDK's own work around the body: on the debug kernel, with KASAN, about 15%). The
+    kernel's span (begin to end write) is a little shorter than the SDK's, which times its
+    own work around those writes too: inactive_ns is taken from the kernel's."""
     a, dur = parts(span)
     keys = ["on_cpu_ns", "runqueue_ns", "blocked.io_ns", "blocked.lock_ns", "blocked.net_ns",
             "blocked.timer_ns", "blocked.other_ns"]
@@ -100,8 +101,8 @@ def parts_sum_to_duration(name, span):
     tick = 4 * MS
     check(f"{name}: the parts sum to the duration within a tick "
           f"(parts {ms(total)}, inactive {ms(inactive)}, span {ms(dur)})",
-          span is not None and total <= dur + tick and 0 <= inactive <= dur // 10 + tick
-          and total + inactive <= dur + tick, summary(span))
+          span is not None and total <= dur + 2 * tick and 0 <= inactive <= dur // 5 + tick
+          and total + inactive <= dur + 2 * tick, summary(span))
 
 
 def frames(wait, key):
