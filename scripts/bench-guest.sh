@@ -11,6 +11,8 @@
 #             and SPANTRACK_THRESHOLD=fixed (every sampled span annotated, as the paper's Fig. 4)
 #   stdef     spantrack as shipped: the module's default threshold (1 ms), adaptive per-operation
 #             thresholds with their 1 ms floor (almost no span of this service is slow)
+#   stfix     stdef with SPANTRACK_THRESHOLD=fixed: the difference to stdef is what the
+#             per-operation (adaptive) thresholds cost per span
 #   st1sum    st1 with SpantrackProcessor's min_child_call = 1 ms: the record's attributes on
 #             every sampled span, child spans only for calls of 1 ms or more (none here)
 #   otelko    otel with spantrack.ko loaded but the service not registered: the floor, what
@@ -20,7 +22,7 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_OUT [/run/spout]  BENCH_NS ["1000 10000 100000"]  BENCH_REPS [3]
-#   BENCH_CONFIGS ["none otel otelko st1 st1sum stdef strace perf"]   BENCH_PEER_MAX_N [10000]: strace/perf
+#   BENCH_CONFIGS ["none otel otelko st1 st1sum stdef stfix strace perf"]   BENCH_PEER_MAX_N [10000]: strace/perf
 #   only up to this N (they are orders of magnitude slower under emulation)
 #   BENCH_KS ["5 10 20"] extra getpid per span for Fig. 5 (k=0 is the Fig. 4 run)
 #   BENCH_K_CONFIGS ["otel otelko st1 st1sum"]   BENCH_K_NS [= BENCH_NS]
@@ -52,7 +54,7 @@ root=$(pwd)
 out=${BENCH_OUT:-/run/spout}
 ns=${BENCH_NS:-"1000 10000 100000"}
 reps=${BENCH_REPS:-3}
-configs=${BENCH_CONFIGS:-"none otel otelko st1 st1sum stdef strace perf"}
+configs=${BENCH_CONFIGS:-"none otel otelko st1 st1sum stdef stfix strace perf"}
 peer_max=${BENCH_PEER_MAX_N:-10000}
 ks=${BENCH_KS:-"5 10 20"}
 kconfigs=${BENCH_K_CONFIGS:-"otel otelko st1 st1sum"}
@@ -175,9 +177,9 @@ run() {
     none) module_off; trace=none;;
     otel) module_off;;
     otelko) module_off; module_on;;
-    st1|st1sum|stdef)
+    st1|st1sum|stdef|stfix)
       module_off; module_on   # fresh module: its stats are this run's
-      if [ "$cfg" = stdef ]; then echo "$default_threshold" > $sysfs/threshold_ns; else echo 1 > $sysfs/threshold_ns; fi
+      if [ "$cfg" = stdef ] || [ "$cfg" = stfix ]; then echo "$default_threshold" > $sysfs/threshold_ns; else echo 1 > $sysfs/threshold_ns; fi
       if [ "$cfg" = st1sum ]; then extra=(--min-child-us 1000); fi
       env=(LD_PRELOAD="$hook" SPANHOOK_QUIET=1); trace=spantrack
       # threshold_ns=1 judges every span only in fixed mode (adaptive spans carry their

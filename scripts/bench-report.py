@@ -11,7 +11,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-CFG_ORDER = ["none", "otel", "otelko", "st1", "st1sum", "stdef", "strace", "perf"]
+CFG_ORDER = ["none", "otel", "otelko", "st1", "st1sum", "stdef", "stfix", "strace", "perf"]
 CFG_LABEL = {
     "none": "no tracing",
     "otel": "OTel only",
@@ -19,17 +19,18 @@ CFG_LABEL = {
     "st1": "OTel + spantrack, threshold_ns=1",
     "st1sum": "OTel + spantrack, threshold_ns=1, child spans only for calls >= 1 ms",
     "stdef": "OTel + spantrack, default threshold",
+    "stfix": "OTel + spantrack, default threshold, fixed (no per-operation thresholds)",
     "strace": "OTel + strace -f",
     "perf": "OTel + perf trace",
 }
 CFG_SHORT = {
     "none": "none", "otel": "OTel", "otelko": "OTel, module loaded", "st1": "OTel+spantrack (thr 1 ns)",
     "st1sum": "OTel+spantrack (thr 1 ns, summary)",
-    "stdef": "OTel+spantrack (thr 1 ms)", "strace": "OTel+strace -f", "perf": "OTel+perf trace",
+    "stdef": "OTel+spantrack (thr 1 ms)", "stfix": "OTel+spantrack (thr 1 ms, fixed)", "strace": "OTel+strace -f", "perf": "OTel+perf trace",
 }
 COLORS = {
     "none": "#9e9e9e", "otel": "#1f77b4", "otelko": "#17becf", "st1": "#d62728", "st1sum": "#ff7f0e",
-    "stdef": "#ff9896",
+    "stdef": "#ff9896", "stfix": "#c49c94",
     "strace": "#2ca02c", "perf": "#9467bd",
 }
 
@@ -164,7 +165,7 @@ def fig4(g, ns, cfgs, path, title):
                 vals[(c, n)] = (med(xs), min(xs), max(xs))
     if not vals:
         return
-    core = [v[2] for (c, _), v in vals.items() if c in ("none", "otel", "otelko", "st1", "st1sum", "stdef")]
+    core = [v[2] for (c, _), v in vals.items() if c in ("none", "otel", "otelko", "st1", "st1sum", "stdef", "stfix")]
     ymax = max(core) * 1.08 if core else 150
     ymin = 0
     ph = H - T - B
