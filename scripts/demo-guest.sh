@@ -116,7 +116,7 @@ done
 "$py" demo/wait.py port "$fport" 120 || fail "frontend did not start: $(cat "$out/frontend.log")"
 
 if [ -n "$disk" ]; then
-  say "the services' files go to $out/data: an ext2 file system on $disk, a slow virtual disk (16 MB/s, 500 I/O per second)"
+  say "the services' files go to $out/data: an ext2 file system on $disk, a slow virtual disk (4 MB/s, 500 I/O per second)"
 else
   case "$out" in /run/spout*) say "the services' files go to $out/data, on the VM's 9p share: write and fsync there travel to the host's disk";; esac
 fi

@@ -3,7 +3,7 @@
 # root (so host-built binaries, the repository and python3 run in the guest as they are),
 # runs one shell command in the guest from the repository's top directory, prints its
 # output live, and exits with its exit status. The guest also gets a fresh 64 MiB ext2 disk,
-# /dev/vda, for tests that need a real block device (not mounted): a slow one (16 MB/s and
+# /dev/vda, for tests that need a real block device (not mounted): a slow one (4 MB/s and
 # 500 I/O per second, QEMU's throttling), so that waiting for it dominates writing to it on
 # any kernel.
 #
@@ -66,7 +66,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
   -fsdev local,id=spout,path="$out",security_model=none \
   -device virtio-9p-pci,fsdev=spout,mount_tag=spout \
   -device virtio-rng-pci \
-  -drive file="$out/disk.img",if=virtio,format=raw,cache=unsafe,throttling.bps-total=16777216,throttling.iops-total=500 \
+  -drive file="$out/disk.img",if=virtio,format=raw,cache=unsafe,throttling.bps-total=4194304,throttling.iops-total=500 \
   -serial "file:$out/console.log" \
   -chardev stdio,id=gout,signal=off -serial chardev:gout \
   "${extra[@]}" </dev/null

@@ -159,10 +159,10 @@ class SpantrackSpanProcessor(SpanProcessor):
         def syms_thread_init(lib=lib):
             lib.unregister_thread()
             pystacks.HOOK_THREADS.add(threading.current_thread().native_id)
+        # Not loaded ahead: parsing them holds the GIL, which the service's threads would
+        # wait for in their spans (futex calls that spantrack caused); loaded at the first
+        # record with a kernel stack.
         stacks.set_thread_init(syms_thread_init)
-        if lib.active() == 1 and os.geteuid() == 0 and getattr(lib, "publishes", True):
-            # Root (CAP_SYSLOG) gets kernel stacks: their symbols start loading now.
-            stacks.host().ask_kernel()
         # The Python frames of waits (pystacks.py): a sampler that sleeps while no span is open.
         self._sampler = pystacks.start(lib, self) if lib.active() == 1 else None
         if hasattr(os, "register_at_fork"):

@@ -18,7 +18,7 @@ class FakeSpanHook:
         self.take_calls = []     # (trace_id, span_id, timeout_ms, thread ident)
         self.begin_rc = 0
         self.thresholds = {}     # (trace_id, span_id) -> own threshold or None
-        self.publishes = False   # no `spantrack top` publisher, no kallsyms warm-up in host tests
+        self.publishes = False   # no `spantrack top` publisher thread in host tests
         self.lock = threading.Lock()
 
     def abi_version(self):
