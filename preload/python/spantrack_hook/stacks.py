@@ -192,16 +192,16 @@ class HostSymbols:
     an address is in no known mapping, at most once per MAPS_REREAD_S), and the Python
     frames the sampler saw (pystacks.py).
 
-    Reading and parsing /proc/kallsyms takes seconds on a slow machine (under emulation, on
-    a debug kernel): it is done by a thread of its own ("spantrack-syms", untracked), never
-    on the annotator's, which names kernel frames 0x<hex> until it is done rather than
-    holding up every span behind it (as the Rust library). `background=False` loads at the
-    first use instead (tests)."""
+    /proc/kallsyms is read and parsed at the first use, on the annotator's thread. Parsing
+    holds the GIL wherever it runs: in a thread of its own ("spantrack-syms",
+    `background=True`, as the Rust library does it) it overlapped the service's next spans,
+    which then showed the futex calls of waiting for the GIL (t_python); on the annotator's
+    thread it runs while the first slow span is annotated, which a flush waits for."""
 
     MAPS_REREAD_S = 1.0
 
     def __init__(self, kallsyms_path="/proc/kallsyms", maps_path="/proc/self/maps",
-                 background=True):
+                 background=False):
         self._kallsyms_path = kallsyms_path
         self._maps_path = maps_path
         self._background = background

@@ -159,7 +159,7 @@ class BackgroundLoading(unittest.TestCase):
             seen = []
             stacks.set_thread_init(lambda: seen.append(threading.current_thread().name))
             try:
-                h = stacks.HostSymbols(ks, os.path.join(d, "maps"))
+                h = stacks.HostSymbols(ks, os.path.join(d, "maps"), background=True)
                 self.assertEqual(h.kernel_stack(STACK[3:5]), [hex(a) for a in STACK[3:5]])
                 self.assertFalse(h.ready())
                 with open(ks, "w") as f:
