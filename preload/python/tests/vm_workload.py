@@ -161,9 +161,14 @@ def mode_checks():
     os.unlink(path)
     kids = children_of(spans, parent) if parent else []
     names = [k.name for k in kids]
+    # As in the nested spans below: the GIL may be waited for (futex) while one of
+    # spantrack's Python threads holds it (on the debug kernel, often): a real wait of this
+    # thread inside the span, not a call of spantrack's.
     check("span around write + fsync + sleep: children are exactly write, fsync, "
-          "clock_nanosleep", names == ["write", "fsync", "clock_nanosleep"], names)
-    check("the write child returns 4096", kids and kids[0].attributes["spantrack.syscall.ret"] == 4096)
+          "clock_nanosleep (futexes aside)",
+          [n for n in names if n != "futex"] == ["write", "fsync", "clock_nanosleep"], names)
+    writes = [k for k in kids if k.name == "write"]
+    check("the write child returns 4096", writes and writes[0].attributes["spantrack.syscall.ret"] == 4096)
 
     # 3. A failed call: error.type and status.
     def failing():
