@@ -32,7 +32,10 @@ fn child_main(wfd: i32, seed: u64) -> ! {
         sys::ioctl_plain(control.raw(), uapi::IOCTL_REGISTER).map_err(|e| format!("REGISTER {}", errno_name(e)))?;
         let (b, e) = (begin.raw(), end.raw());
         let ready = Arc::new(AtomicU32::new(0));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A safety net only: the parent kills every child (PR_SET_PDEATHSIG if the parent
+        // dies). 60 s was too short on the debug kernel, where reading the children's
+        // records before the kill can take longer, and the children exited on their own.
+        let deadline = Instant::now() + Duration::from_secs(600);
         let work = move |t: u64, ready: Arc<AtomicU32>| {
             let pid = u64::from(sys::getpid());
             let mut rng = Rng::new(seed ^ t);
