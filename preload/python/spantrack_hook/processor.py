@@ -155,13 +155,6 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._reset_worker_state()
         if self._publish_dir and lib.active() == 1 and getattr(lib, "publishes", True):
             self._start_publisher()
-        # Should the kernel's symbols load in a thread of their own (stacks.py, background),
-        # it is untracked. Not loaded ahead: parsing them holds the GIL, which the service's
-        # threads would wait for in their spans (futex calls that spantrack caused).
-        def syms_thread_init(lib=lib):
-            lib.unregister_thread()
-            pystacks.HOOK_THREADS.add(threading.current_thread().native_id)
-        stacks.set_thread_init(syms_thread_init)
         # The Python frames of waits (pystacks.py): a sampler that sleeps while no span is open.
         self._sampler = pystacks.start(lib, self) if lib.active() == 1 else None
         if hasattr(os, "register_at_fork"):

@@ -177,34 +177,22 @@ class Symbols:
         return None
 
 
-# What the symbol loader's thread runs first (the processor sets it: the hook's
-# unregister_thread, so that the module never tracks it).
-THREAD_INIT = None
-
-
-def set_thread_init(fn) -> None:
-    global THREAD_INIT
-    THREAD_INIT = fn
-
-
 class HostSymbols:
     """This process's symbols: /proc/kallsyms (read once), /proc/self/maps (read again when
     an address is in no known mapping, at most once per MAPS_REREAD_S), and the Python
     frames the sampler saw (pystacks.py).
 
     /proc/kallsyms is read and parsed at the first use, on the annotator's thread. Parsing
-    holds the GIL wherever it runs: in a thread of its own ("spantrack-syms",
-    `background=True`, as the Rust library does it) it overlapped the service's next spans,
-    which then showed the futex calls of waiting for the GIL (t_python); on the annotator's
-    thread it runs while the first slow span is annotated, which a flush waits for."""
+    holds the GIL wherever it runs: in a thread of its own (as the Rust library loads its
+    symbols) it overlapped the service's next spans, which then showed the futex calls of
+    waiting for the GIL (t_python); on the annotator's thread it runs while the first slow
+    span is annotated, which a flush waits for."""
 
     MAPS_REREAD_S = 1.0
 
-    def __init__(self, kallsyms_path="/proc/kallsyms", maps_path="/proc/self/maps",
-                 background=False):
+    def __init__(self, kallsyms_path="/proc/kallsyms", maps_path="/proc/self/maps"):
         self._kallsyms_path = kallsyms_path
         self._maps_path = maps_path
-        self._background = background
         self._kallsyms = None
         self._kallsyms_read = False
         self._loading_pid = None  # the process whose loader thread is at work
@@ -226,29 +214,13 @@ class HostSymbols:
             self._kallsyms, self._kallsyms_read, self._loading_pid = syms, True, None
 
     def ask_kernel(self) -> None:
-        """Starts loading the kernel's symbols, once (never waits for them)."""
+        """Loads the kernel's symbols, once."""
         pid = os.getpid()
         with self._lock:
             if self._kallsyms_read or self._loading_pid == pid:
                 return
             self._loading_pid = pid
-        if not self._background:
-            self._load_kallsyms()
-            return
-
-        def run():
-            init = THREAD_INIT
-            if init is not None:
-                try:
-                    init()
-                except Exception:  # noqa: BLE001 - the loading must go on
-                    pass
-            self._load_kallsyms()
-        try:
-            threading.Thread(target=run, name="spantrack-syms", daemon=True).start()
-        except RuntimeError:  # interpreter shutting down: the stacks stay unnamed
-            with self._lock:
-                self._loading_pid = None
+        self._load_kallsyms()
 
     def ready(self) -> bool:
         """Whether nothing asked for is still loading."""
@@ -256,14 +228,13 @@ class HostSymbols:
             return self._loading_pid is None
 
     def kernel_symbols(self) -> Optional[KernelSymbols]:
-        """The kernel's symbols once loaded (asked for on first use), else None."""
+        """The kernel's symbols (loaded at the first use); None when unreadable."""
         self.ask_kernel()
         with self._lock:
             return self._kallsyms
 
     def prepare(self, rec) -> None:
-        """Asks for what the stacks of `rec`'s waits need: the kernel's symbols (in the
-        background) and the mappings."""
+        """Loads what the stacks of `rec`'s waits need: the kernel's symbols, the mappings."""
         from .annotate import wait_stacks, waits
         for w in waits(rec):
             kstack, ustack = wait_stacks(w)

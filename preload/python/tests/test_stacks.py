@@ -117,7 +117,7 @@ class UserStacks(unittest.TestCase):
                 f.write(KALLSYMS)
             with open(ms, "w") as f:
                 f.write(MAPS)
-            h = stacks.HostSymbols(ks, ms, background=False)
+            h = stacks.HostSymbols(ks, ms)
             self.assertEqual(h.kernel_stack(STACK[3:5]), ["io_schedule+0x46"])
             os.unlink(ks)  # read once: a module loaded later is not seen
             self.assertEqual(h.kernel_stack(STACK[6:7]), ["hrtimer_nanosleep+0xb4"])
@@ -135,7 +135,7 @@ class UserStacks(unittest.TestCase):
             h._maps_read_at -= h.MAPS_REREAD_S
             self.assertEqual(h.user_stack([0x7f2a96000010]), ["libnewer.so+0x10"])
             # prepare() loads what a record's waits need, nothing more.
-            h = stacks.HostSymbols(ks + ".none", ms, background=False)
+            h = stacks.HostSymbols(ks + ".none", ms)
             w = record.WaitEntry(ustack=(0x55d0c0b12345,) + (0,) * 11, n_ustack=1)
             rec = record.decode(make_record(b"\x01" * 16, b"\x02" * 8, [], flags=record.REC_SCHED,
                                             sched=record.SchedPart(n_waits=1, waits=(w,))))
@@ -144,33 +144,9 @@ class UserStacks(unittest.TestCase):
             self.assertIsNotNone(h._maps_read_at)
             h.prepare(rec._replace(sched=rec.sched._replace(waits=(w._replace(n_kstack=1),))))
             self.assertTrue(h._kallsyms_read)
-        missing = stacks.HostSymbols("/nonexistent/kallsyms", "/nonexistent/maps", background=False)
+        missing = stacks.HostSymbols("/nonexistent/kallsyms", "/nonexistent/maps")
         self.assertEqual(missing.kernel_stack([0x10]), ["0x10"])
         self.assertEqual(missing.user_stack([0x10]), ["0x10"])
-
-
-class BackgroundLoading(unittest.TestCase):
-    def test_kallsyms_load_in_a_thread_of_their_own(self):
-        """The annotator never reads /proc/kallsyms itself: a loader thread does, after the
-        processor's thread init (untracking it); until then kernel frames are raw."""
-        with tempfile.TemporaryDirectory() as d:
-            ks = os.path.join(d, "kallsyms")
-            os.mkfifo(ks)  # blocks the reader until written: the loader is caught mid-load
-            seen = []
-            stacks.set_thread_init(lambda: seen.append(threading.current_thread().name))
-            try:
-                h = stacks.HostSymbols(ks, os.path.join(d, "maps"), background=True)
-                self.assertEqual(h.kernel_stack(STACK[3:5]), [hex(a) for a in STACK[3:5]])
-                self.assertFalse(h.ready())
-                with open(ks, "w") as f:
-                    f.write(KALLSYMS)
-                t0 = time.monotonic()
-                while not h.ready() and time.monotonic() - t0 < 30:
-                    time.sleep(0.01)
-                self.assertEqual(h.kernel_stack(STACK[3:5]), ["io_schedule+0x46"])
-                self.assertEqual(seen, ["spantrack-syms"])
-            finally:
-                stacks.set_thread_init(None)
 
 
 def code_in(filename, name="handler"):
