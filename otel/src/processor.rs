@@ -299,7 +299,16 @@ enum Msg<P> {
 
 struct Worker<P> {
     tx: SyncSender<Msg<P>>,
+    /// The worker's end of the queue, shared: a flush or shutdown whose time runs out while
+    /// the worker is stuck or starved (a busy host, a slow exporter) takes what is still
+    /// queued and passes it on itself.
+    rx: Arc<Mutex<Receiver<Msg<P>>>>,
     join: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Takes one message off the queue (the lock is held only for this).
+fn take_msg<P>(rx: &Mutex<Receiver<Msg<P>>>) -> Result<Msg<P>, TryRecvError> {
+    rx.lock().unwrap_or_else(|e| e.into_inner()).try_recv()
 }
 
 /// The head of the span pipeline: wraps the processor that exports (`inner`).
@@ -386,13 +395,15 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
         let shared = new_shared();
         shared.last_threshold.store(hook.threshold_ns(), Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let wrx = Arc::clone(&rx);
         let ops = Arc::new(OpTable::new(config.threshold.clone()));
         let (wstats, wconfig, wshared) = (Arc::clone(&stats), config.clone(), Arc::clone(&shared));
         let join = std::thread::Builder::new()
             .name("spantrack-otel".into())
             .spawn({
                 let ops = Arc::clone(&ops);
-                move || run_worker(hook, rx, wconfig, wstats, wshared, ops)
+                move || run_worker(hook, &wrx, wconfig, wstats, wshared, ops)
             });
         match join {
             Ok(join) => SpantrackProcessor {
@@ -401,6 +412,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 absent: None,
                 worker: Some(Worker {
                     tx,
+                    rx,
                     join: Mutex::new(Some(join)),
                 }),
                 stats,
@@ -507,6 +519,10 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 }
             }
         }
+        if !acked {
+            // The worker did not get through in time: what is still queued goes on from here.
+            self.drain_queue(w, shutdown, start + timeout.mul_f64(0.95));
+        }
         if shutdown {
             // Waits for a hand-off in progress; none after this.
             *self.shared.gate.lock().unwrap_or_else(|e| e.into_inner()) = false;
@@ -522,6 +538,34 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
             Ok(())
         } else {
             Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+
+    /// Passes on, unannotated (`shutdown`), the spans still queued for a worker that did not
+    /// answer a barrier in time, until `until`. Past it, a flush leaves the rest to the
+    /// worker; a shutdown counts them as held back (`after_shutdown`): the inner processor
+    /// shuts down next. Barriers met on the way are acknowledged.
+    fn drain_queue(&self, w: &Worker<P>, shutdown: bool, until: Instant) {
+        loop {
+            let late = Instant::now() >= until;
+            if late && !shutdown {
+                return;
+            }
+            match take_msg(&w.rx) {
+                Ok(Msg::Span(q)) if !late => {
+                    let mut span = q.span;
+                    if q.slow {
+                        explain(&mut span, &q.why);
+                    }
+                    mark_missing(&mut span, q.slow, missing::SHUTDOWN, &self.stats);
+                    self.shared.deliver(&*q.inner, span, &self.stats);
+                }
+                Ok(Msg::Span(_)) => bump(&self.stats.after_shutdown),
+                Ok(Msg::Flush(a) | Msg::Shutdown(a)) => {
+                    let _ = a.try_send(());
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -901,7 +945,7 @@ impl Ctx<'_> {
 /// The worker: resolves queued spans as their records arrive or their wait expires.
 fn run_worker<P: SpanProcessor>(
     hook: SpanHook,
-    rx: Receiver<Msg<P>>,
+    rx: &Mutex<Receiver<Msg<P>>>,
     config: Config,
     stats: Arc<ProcessorStats>,
     shared: Arc<Shared>,
@@ -942,7 +986,7 @@ fn run_worker<P: SpanProcessor>(
         let mut barrier: Option<(SyncSender<()>, bool)> = None;
         let mut gone = false;
         while barrier.is_none() && (waiting.len() < cap || shared.hurrying()) {
-            match rx.try_recv() {
+            match take_msg(rx) {
                 Ok(Msg::Span(q)) => {
                     let w = Waiting {
                         span: q.span,
@@ -1000,7 +1044,7 @@ fn run_worker<P: SpanProcessor>(
             if stop {
                 // Spans queued behind the shutdown go through unannotated, before the ack
                 // (then the inner processor shuts down).
-                while let Ok(m) = rx.try_recv() {
+                while let Ok(m) = take_msg(rx) {
                     if let Msg::Span(q) = m {
                         let w = Waiting {
                             span: q.span,

@@ -45,6 +45,8 @@ struct Fake {
     /// A scheduler part for every record (`REC_SCHED`), its waits' start times relative to
     /// the span's begin.
     sched: Option<uapi::SchedPart>,
+    /// Until then, taking a record stalls (a worker kept off the CPU on a busy host).
+    stall_until: Option<Instant>,
 }
 
 static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
@@ -187,6 +189,10 @@ unsafe extern "C" fn f_threshold() -> u64 {
 unsafe extern "C" fn f_take(t: *const u8, s: *const u8, buf: *mut u8, len: usize, ms: u32) -> c_long {
     // SAFETY: forwarded.
     let k = unsafe { ids(t, s) };
+    let stall = fake().as_ref().and_then(|f| f.stall_until);
+    if let Some(until) = stall {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
     let deadline = Instant::now() + Duration::from_millis(u64::from(ms));
     let mut g = fake();
     loop {
@@ -659,6 +665,67 @@ fn a_stuck_inner_processor_never_gets_spans_after_its_shutdown() {
     assert_eq!(names.len(), n, "a span handed on twice");
     // The service's spans are exported or counted, once; the children apart.
     assert_eq!(n as u64 + s.after_shutdown, 40, "{s:?}");
+}
+
+#[test]
+fn a_starved_worker_leaves_its_queue_to_the_shutdown() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The worker is kept off the CPU for 2 s with one span in hand; 20 more wait in the
+    // queue. A shutdown with 300 ms passes those 20 on itself; the one in the worker's
+    // hand is held back (counted) once the inner processor is shut down.
+    let (provider, exporter, stats) = setup(1_000_000, Config::default());
+    let stall = Instant::now() + Duration::from_secs(2);
+    if let Some(f) = fake().as_mut() {
+        f.stall_until = Some(stall);
+    }
+    let tracer = provider.tracer("t");
+    spin_span(&tracer, "first".into(), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..20 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    let t = Instant::now();
+    let r = provider.shutdown_with_timeout(Duration::from_millis(300));
+    assert!(r.is_err(), "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    let spans = exporter.get_finished_spans().unwrap();
+    let mut got: Vec<(String, Option<String>)> =
+        parents(&spans).iter().map(|s| (s.name.to_string(), missing_of(s))).collect();
+    got.sort();
+    let mut want: Vec<(String, Option<String>)> = (0..20).map(|i| (format!("s{i}"), Some("shutdown".into()))).collect();
+    want.sort();
+    assert_eq!(got, want);
+    std::thread::sleep(stall.saturating_duration_since(Instant::now()) + Duration::from_millis(500));
+    let s = stats.snapshot();
+    assert_eq!(exporter.after_shutdown.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!((s.missing_shutdown, s.after_shutdown), (21, 1), "{s:?}");
+    assert_eq!(parents(&exporter.get_finished_spans().unwrap()).len(), 20);
+}
+
+#[test]
+fn a_starved_worker_leaves_its_queue_to_a_flush() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // As above with force_flush (5 s): the queued spans go on in time, the worker's own
+    // span after its stall, annotated; nothing is lost.
+    let (provider, exporter, stats) = setup(1_000_000, Config::default());
+    let stall = Instant::now() + Duration::from_secs(6);
+    if let Some(f) = fake().as_mut() {
+        f.stall_until = Some(stall);
+    }
+    let tracer = provider.tracer("t");
+    spin_span(&tracer, "first".into(), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..20 {
+        spin_span(&tracer, format!("s{i}"), 2);
+    }
+    assert!(provider.force_flush().is_err());
+    assert_eq!(parents(&exporter.get_finished_spans().unwrap()).len(), 20);
+    std::thread::sleep(stall.saturating_duration_since(Instant::now()) + Duration::from_millis(300));
+    provider.shutdown().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(parents(&spans).len(), 21);
+    let s = stats.snapshot();
+    assert_eq!((s.missing_shutdown, s.after_shutdown), (20, 0), "{s:?}");
 }
 
 #[test]
