@@ -149,14 +149,22 @@ class ThresholdConfig:
 
 
 class Estimator:
-    """One operation's windows (see the module's documentation)."""
+    """One operation's windows (see the module's documentation). Besides its 320 counts,
+    each window keeps the set of its non-empty buckets and the sums of count x midpoint and
+    count x midpoint^2, so that the percentiles walk only the non-empty buckets and the CV
+    needs no walk: the same integers as a walk over all buckets, so the same results as
+    the Rust estimator, at a few microseconds where the full walk cost ~45 us per slow
+    span in the interpreter."""
 
-    __slots__ = ("windows", "n", "start", "cur", "percentile_bp", "warmup", "window_samples",
-                 "window_ns")
+    __slots__ = ("windows", "nonzero", "s1", "s2", "n", "start", "cur", "percentile_bp",
+                 "warmup", "window_samples", "window_ns")
 
     def __init__(self, percentile_bp=9500, warmup=59, window_samples=1000,
                  window_ns=60_000_000_000):
         self.windows = [[0] * N_BUCKETS, [0] * N_BUCKETS]
+        self.nonzero = [set(), set()]
+        self.s1 = [0, 0]
+        self.s2 = [0, 0]
         self.n = [0, 0]
         self.start = [0, 0]
         self.cur = 0
@@ -177,30 +185,85 @@ class Estimator:
         if full:
             c = self.cur = c ^ 1
             self.windows[c] = [0] * N_BUCKETS
+            self.nonzero[c] = set()
+            self.s1[c] = self.s2[c] = 0
             self.n[c] = 0
         if self.n[c] == 0:
             self.start[c] = now_ns
-        self.windows[c][bucket_of(v)] += 1
+        b = bucket_of(v)
+        w = self.windows[c]
+        if not w[b]:
+            self.nonzero[c].add(b)
+        w[b] += 1
+        m = _MIDS[b]
+        self.s1[c] += m
+        self.s2[c] += m * m
         self.n[c] += 1
         return full
 
     def current_samples(self) -> int:
         return self.n[self.cur]
 
+    def _upper(self, c: int):
+        """percentile_upper of window c, over its non-empty buckets."""
+        n = self.n[c]
+        if n == 0:
+            return None
+        rank = max(1, -(-(n * self.percentile_bp) // 10_000))
+        w = self.windows[c]
+        cum = 0
+        for i in sorted(self.nonzero[c]):
+            cum += w[i]
+            if cum >= rank:
+                lo, width = bucket_bounds(i)
+                return lo + width
+        lo, width = bucket_bounds(N_BUCKETS - 1)
+        return lo + width
+
     def threshold_ns(self):
         c, p = self.cur, self.cur ^ 1
-        tp = percentile_upper(self.windows[p], self.n[p], self.percentile_bp) if self.n[p] >= self.warmup else None
-        tc = percentile_upper(self.windows[c], self.n[c], self.percentile_bp) if self.n[c] >= self.warmup else None
+        tp = self._upper(p) if self.n[p] >= self.warmup else None
+        tc = self._upper(c) if self.n[c] >= self.warmup else None
         if tp is not None and tc is not None:
             return min(tp, tc)
         return tp if tp is not None else tc
 
     def estimate(self) -> dict:
-        both = [a + b for a, b in zip(self.windows[0], self.windows[1])]
         n = self.n[0] + self.n[1]
-        p50, p95, p99 = _percentiles(both, n, (5000, 9500, 9900))
+        w0, w1 = self.windows
+        idx = sorted(self.nonzero[0] | self.nonzero[1])
+        p50, p95, p99 = _percentiles_sparse(idx, [w0[i] + w1[i] for i in idx], n, (5000, 9500, 9900))
         return {"threshold_ns": self.threshold_ns(), "p50_ns": p50, "p95_ns": p95,
-                "p99_ns": p99, "samples": n, "cv": cv(both, n)}
+                "p99_ns": p99, "samples": n,
+                "cv": _cv_of_sums(self.s1[0] + self.s1[1], self.s2[0] + self.s2[1], n)}
+
+
+def _percentiles_sparse(idx, counts, n: int, qs):
+    """_percentiles over the non-empty buckets idx (ascending) with their counts."""
+    if n == 0:
+        return [None] * len(qs)
+    ranks = [max(1, -(-(n * q) // 10_000)) for q in qs]
+    out = []
+    k = 0
+    cum = 0
+    for i, c in zip(idx, counts):
+        cum += c
+        while k < len(ranks) and cum >= ranks[k]:
+            out.append(_MIDS[i])
+            k += 1
+        if k == len(ranks):
+            break
+    while len(out) < len(qs):
+        out.append(_MIDS[-1])
+    return out
+
+
+def _cv_of_sums(s1: int, s2: int, n: int) -> float:
+    """cv() from the sums of count x midpoint and count x midpoint^2."""
+    if s1 == 0:
+        return 0.0
+    var = max(0, n * s2 - s1 * s1)
+    return math.sqrt(float(var)) / float(s1)
 
 
 # The default floor of adaptive thresholds, as the Rust library's DEFAULT_FLOOR_NS (1 ms, the

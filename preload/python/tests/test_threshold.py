@@ -135,5 +135,33 @@ class Estimates(unittest.TestCase):
         self.assertTrue(b.allow_annotation(0, 0))
 
 
+class SparseWalk(unittest.TestCase):
+    def test_sparse_estimate_equals_the_walk_over_every_bucket(self):
+        """The estimator walks only its non-empty buckets and keeps running sums: the same
+        numbers as the plain walk over all 320 buckets (percentile_upper, _percentiles,
+        cv), window rotations included."""
+        rng = random.Random(19)
+        for case in range(40):
+            est = th.Estimator(rng.choice([5000, 9500, 9900]), rng.randint(1, 60),
+                               rng.randint(60, 400), 10**9)
+            now = 0
+            for i in range(rng.randint(1, 1500)):
+                now += rng.randint(0, 5_000_000)
+                est.record(int(rng.lognormvariate(14, rng.choice([0.1, 1.0, 3.0]))), now)
+                if i % 37:
+                    continue
+                both = [a + b for a, b in zip(*est.windows)]
+                n = est.n[0] + est.n[1]
+                e = est.estimate()
+                want = th._percentiles(both, n, (5000, 9500, 9900))
+                self.assertEqual([e["p50_ns"], e["p95_ns"], e["p99_ns"]], want, (case, i))
+                self.assertEqual(e["cv"], th.cv(both, n), (case, i))
+                c, p = est.cur, est.cur ^ 1
+                ups = [th.percentile_upper(est.windows[w], est.n[w], est.percentile_bp)
+                       if est.n[w] >= est.warmup else None for w in (p, c)]
+                ups = [u for u in ups if u is not None]
+                self.assertEqual(e["threshold_ns"], min(ups) if ups else None, (case, i))
+
+
 if __name__ == "__main__":
     unittest.main()
