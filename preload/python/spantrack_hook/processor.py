@@ -88,11 +88,12 @@ ATTR_OP_SAMPLES = "spantrack.op.samples"
 ATTR_OP_CV = "spantrack.op.cv"
 
 
-def explain(span, why):
+def explain(span, why, missing: Optional[str] = None):
     """A copy of a slow span that says why it was slow: the threshold it was judged by,
-    where that came from, and its operation's statistics now."""
+    where that came from, and its operation's statistics now; with `missing`, also why it
+    has no calls (annotate.mark in the same copy)."""
     if why is None:
-        return span
+        return span if missing is None else annotate.mark(span, missing)
     ns, source, op = why
     attrs = dict(span.attributes or {})
     attrs[ATTR_THRESHOLD_NS] = ns
@@ -105,6 +106,8 @@ def explain(span, why):
                 attrs[k] = v
         attrs[ATTR_OP_SAMPLES] = e["samples"]
         attrs[ATTR_OP_CV] = e["cv"]
+    if missing is not None:
+        attrs[annotate.MISSING] = missing
     return annotate._copy(span, attrs)
 
 
@@ -193,7 +196,7 @@ class SpantrackSpanProcessor(SpanProcessor):
             return
         if self._sampler is not None:
             self._sampler.span_starting()  # before the begin: a wake-up is not the span's
-        own = None
+        own = op = None
         if self.threshold_config.adaptive:
             op = self._operation(span)
             own = op.threshold if op is not None else None
@@ -203,7 +206,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         else:
             rc = self._lib.span_begin(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
         if rc == 0:
-            self._open[(ctx.trace_id, ctx.span_id)] = (threading.current_thread().name, own)
+            self._open[(ctx.trace_id, ctx.span_id)] = (threading.current_thread().name, own, op)
             self.counters["begun"] += 1
         else:
             self.counters[f"begin_error_{-rc}"] += 1
@@ -230,10 +233,13 @@ class SpantrackSpanProcessor(SpanProcessor):
             self.counters[f"end_error_{-rc}"] += 1
             self._pass_untracked(span)
             return
-        thread_name, own = opened
+        thread_name, own, op = opened
         module_threshold = self._current_threshold()
         duration = (span.end_time or 0) - (span.start_time or 0)
-        op = self._operation(span)
+        # The operation found at the start, unless the span was renamed since (service and
+        # kind cannot change).
+        if op is None or op.key[1] != span.name:
+            op = self._operation(span)
         if op is not None:
             op.record(duration, span.end_time or 0, self.threshold_config.floor_ns)
         if own is not None:
@@ -399,7 +405,7 @@ class SpantrackSpanProcessor(SpanProcessor):
         if item.borderline:
             self._inner.on_end(item.span)
         else:
-            self._forward(annotate.mark(explain(item.span, item.why), why), why)
+            self._forward(explain(item.span, item.why, why), why)
 
     def _forward(self, span, why: Optional[str]) -> None:
         if why is not None:
