@@ -41,6 +41,52 @@
 
 #include "glue.h"
 
+/* ---------------------------------------------------------------------------------------
+ * Kernel-version differences: the only LINUX_VERSION_CODE block of the C glue (the Rust
+ * side's are in compat.rs). The series built and tested are 6.12 and 7.3; what changed
+ * between them that this file must spell differently is the prototype of three of the
+ * tracepoints it probes. Each boundary is the release that made the change where it was
+ * checked, else 7.0 (marked "assumed"); ST_PROBE_TYPE() below has the compiler compare
+ * every probe with the prototype of the kernel built against, so a wrong boundary is a
+ * build error on that kernel, never a probe called with other arguments than it takes
+ * (which kCFI would trap).
+ *
+ * Different without code here: 7.x calls the system-call probes preemptible (faultable
+ * tracepoints, under rcu_tasks_trace) and the other probes under SRCU, where 6.12 calls
+ * every probe with preemption off; sched_process_exit fires before exit_mm() (6.16). The
+ * probes are correct either way: per-CPU state only through this_cpu_*() or with
+ * interrupts off, the slot read with page faults off, the tracker behind a raw spinlock
+ * taken with irqsave; tracepoint_synchronize_unregister() waits for both kinds of reader.
+ */
+#include <linux/version.h>
+#include <trace/events/irq.h>
+#include <trace/events/sched.h>
+#include <trace/events/syscalls.h>
+#include <trace/events/task.h>
+#include <trace/events/timer.h>
+
+/* sched_process_exit(p, group_dead): since 6.16 (commit 3e816361e94a, "sched/tracepoints:
+ * Move and extend the sched_process_exit() tracepoint"). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+#define ST_TP_PROCESS_EXIT_ARGS struct task_struct *p, bool group_dead
+#else
+#define ST_TP_PROCESS_EXIT_ARGS struct task_struct *p
+#endif
+/* task_newtask(task, u64 clone_flags), was unsigned long ("copy_process: pass clone_flags
+ * as u64 across calltree"; release assumed 7.0). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(7, 0, 0)
+typedef u64 st_tp_clone_flags_t;
+#else
+typedef unsigned long st_tp_clone_flags_t;
+#endif
+/* hrtimer_expire_entry(hrtimer, ktime_t now), was ktime_t *now (release assumed 7.0). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(7, 0, 0)
+typedef ktime_t st_tp_hrtimer_now_t;
+#else
+typedef ktime_t *st_tp_hrtimer_now_t;
+#endif
+/* End of the kernel-version differences. */
+
 /* Implemented in Rust. */
 long st_rs_ioctl(unsigned int cmd, int tid, int tgid, unsigned int uid, void *out, size_t out_len,
 		 void __user *arg);
@@ -328,14 +374,14 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 		st_rs_sys_exit(pid, ret, ktime_get_ns());
 }
 
-static void st_probe_process_exit(void *data, struct task_struct *p)
+static void st_probe_process_exit(void *data, ST_TP_PROCESS_EXIT_ARGS)
 {
 	if (likely(!st_tracked(p->pid)))
 		return;
 	st_rs_task_exit(p->pid, p->tgid);
 }
 
-static void st_probe_newtask(void *data, struct task_struct *task, unsigned long clone_flags)
+static void st_probe_newtask(void *data, struct task_struct *task, st_tp_clone_flags_t clone_flags)
 {
 	/* New threads of a process whose creating thread is tracked; a thread created by an
 	 * untracked thread (the preload's own) is looked up by its group in Rust. */
@@ -380,7 +426,7 @@ static void st_probe_softirq_exit(void *data, unsigned int vec)
 	this_cpu_write(st_softirq_vec, ST_SOFTIRQ_NONE);
 }
 
-static void st_probe_hrtimer_entry(void *data, struct hrtimer *t, ktime_t *now)
+static void st_probe_hrtimer_entry(void *data, struct hrtimer *t, st_tp_hrtimer_now_t now)
 {
 	this_cpu_inc(st_timer_depth);
 }
@@ -606,6 +652,31 @@ static struct st_tp st_tps[] = {
 	{ .name = "task_newtask", .probe = st_probe_newtask },
 	{ .name = "sched_process_exec", .probe = st_probe_exec },
 };
+
+/*
+ * Every probe has the prototype of its tracepoint in the kernel built against: the
+ * registration takes probes as void *, so without this a changed prototype would compile.
+ * Compile-time only (typeof: nothing is called or referenced).
+ */
+#define ST_PROBE_TYPE(tp, fn)                                                              \
+	_Static_assert(__builtin_types_compatible_p(typeof(register_trace_##tp),           \
+						    int(typeof(&fn), void *)),             \
+		       #fn " does not have the prototype of tracepoint " #tp                  \
+		       " in this kernel (see the kernel-version block at the top)")
+ST_PROBE_TYPE(sys_enter, st_probe_sys_enter);
+ST_PROBE_TYPE(sys_exit, st_probe_sys_exit);
+ST_PROBE_TYPE(sched_process_exit, st_probe_process_exit);
+ST_PROBE_TYPE(task_newtask, st_probe_newtask);
+ST_PROBE_TYPE(sched_process_exec, st_probe_exec);
+ST_PROBE_TYPE(softirq_entry, st_probe_softirq_entry);
+ST_PROBE_TYPE(softirq_exit, st_probe_softirq_exit);
+ST_PROBE_TYPE(hrtimer_expire_entry, st_probe_hrtimer_entry);
+ST_PROBE_TYPE(hrtimer_expire_exit, st_probe_hrtimer_exit);
+ST_PROBE_TYPE(timer_expire_entry, st_probe_timer_entry);
+ST_PROBE_TYPE(timer_expire_exit, st_probe_timer_exit);
+ST_PROBE_TYPE(sched_waking, st_probe_sched_waking);
+ST_PROBE_TYPE(sched_stat_runtime, st_probe_stat_runtime);
+ST_PROBE_TYPE(sched_switch, st_probe_sched_switch);
 
 static void st_find_tp(struct tracepoint *tp, void *priv)
 {
