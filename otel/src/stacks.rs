@@ -270,11 +270,10 @@ struct Loader {
     tx: Option<(std::sync::mpsc::Sender<Load>, u32)>,
     /// Kernel symbols asked for.
     kernel: bool,
-    /// Mapped files whose debug information was asked for, and those loaded.
-    asked: std::collections::BTreeSet<String>,
+    /// Mapped files whose debug information was asked for (with the address that loads
+    /// it), and those loaded.
+    asked: BTreeMap<String, u64>,
     loaded: std::collections::BTreeSet<String>,
-    /// Requests not done yet.
-    pending: usize,
 }
 
 enum Load {
@@ -300,9 +299,8 @@ impl HostSymbolizer {
             loader: Mutex::new(Loader {
                 tx: None,
                 kernel: false,
-                asked: std::collections::BTreeSet::new(),
+                asked: BTreeMap::new(),
                 loaded: std::collections::BTreeSet::new(),
-                pending: 0,
             }),
         }
     }
@@ -336,26 +334,47 @@ impl HostSymbolizer {
         }
     }
 
-    /// Whether everything asked for so far is loaded.
+    /// Whether everything asked for so far is loaded (read from what is loaded, not from a
+    /// count of requests: a forked child inherits the parent's state but not its loader).
     pub fn ready(&self) -> bool {
-        self.loader.lock().unwrap_or_else(|e| e.into_inner()).pending == 0
+        let l = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        (!l.kernel || self.kallsyms.get().is_some()) && l.asked.keys().all(|f| l.loaded.contains(f))
     }
 
     /// Sends a request to the loader (started on first use), once per source.
     fn ask(&'static self, what: Option<(&str, u64)>) {
         let mut l = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if l.tx.as_ref().is_some_and(|t| t.1 != pid) {
+            // A forked child: the parent's loader thread and its queue stayed behind. What the
+            // parent had asked for and not loaded yet is asked again, from a loader of ours.
+            l.tx = None;
+            let mut redo: Vec<Load> = Vec::new();
+            if l.kernel && self.kallsyms.get().is_none() {
+                redo.push(Load::Kernel);
+            }
+            redo.extend(l.asked.iter().filter(|(f, _)| !l.loaded.contains(*f)).map(|(f, a)| Load::Debug(f.clone(), *a)));
+            for load in redo {
+                self.send(&mut l, load);
+            }
+        }
         let load = match what {
             None if l.kernel => return,
             None => {
                 l.kernel = true;
                 Load::Kernel
             }
-            Some((file, _)) if l.asked.contains(file) => return,
+            Some((file, _)) if l.asked.contains_key(file) => return,
             Some((file, addr)) => {
-                l.asked.insert(file.to_string());
+                l.asked.insert(file.to_string(), addr);
                 Load::Debug(file.to_string(), addr)
             }
         };
+        self.send(&mut l, load);
+    }
+
+    /// Hands `load` to this process's loader thread, started on first use.
+    fn send(&'static self, l: &mut Loader, load: Load) {
         let pid = std::process::id();
         if l.tx.as_ref().is_none_or(|t| t.1 != pid) {
             let (tx, rx) = std::sync::mpsc::channel::<Load>();
@@ -376,8 +395,6 @@ impl HostSymbolizer {
                             host.loader.lock().unwrap_or_else(|e| e.into_inner()).loaded.insert(file);
                         }
                     }
-                    let mut l = host.loader.lock().unwrap_or_else(|e| e.into_inner());
-                    l.pending = l.pending.saturating_sub(1);
                 }
             });
             match started {
@@ -387,9 +404,7 @@ impl HostSymbolizer {
             }
         }
         if let Some((tx, _)) = &l.tx {
-            if tx.send(load).is_ok() {
-                l.pending += 1;
-            }
+            let _ = tx.send(load);
         }
     }
 
@@ -642,5 +657,37 @@ ffffffff81c64000 t st_probe_lookalike
         let t: &'static HostSymbolizer = Box::leak(Box::new(HostSymbolizer::new()));
         t.prepare(&RecordHeader { flags: 0, ..header_with(&[addr], &[1]) });
         assert!(t.kallsyms.get().is_none() && !t.loader.lock().unwrap().kernel && t.ready());
+    }
+
+    #[test]
+    fn a_forked_child_asks_again_what_the_parent_had_not_loaded() {
+        // The state a child inherits from a parent whose loader had a file in its queue: the
+        // loader belongs to another process, the file is asked for and not loaded.
+        let addr = a_function_with_a_name as *const () as usize as u64 + 1;
+        let s: &'static HostSymbolizer = Box::leak(Box::new(HostSymbolizer::new()));
+        let file = {
+            let maps = s.maps_for(&[addr]);
+            match maps.mapping(addr) {
+                Some((Some(f), _)) => f.to_string(),
+                other => panic!("no mapping for the test binary: {other:?}"),
+            }
+        };
+        {
+            let (tx, _rx) = std::sync::mpsc::channel();
+            let mut l = s.loader.lock().unwrap();
+            l.tx = Some((tx, std::process::id().wrapping_add(1)));
+            l.asked.insert(file.clone(), addr);
+        }
+        assert!(!s.ready(), "asked for and not loaded");
+        // The child's next request (of anything) starts its own loader, which loads both.
+        s.prepare(&header_with(&[], &[0xffffffff81000010]));
+        let t0 = Instant::now();
+        while !s.ready() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the child's loader never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(s.loader.lock().unwrap().loaded.contains(&file));
+        assert!(s.kallsyms.get().is_some());
+        assert!(s.user_stack(&[addr])[0].contains("a_function_with_a_name"));
     }
 }
