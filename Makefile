@@ -50,3 +50,20 @@ bench: setup
 	@$(SCRIPTS)/bench.sh
 bench-overload: setup
 	@BENCH_PARTS=overload $(SCRIPTS)/bench.sh
+
+# Installing on a real host (README: "Installing on a host"); KDIR, PREFIX, DESTDIR, RUSTC
+# may be set:
+#   make install-check   what the host lacks to build and load spantrack.ko (scripts/check-host.sh)
+#   make install         the check, then spantrack.ko against the running kernel's build tree
+#                        (/lib/modules/$(uname -r)/build), libspanhook.so and the spantrack command
+#   make install-module  / make install-user: either half; make uninstall removes both
+.PHONY: install install-check install-module install-user uninstall
+install-check:
+	@$(SCRIPTS)/check-host.sh $(if $(KDIR),--kdir $(KDIR)) $(if $(RUSTC),--rustc $(RUSTC))
+install: install-module install-user
+install-module:
+	@$(SCRIPTS)/install.sh module
+install-user:
+	@$(SCRIPTS)/install.sh user
+uninstall:
+	@$(SCRIPTS)/install.sh uninstall
