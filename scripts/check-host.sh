@@ -191,6 +191,27 @@ if [ "$rust" = 1 ]; then
     ok "rustc: $rustc ('$("$rustc" --version)', as the kernel)"
   fi
 
+  # The files being there is not enough: the kernel crate needs every crate it was built with
+  # (bindings, uapi, ffi, build_error, pin_init, ... by version), readable by this rustc.
+  # rustc itself says: a crate with `extern crate kernel;`, checked as the kernel's Kbuild
+  # checks a module (x86_64's target.json, no sysroot), metadata only, nothing written here.
+  if [ "$have_meta" = 1 ] && [ -n "$rustc" ] && [ "$(cfg X86_64)" = y ]; then
+    probe=$(mktemp -d)
+    echo '#![no_std] extern crate kernel;' > "$probe/probe.rs"
+    if err=$(cd "$probe" && RUSTC_BOOTSTRAP=1 "$rustc" --edition=2021 -Zunstable-options \
+          --crate-type=rlib --emit=metadata -o "$probe/probe.rmeta" \
+          --target="$kdir/scripts/target.json" --sysroot=/dev/null -L "$kdir/rust" \
+          --extern kernel "$probe/probe.rs" 2>&1); then
+      ok "rustc reads the kernel crate's metadata"
+    else
+      why=$(grep -m3 '^error' <<<"$err" | tr '\n' ' ')
+      missing rust-metadata-unusable "$rustc cannot use the metadata in $kdir/rust: ${why:-$(head -n1 <<<"$err")}" \
+        "the rust/ directory must hold every lib*.rmeta and lib*.so the kernel's build made there" \
+        "(copy them all, from the same kernel build), made by this very rustc"
+    fi
+    rm -rf "$probe"
+  fi
+
   # bindgen and libclang: the module runs no bindgen itself; they are needed only to make the
   # metadata (modules_prepare), i.e. when the tree lacks it.
   bg_want=$(cfg BINDGEN_VERSION_TEXT)

@@ -57,7 +57,11 @@ class CheckHost(unittest.TestCase):
         tool(self.bin, "clang-77",
              'case "$1" in -dumpversion) echo 77.1.0;; --version) echo "%s";; esac\n' % CLANG_TEXT)
         tool(self.bin, "ld.lld-77", "exit 0\n")
-        tool(self.bin, "rustc", 'echo "%s"\n' % RUSTC_TEXT)
+        # --version, else a check of the metadata that fails while the file "unusable" exists.
+        self.unusable = os.path.join(self.tmp, "unusable")
+        tool(self.bin, "rustc", 'if [ "$1" = --version ]; then echo "%s"; exit 0; fi\n'
+             'if [ -e %s ]; then echo "error[E0463]: can\'t find crate for \\`uapi\\` which'
+             ' \\`kernel\\` depends on"; exit 1; fi\n' % (RUSTC_TEXT, self.unusable))
         tool(self.bin, "bindgen", 'echo "%s"\n' % BINDGEN_TEXT)
 
     def write_config(self):
@@ -122,6 +126,11 @@ class CheckHost(unittest.TestCase):
                     self.assertEqual([x for x in META if x in line], [m])
                 finally:
                     os.rename(p + ".away", p)
+
+    def test_metadata_rustc_cannot_use(self):
+        write(self.unusable, "")
+        _, err = self.assertProblems(["rust-metadata-unusable"])
+        self.assertIn("can't find crate for `uapi` which `kernel` depends on", err)
 
     def test_no_metadata_and_no_bindgen(self):
         shutil.rmtree(os.path.join(self.kdir, "rust"))
@@ -232,6 +241,14 @@ class CheckHostOnTheCachedKernel(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("no-rust-metadata", keys)
         self.assertIn("rust/libkernel.rmeta absent", err)
+
+    def test_without_a_crate_the_kernel_crate_needs(self):
+        if not self.host_has_the_kernels_rustc():
+            self.skipTest("the rustc the cached kernel was built with is gone")
+        os.remove(os.path.join(self.kdir, "rust/libuapi.rmeta"))
+        rc, out, err, keys = self.run_check()
+        self.assertEqual((rc, keys), (1, {"rust-metadata-unusable"}), err)
+        self.assertIn("can't find crate for `uapi`", err)
 
     def test_without_config_rust(self):
         os.remove(os.path.join(self.kdir, ".config"))
