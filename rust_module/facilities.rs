@@ -25,6 +25,7 @@ extern "C" {
         active: *mut c_ulong,
         active_slot: *mut c_ulong,
         skip: *mut c_ulong,
+        registered: *mut c_ulong,
         hints: *mut c_void,
         n_hints: c_ulong,
         nbits: c_ulong,
@@ -130,13 +131,14 @@ pub(crate) struct TrackedBitmaps;
 
 impl TrackedBitmaps {
     /// # Safety
-    /// The four bitmaps must point to `nbits / 64` words, `hints` to `n_hints` slot hints
+    /// The five bitmaps must point to `nbits / 64` words, `hints` to `n_hints` slot hints
     /// (`tracker::SlotHint`), all valid until this value is dropped.
     pub(crate) unsafe fn publish(
         tracked: *mut u64,
         active: *mut u64,
         active_slot: *mut u64,
         skip: *mut u64,
+        registered: *mut u64,
         hints: *mut c_void,
         n_hints: usize,
         nbits: usize,
@@ -149,6 +151,7 @@ impl TrackedBitmaps {
                 active as *mut c_ulong,
                 active_slot as *mut c_ulong,
                 skip as *mut c_ulong,
+                registered as *mut c_ulong,
                 hints,
                 n_hints as c_ulong,
                 nbits as c_ulong,
@@ -163,6 +166,7 @@ impl Drop for TrackedBitmaps {
         // SAFETY: withdraws the pointers; probes are unregistered before this drops.
         unsafe {
             st_set_bitmaps(
+                core::ptr::null_mut(),
                 core::ptr::null_mut(),
                 core::ptr::null_mut(),
                 core::ptr::null_mut(),

@@ -209,6 +209,8 @@ static unsigned long *st_active_bits;
 static unsigned long *st_active_slot_bits;
 /* Bit tid: skip the thread's next call exit (its call is charged to no span). */
 static unsigned long *st_skip_bits;
+/* Bit tgid: the process is registered (the thread-creation probe's one test). */
+static unsigned long *st_registered_bits;
 static unsigned long st_nbits;
 
 /* Where each thread's active-span slot is (tracker.rs SlotHint), written by the tracker
@@ -225,7 +227,8 @@ static DEFINE_PER_CPU(u64, st_fast_uncharged);
 static int st_sched_on;
 
 void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long *active_slot,
-		    unsigned long *skip, void *hints, unsigned long n_hints, unsigned long nbits)
+		    unsigned long *skip, unsigned long *registered, void *hints,
+		    unsigned long n_hints, unsigned long nbits)
 {
 	WRITE_ONCE(st_nbits, 0);
 	smp_wmb();
@@ -233,6 +236,7 @@ void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long
 	WRITE_ONCE(st_active_bits, active);
 	WRITE_ONCE(st_active_slot_bits, active_slot);
 	WRITE_ONCE(st_skip_bits, skip);
+	WRITE_ONCE(st_registered_bits, registered);
 	WRITE_ONCE(st_slot_hints, hints);
 	WRITE_ONCE(st_n_hints, hints ? n_hints : 0);
 	smp_wmb();
@@ -383,9 +387,17 @@ static void st_probe_process_exit(void *data, ST_TP_PROCESS_EXIT_ARGS)
 
 static void st_probe_newtask(void *data, struct task_struct *task, st_tp_clone_flags_t clone_flags)
 {
-	/* New threads of a process whose creating thread is tracked; a thread created by an
-	 * untracked thread (the preload's own) is looked up by its group in Rust. */
+	/* New threads of a registered process (whichever thread created them: the preload's
+	 * own threads are untracked); any other thread creation on the machine costs this bit
+	 * test and no lock. The task is on its group's thread list by now (copy_process()
+	 * fires the tracepoint after attaching it). Pairs with the smp_mb() in
+	 * st_for_each_thread_of_current(): registration sets the group's bit, then walks the
+	 * list; we were put on the list, then test the bit. With a full barrier on both sides,
+	 * either the walk sees this thread or we see the bit (or both: adding is idempotent). */
 	if (!(clone_flags & CLONE_THREAD))
+		return;
+	smp_mb();
+	if (likely(!st_bit(st_registered_bits, task->tgid)))
 		return;
 	st_rs_new_thread(task->pid, task->tgid);
 }
@@ -812,6 +824,9 @@ void st_for_each_thread_of_current(int (*cb)(void *ctx, int tid, int tgid), void
 {
 	struct task_struct *t;
 
+	/* The registered bit, set by the caller just before, is visible to the thread-creation
+	 * probe before we read the thread list (see st_probe_newtask()). */
+	smp_mb();
 	rcu_read_lock();
 	for_each_thread(current, t) {
 		if (READ_ONCE(t->flags) & PF_EXITING)

@@ -16,7 +16,8 @@ void *st_vzalloc(size_t size);
 void st_vfree(void *p);
 unsigned int st_possible_cpus(void);
 void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long *active_slot,
-		    unsigned long *skip, void *hints, unsigned long n_hints, unsigned long nbits);
+		    unsigned long *skip, unsigned long *registered, void *hints,
+		    unsigned long n_hints, unsigned long nbits);
 u64 st_fast_uncharged_sum(void);
 void st_tracepoints_unregister(void);
 int st_tracepoints_register(void);

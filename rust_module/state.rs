@@ -110,6 +110,7 @@ pub(crate) struct Installed {
     active: *mut u64,
     active_slot: *mut u64,
     skip: *mut u64,
+    registered: *mut u64,
     hints: *mut c_void,
     _storage: VSlice<DefaultStorage>,
     _record_buf: VSlice<u8>,
@@ -137,6 +138,7 @@ impl Installed {
         let active = block.active.as_ptr() as *mut u64;
         let active_slot = block.active_slot.as_ptr() as *mut u64;
         let skip = block.skip_exit.as_ptr() as *mut u64;
+        let registered = block.registered.as_ptr() as *mut u64;
         let hints = block.slot_hints.as_ptr() as *mut c_void;
         let tracker = Tracker::new(block.storage(), seed);
         let global = KBox::new(
@@ -151,7 +153,7 @@ impl Installed {
             GFP_KERNEL,
         )?;
         GLOBAL.store(&*global as *const Global as *mut Global, Ordering::Release);
-        Ok(Self { _global: global, bitmap, active, active_slot, skip, hints, _storage: storage, _record_buf: record_buf })
+        Ok(Self { _global: global, bitmap, active, active_slot, skip, registered, hints, _storage: storage, _record_buf: record_buf })
     }
 
     /// Hands the tracked-thread and open-span bitmaps to the C probes.
@@ -165,6 +167,7 @@ impl Installed {
                 self.active,
                 self.active_slot,
                 self.skip,
+                self.registered,
                 self.hints,
                 SLOT_HINTS,
                 TRACKED_WORDS * 64,
@@ -177,7 +180,7 @@ impl Installed {
     }
 }
 
-// SAFETY: `bitmap`, `active`, `active_slot`, `skip` and `hints` point into `_storage`, owned by this value; the state behind it is
+// SAFETY: `bitmap`, `active`, `active_slot`, `skip`, `registered` and `hints` point into `_storage`, owned by this value; the state behind it is
 // synchronised by the lock and atomics (see `Global`).
 unsafe impl Send for Installed {}
 // SAFETY: as above.

@@ -449,6 +449,10 @@ pub struct Storage<'a> {
     /// Bit `tid`: the probes skip the thread's next call exit (set by the C `sys_enter`
     /// probe for a call charged to no span; same size as `tracked`).
     pub skip_exit: &'a [AtomicU64],
+    /// Bit `tgid`: the process is registered (same size as `tracked`). The thread-creation
+    /// probe tests it, so that a thread created in any other process costs a bit test and
+    /// no lock.
+    pub registered: &'a [AtomicU64],
     /// [`SlotHint`]s (`SLOT_HINTS` of them).
     pub slot_hints: &'a [SlotHint],
     /// Scheduler accounting of each thread slot (same length as `threads`).
@@ -489,6 +493,8 @@ pub struct DefaultStorage {
     pub active_slot: [AtomicU64; TRACKED_WORDS],
     /// See [`Storage::skip_exit`].
     pub skip_exit: [AtomicU64; TRACKED_WORDS],
+    /// See [`Storage::registered`].
+    pub registered: [AtomicU64; TRACKED_WORDS],
     /// See [`Storage::slot_hints`].
     pub slot_hints: [SlotHint; SLOT_HINTS],
     /// See [`Storage::thread_sched`].
@@ -515,6 +521,7 @@ impl DefaultStorage {
             active: &self.active,
             active_slot: &self.active_slot,
             skip_exit: &self.skip_exit,
+            registered: &self.registered,
             slot_hints: &self.slot_hints,
             thread_sched: &mut self.thread_sched,
             span_sched: &mut self.span_sched,
@@ -783,6 +790,8 @@ pub struct Tracker<'a> {
     /// Threads with an active-span slot whose process has an open span: the probes read
     /// their slot.
     active_slot: TrackedSet<'a>,
+    /// Registered processes, by tgid (see [`Storage::registered`]).
+    registered: TrackedSet<'a>,
     slot_hints: &'a [SlotHint],
     filter: SyscallFilter,
     max_calls: u32,
@@ -822,6 +831,7 @@ impl<'a> Tracker<'a> {
             active,
             active_slot,
             skip_exit,
+            registered,
             slot_hints,
             thread_sched,
             span_sched,
@@ -858,6 +868,8 @@ impl<'a> Tracker<'a> {
         let active_slot = TrackedSet::new(active_slot);
         active_slot.clear_all();
         TrackedSet::new(skip_exit).clear_all();
+        let registered = TrackedSet::new(registered);
+        registered.clear_all();
         for h in slot_hints {
             h.tid.store(0, Ordering::Relaxed);
             h.addr.store(0, Ordering::Relaxed);
@@ -877,6 +889,7 @@ impl<'a> Tracker<'a> {
             tracked,
             active,
             active_slot,
+            registered,
             slot_hints,
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
@@ -1027,6 +1040,10 @@ impl<'a> Tracker<'a> {
             uid,
             ..ProcessSlot::EMPTY
         };
+        // Before the caller walks the process's threads: a thread created during the walk
+        // either is on the list the walk reads or sees this bit (the kernel glue orders the
+        // two with full barriers on both sides).
+        self.registered.set(tgid, true);
         bump(&mut self.stats.processes_registered);
         Ok(ProcIdx(i as u32))
     }
@@ -1055,6 +1072,7 @@ impl<'a> Tracker<'a> {
         if let Some(p) = slot_mut(self.processes, pi) {
             *p = ProcessSlot::EMPTY;
         }
+        self.registered.set(tgid, false);
         Ok(())
     }
 

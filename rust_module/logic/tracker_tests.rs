@@ -33,6 +33,7 @@ struct Mem {
     active: Vec<AtomicU64>,
     active_slot: Vec<AtomicU64>,
     skip_exit: Vec<AtomicU64>,
+    registered: Vec<AtomicU64>,
     slot_hints: Vec<SlotHint>,
     thread_sched: Vec<ThreadSched>,
     span_sched: Vec<SchedPart>,
@@ -114,6 +115,9 @@ impl Mem {
             skip_exit: (0..c.tid_limit / 64)
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
+            registered: (0..c.tid_limit / 64)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
             slot_hints: (0..SLOT_HINTS)
                 .map(|i| SlotHint {
                     tid: AtomicU64::new(i as u64 + 1),
@@ -142,6 +146,7 @@ impl Mem {
                 active: &self.active,
                 active_slot: &self.active_slot,
                 skip_exit: &self.skip_exit,
+                registered: &self.registered,
                 slot_hints: &self.slot_hints,
                 thread_sched: &mut self.thread_sched,
                 span_sched: &mut self.span_sched,
@@ -179,6 +184,19 @@ fn probes_on(tr: &Tracker<'_>, t: &ThreadSlot) -> bool {
 
 /// Checks every structural invariant of the tracker.
 fn check_invariants(tr: &Tracker<'_>) {
+    // Processes: a tgid's bit in `registered` iff it has a slot in use.
+    let registered: Vec<u32> = tr.processes.iter().filter(|p| p.in_use != 0).map(|p| p.tgid).collect();
+    let mut bits = 0;
+    for (w, word) in tr.registered.words.iter().enumerate() {
+        let v = word.load(Ordering::Relaxed);
+        bits += v.count_ones();
+        for b in 0..64 {
+            if v >> b & 1 != 0 {
+                assert!(registered.contains(&((w * 64 + b) as u32)), "stray process bit {}", w * 64 + b);
+            }
+        }
+    }
+    assert_eq!(bits as usize, registered.iter().filter(|&&t| u64::from(t) < tr.registered.limit()).count());
     // Threads: index <-> slots <-> bitmap <-> pool.
     let mut index: HashMap<u32, u32> = HashMap::new();
     tr.thread_index.for_each(|tid, ti| {
@@ -417,14 +435,18 @@ fn one_user_cannot_take_the_process_table() {
 fn processes_register_and_unregister() {
     let mut mem = Mem::new(Caps { procs: 2, ..CAPS });
     let mut tr = mem.tracker();
+    assert!(!tr.registered.contains(10), "the bitmap starts clear");
     assert_eq!(tr.register_process(10, 0), Ok(ProcIdx(0)));
+    assert!(tr.registered.contains(10), "the thread-creation probe's bit");
     assert_eq!(tr.register_process(10, 0), Err(EALREADY));
     assert_eq!(tr.register_process(11, 0), Ok(ProcIdx(1)));
     assert_eq!(tr.register_process(12, 0), Err(ENOSPC));
+    assert!(!tr.registered.contains(12), "a refused process has no bit");
     assert_eq!(tr.stats().processes_refused, 1);
     assert_eq!(tr.process_of(11), Some(ProcIdx(1)));
     assert_eq!(tr.process_of(12), None);
     assert_eq!(tr.unregister_process(10), Ok(()));
+    assert!(!tr.registered.contains(10) && tr.registered.contains(11));
     assert_eq!(tr.unregister_process(10), Err(ENOENT));
     assert_eq!(tr.register_process(12, 0), Ok(ProcIdx(0)), "slot reused");
     assert_eq!(tr.stats().processes, 2);
