@@ -39,6 +39,21 @@ LINGER_NS = 1_000_000_000  # keeps sampling this long after the last open span
 IDLE_POLL_S = 0.1  # then looks for open spans this often
 DORMANT_NS = 10_000_000_000  # and after this long without any, sleeps until a span starts
 FORGET_NS = 10_000_000_000  # a thread not seen for this long loses its ring
+MAX_INTERVAL_NS = 20_000_000  # the longest interval the back-off goes to (a wait of 20 ms
+# or more still gets a sample)
+
+
+def next_interval_ns(cur_ns: int, base_ns: int, delay_ns: int) -> int:
+    """The sampler's next interval. `delay_ns`: how late it woke (waiting for a CPU and for
+    the GIL) plus what the sample took. A busy interpreter shows in it: when it is more than
+    a quarter of the interval the interval doubles (up to MAX_INTERVAL_NS), so that the
+    sampler never competes much for the GIL with a saturated service; below a sixteenth
+    it halves back towards the configured one."""
+    if delay_ns * 4 > cur_ns:
+        return min(max(cur_ns * 2, base_ns), max(MAX_INTERVAL_NS, base_ns))
+    if delay_ns * 16 < cur_ns and cur_ns > base_ns:
+        return max(cur_ns // 2, base_ns)
+    return cur_ns
 
 
 def interval_ms_from_env() -> float:
@@ -124,6 +139,7 @@ class Sampler:
         self._poked = False
         self._thread = None
         self.samples = 0
+        self.interval_now_ns = int(self.interval_s * 1e9)  # after the back-off
         self.forgotten_at = 0
         self.unregister_error = 0
 
@@ -188,6 +204,9 @@ class Sampler:
         self.unregister_error = self._lib.unregister_thread() if self._lib is not None else 0
         HOOK_THREADS.add(threading.current_thread().native_id)
         clock, sleep = self._clock, time.sleep
+        base_ns = max(1, int(self.interval_s * 1e9))
+        cur_ns = base_ns
+        wake_at = None  # when the last sampling sleep should have ended
         # Starts between spans: nothing is sampled before a span is seen open.
         active_at = clock() - self.linger_ns - 1
         while True:
@@ -208,17 +227,26 @@ class Sampler:
                 self._idle = False
                 self._poked = False
                 active_at = clock()
+                wake_at = None
                 continue
             elif now - active_at > self.linger_ns:
                 # Between spans: look again a little later, without sampling (woken by a
                 # span's start, it would compete for the GIL with that span's first steps).
                 sleep(self.idle_poll_s)
+                wake_at = None
                 continue
+            # How late it woke (waiting for a CPU and then for the GIL) plus what the sample
+            # takes: the back-off's measure of how busy the interpreter is.
+            t0 = clock()
+            late = t0 - wake_at if wake_at is not None else 0
             try:
                 self.sample()
             except Exception:  # a sample is never worth the sampler
                 pass
-            sleep(self.interval_s)
+            cur_ns = next_interval_ns(cur_ns, base_ns, max(0, late) + clock() - t0)
+            self.interval_now_ns = cur_ns
+            wake_at = clock() + cur_ns
+            sleep(cur_ns / 1e9)
 
     def start(self) -> bool:
         try:

@@ -200,6 +200,23 @@ class StackRingMatching(unittest.TestCase):
         self.assertEqual(r.find(4 * MS, 4 * MS), (4,))
 
 
+class SamplerBackOff(unittest.TestCase):
+    def test_a_busy_interpreter_stretches_the_interval_and_a_quiet_one_restores_it(self):
+        ms = 1_000_000
+        nxt = pystacks.next_interval_ns
+        self.assertEqual(nxt(5 * ms, 5 * ms, 0), 5 * ms, "quiet: unchanged")
+        self.assertEqual(nxt(5 * ms, 5 * ms, ms), 5 * ms, "a fifth of the interval late: unchanged")
+        self.assertEqual(nxt(5 * ms, 5 * ms, 2 * ms), 10 * ms, "over a quarter late: doubles")
+        cur = 5 * ms
+        for _ in range(10):
+            cur = nxt(cur, 5 * ms, 50 * ms)
+        self.assertEqual(cur, pystacks.MAX_INTERVAL_NS, "capped: a wait of 20 ms still gets a sample")
+        for _ in range(10):
+            cur = nxt(cur, 5 * ms, 100_000)
+        self.assertEqual(cur, 5 * ms, "back to the configured interval, never below")
+        self.assertEqual(nxt(50 * ms, 50 * ms, 40 * ms), 50 * ms, "a configured interval over the cap stays")
+
+
 class Sampling(unittest.TestCase):
     def test_samples_map_idents_to_native_tids_and_skip_the_hooks_frames(self):
         s = pystacks.Sampler(None, 5)
