@@ -32,8 +32,9 @@
 #   BENCH_PROFILE_RUNS [""]: "CONFIG:K:N ..." runs done once under `perf record -a` (not counted)
 #   KO: path of spantrack.ko (required)
 #
-# BENCH_PARTS ["overhead"]: what this boot runs, "overhead" (all of the above) and/or
-# "overload" (issue 19: the integrations under sustained load, below), in that order.
+# BENCH_PARTS ["overhead"]: what this boot runs, "overhead" (all of the above), "overload"
+# (issue 19: the integrations under sustained load, below) and/or "scale" (issue 16:
+# contention on several vCPUs, below), in the order overload, scale, overhead.
 #
 # Part "overload" (one JSON line per run appended to $BENCH_OUT/overload.jsonl): the load of
 # issue 19 in a Python service (preload/python/tools/bench_overload.py one, $BENCH_PY) and in
@@ -49,6 +50,7 @@
 #   allsum  "all" without child spans (SPANTRACK_MIN_CHILD_US of 1000 s): the difference
 #           to "all" is the child spans' cost
 # BENCH_OVL_LANGS ["python rust"], BENCH_OVL_REPS [2] (interleaved; the order rotates).
+# BENCH_OVL_ENV [""]: VAR=value words added to the environment of the spantrack runs.
 set -uo pipefail
 root=$(pwd)
 out=${BENCH_OUT:-/run/spout}
@@ -95,7 +97,9 @@ ovl_run() {
         env+=(SPANTRACK_BUDGET_PCT=100 SPANTRACK_QUEUE_SIZE=1000000 SPANTRACK_TAKE_TIMEOUT_MS=10000
               SPANTRACK_SHUTDOWN_TIMEOUT_MS=600000 SPANHOOK_MAX_RECORDS=1000000 SPANHOOK_MAX_BYTES=1073741824)
       fi
-      [ "$cfg" = allsum ] && env+=(SPANTRACK_MIN_CHILD_US=1000000000);;
+      [ "$cfg" = allsum ] && env+=(SPANTRACK_MIN_CHILD_US=1000000000)
+      # shellcheck disable=SC2206 # words on purpose: VAR=value ...
+      [ -n "${BENCH_OVL_ENV:-}" ] && env+=($BENCH_OVL_ENV);;
     *) log "unknown overload config $cfg"; return;;
   esac
   case "$lang" in
@@ -132,6 +136,31 @@ if [[ " $parts " == *" overload "* ]]; then
   done
   module_off
   log "overload done: $(grep -c '"config"' "$out/overload.jsonl") runs"
+fi
+# Part "scale" (issue 16; one JSON line per run appended to $BENCH_OUT/scale.jsonl): the
+# contention benchmark, meant for a multi-vCPU boot without -icount (wall clock).
+# spantrack-bench scale: BENCH_SCALE_THREADS ["1 4 8 32 64"] threads, each making
+# BENCH_SCALE_K [16] getpid() per span of its own for BENCH_SCALE_S [3] seconds; modes
+# "plain" (module not loaded) and "in-span" (module loaded, process registered, threshold_ns
+# 1 hour: every call tracked and itemised, no record), interleaved, BENCH_SCALE_REPS [3].
+if [[ " $parts " == *" scale "* ]]; then
+  echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc)}" >> "$out/scale.jsonl"
+  for ((rep = 1; rep <= ${BENCH_SCALE_REPS:-3}; rep++)); do
+    for t in ${BENCH_SCALE_THREADS:-1 4 8 32 64}; do
+      modes=(plain in-span); ((rep % 2 == 0)) && modes=(in-span plain)
+      for mode in "${modes[@]}"; do
+        if [ "$mode" = plain ]; then module_off; else module_on; echo 3600000000000 > $sysfs/threshold_ns; fi
+        line=$("$bench" scale --threads "$t" --seconds "${BENCH_SCALE_S:-3}" --calls-per-span "${BENCH_SCALE_K:-16}" --mode "$mode" 2>"$work/scale.err" | grep '^{' | tail -n 1)
+        [ -n "$line" ] || { log "scale FAILED: $t $mode: $(tail -c 300 "$work/scale.err")"; line=null; }
+        mstats=null
+        [ "$mode" = in-span ] && mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' /proc/spantrack/stats 2>/dev/null)
+        echo "{\"clock\":\"$clock\",\"rep\":$rep,\"module_stats\":${mstats:-null},\"result\":$line}" >> "$out/scale.jsonl"
+        log "scale rep=$rep threads=$t $mode: $(echo "$line" | cut -c1-200)"
+        module_off
+      done
+    done
+  done
+  log "scale done"
 fi
 [[ " $parts " == *" overhead "* ]] || exit 0
 

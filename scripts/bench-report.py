@@ -509,6 +509,65 @@ def overload_report(d):
     return out
 
 
+def scale_report(d):
+    """The section on issue 16's contention benchmark (raw-scale.jsonl), as markdown lines."""
+    path = os.path.join(d, "raw-scale.jsonl")
+    if not os.path.exists(path):
+        return []
+    probe, runs, failed = None, defaultdict(list), 0
+    for line in open(path):
+        try:
+            o = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if o.get("probe"):
+            probe = o
+            continue
+        r = o.get("result")
+        if not r:
+            failed += 1
+            continue
+        r["module_stats"] = o.get("module_stats") or {}
+        runs[(r["threads"], r["mode"])].append(r)
+    if not runs:
+        return []
+    cpus = (probe or {}).get("cpus", "?")
+    out = []
+    w = out.append
+    w("## On several vCPUs (issue 16): system calls inside spans, 1 to 64 threads\n")
+    k = next(iter(runs.values()))[0].get("calls_per_span", "?")
+    reps = max(len(v) for v in runs.values())
+    w(f"`spantrack-bench scale` in a VM of its own: {cpus} vCPUs, QEMU TCG **without** `-icount` "
+      "(multi-threaded TCG: the vCPUs run in parallel, so contention on the module's lock is real), "
+      f"kernel {(probe or {}).get('kernel', '?')}. Each thread loops over spans of its own, "
+      f"{k} `getpid()` per span, every call timed (guest CLOCK_MONOTONIC); *module off*: not loaded, "
+      "no span writes; *in span*: module loaded, process registered before its threads start (they "
+      "are tracked from birth), a begin and an end write per span, every call tracked and itemised "
+      "(threshold_ns 1 hour, no record). Wall clock of an emulated machine on a shared 2-core host: "
+      f"the figures move with the host's load, hence the spread; median of {reps} interleaved runs "
+      "per row; compare the ratios within a row, not absolute times.\n")
+    w("| threads | module off: calls/s | in span: calls/s | in span / off | in span: scaling vs 1 thread | "
+      "off: call p50 / p99 (ns) | in span: call p50 / p99 (ns) | in span: span p50 / p99 (us) | spread (in span) |")
+    w("| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |")
+    one = None
+    for t in sorted({t for t, _ in runs}):
+        off, on = runs.get((t, "plain"), []), runs.get((t, "in-span"), [])
+        cps_off = med([r["calls_per_s"] for r in off]) if off else float("nan")
+        cps_on = med([r["calls_per_s"] for r in on]) if on else float("nan")
+        if t == 1:
+            one = cps_on
+        spread = ((max(r["calls_per_s"] for r in on) - min(r["calls_per_s"] for r in on)) / cps_on * 100) if on else float("nan")
+        g = lambda rs, key: med([r[key] for r in rs]) if rs else float("nan")  # noqa: E731
+        w(f"| {t} | {cps_off:,.0f} | {cps_on:,.0f} | {cps_on / cps_off:.2f} | "
+          f"{(cps_on / one) if one else float('nan'):.2f}x | {g(off, 'call_p50_ns'):,.0f} / {g(off, 'call_p99_ns'):,.0f} | "
+          f"{g(on, 'call_p50_ns'):,.0f} / {g(on, 'call_p99_ns'):,.0f} | "
+          f"{g(on, 'span_p50_ns') / 1000:,.1f} / {g(on, 'span_p99_ns') / 1000:,.1f} | {spread:.0f}% |")
+    w("")
+    if failed:
+        w(f"{failed} run(s) failed (see the log of VM 3).\n")
+    return out
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "results/bench"
     runs, probe = load(os.path.join(d, "raw-icount.jsonl"))
@@ -922,6 +981,9 @@ def main():
         if mrows:
             w("Micro-costs, emulated wall clock: " + "; ".join(f"{n}: {v:,.0f} ns" for n, v in mrows) + ".\n")
 
+    sc = scale_report(d)
+    if sc:
+        out.extend(sc)
     ovl = overload_report(d)
     if ovl:
         out.extend(ovl)
@@ -930,7 +992,8 @@ def main():
     w("## Files\n")
     w("`raw-icount.jsonl`, `raw-wall.jsonl`: one JSON line per run (client figures, service and "
       "module counters); `raw-overload.jsonl`: one per run of issue 19's load (the service's "
-      "figures, the module's counters; `overload.md`: its section alone); `micro-*.txt`: "
+      "figures, the module's counters; `overload.md`: its section alone); `raw-scale.jsonl`: "
+      "one per run of issue 16's contention benchmark; `micro-*.txt`: "
       "spantrack-microbench output; `fig4.svg`, `fig5.svg`.\n")
     with open(os.path.join(d, "results.md"), "w") as f:
         f.write("\n".join(out))

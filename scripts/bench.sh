@@ -16,7 +16,12 @@
 # spantrack (scripts/bench-guest.sh, part "overload"; about 5 minutes): results/bench/
 # raw-overload.jsonl and the section "Under sustained load" of results.md (also overload.md).
 #
-# Knobs (environment): BENCH_PARTS ("overload overhead": both; "overload" alone takes ~6
+# Issue 16's part (BENCH_PARTS contains "scale"), in a VM of its own with BENCH_SCALE_CPUS (4)
+# vCPUs and no -icount (TCG runs the vCPUs in parallel, so contention is real; the clock is
+# emulated wall clock, and host load shows in it): 1..64 threads making system calls inside
+# spans, module loaded vs not (results/bench/raw-scale.jsonl, section "On several vCPUs").
+#
+# Knobs (environment): BENCH_PARTS ("overload scale overhead": all; "overload" alone takes ~6
 # minutes); BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
 # BENCH_PEER_MAX_N, BENCH_PROFILE_RUNS, BENCH_OVL_* ... (see scripts/bench-guest.sh); BENCH_WALL=0 skips
 # the wall-clock VM; BENCH_WALL_N (10000) its N; BENCH_TIMEOUT (3600) seconds for the icount VM;
@@ -31,7 +36,7 @@ t_all=$(now)
 
 "$here/setup.sh"
 ko=$("$here/build-module.sh")
-parts=${BENCH_PARTS:-overload overhead}
+parts=${BENCH_PARTS:-overload scale overhead}
 stage "building spantrack-bench, libspanhook.so, spantrack-microbench, spantrack-overload-bench"
 cargo build --release --quiet -p spantrack-bench -p spanhook -p spantrack-vmtest -p spantrack-rust-demo-svc
 BENCH_PY=$("$here/python-env.sh")/bin/python; export BENCH_PY
@@ -59,6 +64,14 @@ if [[ " $parts " == *" overload "* ]]; then
     "$(guest_env) BENCH_CLOCK=icount BENCH_PARTS=overload scripts/bench-guest.sh"
   stage "VM 0 done in $(elapsed "$t0")"
   cp "$root/build/bench/overload/overload.jsonl" "$res/raw-overload.jsonl"
+fi
+if [[ " $parts " == *" scale "* ]]; then
+  stage "VM 3: ${BENCH_SCALE_CPUS:-4} vCPUs, emulated wall clock (no -icount: TCG runs the vCPUs in parallel), issue 16's contention benchmark"
+  t0=$(now)
+  "$here/vm-run.sh" --variant release --smp "${BENCH_SCALE_CPUS:-4}" --timeout "${BENCH_SCALE_TIMEOUT:-1800}" --keep "$root/build/bench/scale" -- \
+    "$(guest_env) BENCH_CLOCK=wall BENCH_PARTS=scale scripts/bench-guest.sh"
+  stage "VM 3 done in $(elapsed "$t0")"
+  cp "$root/build/bench/scale/scale.jsonl" "$res/raw-scale.jsonl"
 fi
 [[ " $parts " == *" overhead "* ]] || { stage "report"; python3 "$here/bench-report.py" "$res"
   stage "make bench done in $(elapsed "$t_all"): $res/results.md"; exit 0; }

@@ -6,6 +6,7 @@
 //! spantrack-bench client --port-file P --n N [--warmup W]
 //! spantrack-bench sink   --port-file P
 //! spantrack-bench spin   --calls N --mode plain|tracked|in-span|pairs
+//! spantrack-bench scale  --threads T --seconds S --mode plain|in-span [--calls-per-span K]
 //! ```
 //!
 //! * `serve`: the currency converter. A request/response RPC over loopback TCP (one line per
@@ -25,9 +26,12 @@
 //! * `sink`: the OTLP/HTTP receiver: accepts `POST /v1/traces`, counts, answers 200.
 //! * `spin`: a `getpid()` loop, untracked / tracked / inside one open span, to profile the
 //!   probe path with `perf record` (see `spin.rs`).
+//! * `scale`: T threads making system calls inside spans of their own, for the multi-vCPU
+//!   contention benchmark of issue 16 (see `scale.rs`).
 
 mod client;
 mod otlp;
+mod scale;
 mod service;
 mod sink;
 mod spin;
@@ -133,6 +137,7 @@ fn main() {
         "client" => client::run(&opts),
         "sink" => sink::run(&opts),
         "spin" => spin::run(&opts),
-        _ => die("usage: spantrack-bench serve|client|sink|spin ... (see src/main.rs)"),
+        "scale" => scale::run(&opts),
+        _ => die("usage: spantrack-bench serve|client|sink|spin|scale ... (see src/main.rs)"),
     }
 }
