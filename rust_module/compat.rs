@@ -10,8 +10,10 @@
 //! | `kernel_7` | Linux >= 7.0  | `module!` keys (`authors: [..]`, not `author`) |
 //!
 //! Everything else the module uses from the `kernel` crate (`KBox`, `Error`, `pr_info!`,
-//! `kernel::Module`) and every C API `glue.c` calls is the same on 6.12 and 7.x. A new
-//! difference gets a cfg in `Kbuild`, a row above and its code here, not elsewhere.
+//! `kernel::Module`) is the same on 6.12 and 7.x. A new difference on the Rust side gets a
+//! cfg in `Kbuild`, a row above and its code here, not elsewhere. The C side's differences
+//! (three tracepoint prototypes) are in the one `LINUX_VERSION_CODE` block at the top of
+//! `glue.c`, which also has the compiler check every probe against its tracepoint.
 
 /// `module!` with the keys of the kernel's macro: 6.12 takes `author: "a"`, 7.x (the macro
 /// rewritten over `syn`) takes `authors: ["a", ..]` and wants the keys in a fixed order.
