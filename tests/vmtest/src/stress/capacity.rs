@@ -26,6 +26,12 @@ pub fn run(rep: &mut Report) {
             return;
         }
     };
+    // Spans stay open for the whole run: a run stretched past timeout_ns's 60 s by a busy
+    // host would see them expire.
+    if let Err(e) = sysfs::set(sysfs::TIMEOUT, "86400000000000") {
+        rep.check("capacity: setup", Err(e));
+        return;
+    }
     // Forks first, while this process has a single thread.
     if let Err(e) = processes(rep) {
         rep.check("capacity: process table setup", Err(e));

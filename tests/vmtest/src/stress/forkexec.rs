@@ -141,6 +141,9 @@ pub fn run(rep: &mut Report) {
 fn run_inner(rep: &mut Report) -> Result<(), String> {
     let _g = TunableGuard::save()?;
     sysfs::set(sysfs::THRESHOLD, "0")?;
+    // Spans stay open for the whole run (parked, held): a run stretched past timeout_ns's
+    // 60 s by a busy host (the debug kernel took 106 s) would see them expire.
+    sysfs::set(sysfs::TIMEOUT, "86400000000000")?;
     let pid = sys::getpid();
     let control = Fd::open(uapi::PROC_CONTROL, libc::O_RDONLY)?;
     let begin = Fd::open(uapi::PROC_BEGIN, libc::O_WRONLY)?;

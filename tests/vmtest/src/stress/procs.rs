@@ -326,6 +326,9 @@ fn run_inner(rep: &mut Report) -> Result<(), String> {
     fig!("procs: {rounds} rounds x {per_round} registered children x {CHILD_THREADS} threads, killed mid-span; seed {seed}");
     let _g = TunableGuard::save()?;
     sysfs::set(sysfs::THRESHOLD, "0")?;
+    // Spans stay open for the whole run (parked, held): a run stretched past timeout_ns's
+    // 60 s by a busy host (the debug kernel took 106 s) would see them expire.
+    sysfs::set(sysfs::TIMEOUT, "86400000000000")?;
     let mut rng = Rng::new(seed);
     let s0 = Stats::read()?;
     let mut failures: Vec<String> = Vec::new();
