@@ -255,7 +255,10 @@ run() {
   fi
   local peer_lines=0
   if [ -n "$peer_out" ]; then peer_lines=$(wc -l < "$peer_out" 2>/dev/null || echo 0); rm -f "$peer_out"; fi
-  echo "{\"clock\":\"$clock\",\"config\":\"$cfg\",\"k\":$k,\"n\":$n,\"rep\":$rep,\"run_ns\":$((t1 - t0)),\"peer_lines\":$peer_lines,\"module_stats\":$mstats,\"result\":$line}" >> "$res"
+  # The processor's one-time symbol load, done before the client connects (serve waits).
+  local syms_ms
+  syms_ms=$(sed -n 's/.*stack symbols loaded \([0-9]*\) ms.*/\1/p' "$work/svc.err" | head -n 1)
+  echo "{\"clock\":\"$clock\",\"config\":\"$cfg\",\"k\":$k,\"n\":$n,\"rep\":$rep,\"run_ns\":$((t1 - t0)),\"peer_lines\":$peer_lines,\"symbols_ms\":${syms_ms:-null},\"module_stats\":$mstats,\"result\":$line}" >> "$res"
   log "$cfg k=$k n=$n rep=$rep: $(echo "$line" | cut -c1-110)"
 }
 
