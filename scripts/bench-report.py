@@ -286,12 +286,11 @@ def ovl_derive(r):
     return d
 
 
-def overload_report(d):
-    """The section on issue 19's load (raw-overload.jsonl), as a list of markdown lines."""
-    path = os.path.join(d, "raw-overload.jsonl")
+def read_jsonl(path):
+    """(the probe line or None, the other lines) of a raw-*.jsonl file (absent: None, [])."""
+    probe, lines = None, []
     if not os.path.exists(path):
-        return []
-    probe, runs, failed = None, defaultdict(list), []
+        return probe, lines
     for line in open(path):
         try:
             o = json.loads(line)
@@ -299,7 +298,19 @@ def overload_report(d):
             continue
         if o.get("probe"):
             probe = o
-        elif o.get("result"):
+        else:
+            lines.append(o)
+    return probe, lines
+
+
+def overload_report(d):
+    """The section on issue 19's load (raw-overload.jsonl), as a list of markdown lines."""
+    probe, lines = read_jsonl(os.path.join(d, "raw-overload.jsonl"))
+    if probe is None and not lines:
+        return []
+    runs, failed = defaultdict(list), []
+    for o in lines:
+        if o.get("result"):
             x = ovl_derive(o["result"])
             x["module_stats"] = o.get("module_stats") or {}
             runs[(o["lang"], o["config"])].append(x)
@@ -511,18 +522,9 @@ def overload_report(d):
 
 def scale_report(d):
     """The section on issue 16's contention benchmark (raw-scale.jsonl), as markdown lines."""
-    path = os.path.join(d, "raw-scale.jsonl")
-    if not os.path.exists(path):
-        return []
-    probe, runs, failed = None, defaultdict(list), 0
-    for line in open(path):
-        try:
-            o = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if o.get("probe"):
-            probe = o
-            continue
+    probe, lines = read_jsonl(os.path.join(d, "raw-scale.jsonl"))
+    runs, failed = defaultdict(list), 0
+    for o in lines:
         r = o.get("result")
         if not r:
             failed += 1

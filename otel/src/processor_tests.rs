@@ -667,16 +667,15 @@ fn a_stuck_inner_processor_never_gets_spans_after_its_shutdown() {
     assert_eq!(n as u64 + s.after_shutdown, 40, "{s:?}");
 }
 
-#[test]
-fn a_starved_worker_leaves_its_queue_to_the_shutdown() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The worker is kept off the CPU for 2 s with one span in hand; 20 more wait in the
-    // queue. A shutdown with 300 ms passes those 20 on itself; the one in the worker's
-    // hand is held back (counted) once the inner processor is shut down.
+/// A worker kept off the CPU for `stall` with one span ("first") in hand, and 20 spans
+/// ("s0".."s19") queued behind it; returns when the stall ends.
+fn starved_worker(
+    stall: Duration,
+) -> (SdkTracerProvider, Collector, std::sync::Arc<crate::ProcessorStats>, Instant) {
     let (provider, exporter, stats) = setup(1_000_000, Config::default());
-    let stall = Instant::now() + Duration::from_secs(2);
+    let until = Instant::now() + stall;
     if let Some(f) = fake().as_mut() {
-        f.stall_until = Some(stall);
+        f.stall_until = Some(until);
     }
     let tracer = provider.tracer("t");
     spin_span(&tracer, "first".into(), 2);
@@ -684,6 +683,16 @@ fn a_starved_worker_leaves_its_queue_to_the_shutdown() {
     for i in 0..20 {
         spin_span(&tracer, format!("s{i}"), 2);
     }
+    (provider, exporter, stats, until)
+}
+
+#[test]
+fn a_starved_worker_leaves_its_queue_to_the_shutdown() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The worker is kept off the CPU for 2 s with one span in hand; 20 more wait in the
+    // queue. A shutdown with 300 ms passes those 20 on itself; the one in the worker's
+    // hand is held back (counted) once the inner processor is shut down.
+    let (provider, exporter, stats, stall) = starved_worker(Duration::from_secs(2));
     let t = Instant::now();
     let r = provider.shutdown_with_timeout(Duration::from_millis(300));
     assert!(r.is_err(), "{r:?}");
@@ -707,17 +716,7 @@ fn a_starved_worker_leaves_its_queue_to_a_flush() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // As above with force_flush (5 s): the queued spans go on in time, the worker's own
     // span after its stall, annotated; nothing is lost.
-    let (provider, exporter, stats) = setup(1_000_000, Config::default());
-    let stall = Instant::now() + Duration::from_secs(6);
-    if let Some(f) = fake().as_mut() {
-        f.stall_until = Some(stall);
-    }
-    let tracer = provider.tracer("t");
-    spin_span(&tracer, "first".into(), 2);
-    std::thread::sleep(Duration::from_millis(100));
-    for i in 0..20 {
-        spin_span(&tracer, format!("s{i}"), 2);
-    }
+    let (provider, exporter, stats, stall) = starved_worker(Duration::from_secs(6));
     assert!(provider.force_flush().is_err());
     assert_eq!(parents(&exporter.get_finished_spans().unwrap()).len(), 20);
     std::thread::sleep(stall.saturating_duration_since(Instant::now()) + Duration::from_millis(300));

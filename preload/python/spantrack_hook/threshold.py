@@ -81,20 +81,7 @@ def percentile_upper(counts, n: int, q_bp: int):
 
 def _percentiles(counts, n: int, qs):
     """Several percentiles in one pass (qs ascending)."""
-    if n == 0:
-        return [None] * len(qs)
-    ranks = [max(1, -(-(n * q) // 10_000)) for q in qs]
-    out = []
-    k = 0
-    for i, cum in enumerate(itertools.accumulate(counts)):
-        while k < len(ranks) and cum >= ranks[k]:
-            out.append(_MIDS[i])
-            k += 1
-        if k == len(ranks):
-            break
-    while len(out) < len(qs):
-        out.append(_MIDS[-1])
-    return out
+    return _percentiles_sparse(range(len(counts)), counts, n, qs)
 
 
 def cv(counts, n: int) -> float:
