@@ -409,14 +409,24 @@ impl HostSymbolizer {
     }
 
     /// [`debug_info_frames`], remembered; empty while the file's debug information is not
-    /// loaded.
+    /// loaded, and (for an address not remembered) while the loader loads any file's: the
+    /// `backtrace` crate resolves under one process-wide lock, which the loader holds for
+    /// the whole of a file's debug information (seconds on an emulated CPU), and the
+    /// annotator never waits for the loader.
     fn debug_frames(&self, file: Option<&str>, addr: u64) -> Vec<String> {
         let Some(file) = file else { return Vec::new() };
-        if !self.loader.lock().unwrap_or_else(|e| e.into_inner()).loaded.contains(file) {
-            return Vec::new();
-        }
+        let idle = {
+            let l = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+            if !l.loaded.contains(file) {
+                return Vec::new();
+            }
+            l.asked.keys().all(|f| l.loaded.contains(f))
+        };
         if let Some(f) = self.debug.lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
             return f.clone();
+        }
+        if !idle {
+            return Vec::new();
         }
         let f = debug_info_frames(addr);
         let mut cache = self.debug.lock().unwrap_or_else(|e| e.into_inner());

@@ -131,8 +131,20 @@ fn main() {
         _ => provider.shutdown(),
     };
     if path == "tight" {
-        // The worker goes on emptying its queue, handing nothing on: let it count.
-        std::thread::sleep(Duration::from_secs(1));
+        // The worker goes on emptying its queue, handing nothing on: let it count, until the
+        // count has not moved for a second (at most 60 s: on a busy host the worker can be
+        // kept off the CPU for a while).
+        let t0 = std::time::Instant::now();
+        let mut last = (u64::MAX, std::time::Instant::now());
+        while t0.elapsed() < Duration::from_secs(60) {
+            let n = stats.snapshot().after_shutdown + sink.parents.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+            if n != last.0 {
+                last = (n, std::time::Instant::now());
+            } else if last.1.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let made = made.load(Ordering::Relaxed);
     let st = stats.snapshot();
