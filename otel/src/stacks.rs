@@ -34,6 +34,8 @@ pub mod attr {
 pub fn is_scheduler_frame(name: &str, module: bool) -> bool {
     matches!(name, "__schedule" | "schedule" | "schedule_preempt_disabled")
         || name.starts_with("__traceiter_")
+        // Linux 7.x calls a tracepoint's probes from an out-of-line __do_trace_<event>.
+        || name.starts_with("__do_trace_")
         || (module && name.starts_with("st_probe_"))
 }
 
@@ -553,6 +555,9 @@ ffffffff81c64000 t st_probe_lookalike
             kernel_frames(Some(&k), &stack),
             ["io_schedule+0x46", "schedule+0x27", "hrtimer_nanosleep+0xb4", "0xffffffff80000010"]
         );
+        // 7.x: the tracepoint's out-of-line caller is the scheduler's too.
+        assert!(is_scheduler_frame("__do_trace_sched_switch", false));
+        assert!(!is_scheduler_frame("do_trace_sched_switch", false));
         // Only a module's st_probe_ is the probe.
         assert_eq!(
             kernel_frames(Some(&k), &[0xffffffff81c64010, 0xffffffffc0a20010]),

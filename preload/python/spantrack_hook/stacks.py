@@ -29,7 +29,9 @@ _TEXT_TYPES = frozenset(("t", "T", "w", "W"))
 
 def is_scheduler_frame(name: str, module: bool) -> bool:
     """Leading kernel frames that say only "the scheduler switched": dropped."""
+    # Linux 7.x calls a tracepoint's probes from an out-of-line __do_trace_<event>.
     return (name in _SCHED_FRAMES or name.startswith("__traceiter_")
+            or name.startswith("__do_trace_")
             or (module and name.startswith("st_probe_")))
 
 

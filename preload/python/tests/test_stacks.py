@@ -80,6 +80,9 @@ class KernelStacks(unittest.TestCase):
         self.assertEqual(stacks.kernel_frames(k, STACK),
                          ["io_schedule+0x46", "schedule+0x27", "hrtimer_nanosleep+0xb4",
                           "0xffffffff80000010"])
+        # 7.x: the tracepoint's out-of-line caller is the scheduler's too.
+        self.assertTrue(stacks.is_scheduler_frame("__do_trace_sched_switch", False))
+        self.assertFalse(stacks.is_scheduler_frame("do_trace_sched_switch", False))
         # Only a module's st_probe_ is the probe.
         self.assertEqual(stacks.kernel_frames(k, [0xffffffff81c64010, 0xffffffffc0a20010]),
                          ["st_probe_lookalike+0x10", "st_probe_other+0x10"])
