@@ -329,16 +329,22 @@ class ProcessorTest(unittest.TestCase):
 
     def test_queue_overflow_passes_through_and_counts(self):
         gate = threading.Event()
+        entered = threading.Event()
         orig = self.fake.take_record
 
         def slow_take(*a):
+            entered.set()
             gate.wait(5)
             return orig(*a)
         self.fake.take_record = slow_take
         old = SpantrackSpanProcessor.QUEUE_SIZE
         self.p.head.QUEUE_SIZE = 2
         try:
-            for i in range(6):
+            # The worker holds s0 (blocked in take) before the others end: otherwise it may
+            # take two in its first batch, and only two overflow.
+            self.p.span("s0", 5 * MS)
+            self.assertTrue(entered.wait(5))
+            for i in range(1, 6):
                 self.p.span(f"s{i}", 5 * MS)
             # 1 taken by the worker (blocked), 2 queued, 3 overflowed and exported at once.
             self.assertTrue(wait_until(lambda: self.p.head.counters["queue_overflow"] >= 3))
