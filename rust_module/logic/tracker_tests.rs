@@ -182,42 +182,36 @@ fn probes_on(tr: &Tracker<'_>, t: &ThreadSlot) -> bool {
     t.depth > 0 || (t.slot_addr != 0 && tr.processes[t.proc as usize].open_spans > 0)
 }
 
+/// The ids whose bits are set in `set`.
+fn set_bits(set: &TrackedSet<'_>) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (w, word) in set.words.iter().enumerate() {
+        let v = word.load(Ordering::Relaxed);
+        out.extend((0..64).filter(|b| v >> b & 1 != 0).map(|b| (w * 64 + b) as u32));
+    }
+    out
+}
+
 /// Checks every structural invariant of the tracker.
 fn check_invariants(tr: &Tracker<'_>) {
     // Processes: a tgid's bit in `registered` iff it has a slot in use.
     let registered: Vec<u32> = tr.processes.iter().filter(|p| p.in_use != 0).map(|p| p.tgid).collect();
-    let mut bits = 0;
-    for (w, word) in tr.registered.words.iter().enumerate() {
-        let v = word.load(Ordering::Relaxed);
-        bits += v.count_ones();
-        for b in 0..64 {
-            if v >> b & 1 != 0 {
-                assert!(registered.contains(&((w * 64 + b) as u32)), "stray process bit {}", w * 64 + b);
-            }
-        }
+    let bits = set_bits(&tr.registered);
+    for t in &bits {
+        assert!(registered.contains(t), "stray process bit {t}");
     }
-    assert_eq!(bits as usize, registered.iter().filter(|&&t| u64::from(t) < tr.registered.limit()).count());
+    assert_eq!(bits.len(), registered.iter().filter(|&&t| u64::from(t) < tr.registered.limit()).count());
     // Threads: index <-> slots <-> bitmap <-> pool.
     let mut index: HashMap<u32, u32> = HashMap::new();
     tr.thread_index.for_each(|tid, ti| {
         assert!(index.insert(*tid, ti).is_none());
     });
     assert_eq!(index.len() as u32, tr.thread_pool.in_use());
-    let mut bits = 0;
-    for (w, word) in tr.tracked.words.iter().enumerate() {
-        let v = word.load(Ordering::Relaxed);
-        bits += v.count_ones();
-        for b in 0..64 {
-            if v >> b & 1 != 0 {
-                assert!(
-                    index.contains_key(&((w * 64 + b) as u32)),
-                    "stray bit {}",
-                    w * 64 + b
-                );
-            }
-        }
+    let bits = set_bits(&tr.tracked);
+    for t in &bits {
+        assert!(index.contains_key(t), "stray bit {t}");
     }
-    assert_eq!(bits as usize, index.len());
+    assert_eq!(bits.len(), index.len());
     let used_threads: HashSet<u32> = index.values().copied().collect();
     assert_eq!(used_threads.len(), index.len());
     for (&tid, &ti) in &index {
