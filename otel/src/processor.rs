@@ -211,6 +211,24 @@ fn mark_missing(span: &mut SpanData, slow: bool, why: &'static str, stats: &Proc
     }
 }
 
+/// Hands a queued span on through the gate without its calls: a slow one says why it was
+/// slow and why it has none (the worker's pass, and a flush's or shutdown's drain).
+fn pass_without_calls<P: SpanProcessor>(
+    shared: &Shared,
+    stats: &ProcessorStats,
+    inner: &P,
+    mut span: SpanData,
+    slow: bool,
+    reason: &Why,
+    why: &'static str,
+) {
+    if slow {
+        explain(&mut span, reason);
+    }
+    mark_missing(&mut span, slow, why, stats);
+    shared.deliver(inner, span, stats);
+}
+
 /// What the processor and its worker share.
 #[derive(Debug)]
 struct Shared {
@@ -553,12 +571,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
             }
             match take_msg(&w.rx) {
                 Ok(Msg::Span(q)) if !late => {
-                    let mut span = q.span;
-                    if q.slow {
-                        explain(&mut span, &q.why);
-                    }
-                    mark_missing(&mut span, q.slow, missing::SHUTDOWN, &self.stats);
-                    self.shared.deliver(&*q.inner, span, &self.stats);
+                    pass_without_calls(&self.shared, &self.stats, &*q.inner, q.span, q.slow, &q.why, missing::SHUTDOWN);
                 }
                 Ok(Msg::Span(_)) => bump(&self.stats.after_shutdown),
                 Ok(Msg::Flush(a) | Msg::Shutdown(a)) => {
@@ -829,12 +842,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Passes a span on without its calls (saying why when it is slow).
     fn pass<P: SpanProcessor>(&self, w: Waiting<P>, why: &'static str) {
-        let Waiting { mut span, inner, slow, why: reason, .. } = w;
-        if slow {
-            explain(&mut span, &reason);
-        }
-        mark_missing(&mut span, slow, why, self.stats);
-        self.shared.deliver(&*inner, span, self.stats);
+        pass_without_calls(self.shared, self.stats, &*w.inner, w.span, w.slow, &w.why, why);
     }
 
     /// Passes on everything waiting, unannotated (a flush or shutdown out of time).
