@@ -7,23 +7,13 @@
 //! sets threshold_ns high: no record is written). Prints one JSON line: calls and spans done,
 //! calls per second, p50/p99 per call and per span (guest CLOCK_MONOTONIC, every call timed).
 
-use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 use spantrack_uapi as uapi;
 
+use crate::spin::open;
 use crate::{die, mono_ns, Opts};
-
-fn open(path: &str, flags: i32) -> i32 {
-    let c = CString::new(path).unwrap_or_else(|_| die("path"));
-    // SAFETY: valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        die(&format!("open {path}: {}", std::io::Error::last_os_error()));
-    }
-    fd
-}
 
 /// Samples kept per thread (the first ones; the counts are exact).
 const MAX_SAMPLES: usize = 400_000;

@@ -10,7 +10,8 @@ use spantrack_uapi as uapi;
 
 use crate::{die, mono_ns, Opts};
 
-fn open(path: &str, flags: i32) -> i32 {
+/// Opens `path` (close-on-exec) or dies.
+pub(crate) fn open(path: &str, flags: i32) -> i32 {
     let c = CString::new(path).unwrap_or_else(|_| die("path"));
     // SAFETY: valid C string.
     let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
