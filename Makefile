@@ -1,6 +1,8 @@
 # spantrack: top-level entry points.
 #   make demo          build everything, boot the VM, load the module, show what it does
-#   make test          host tests + in-VM tests on the release and debug kernels
+#   make test          host tests + in-VM tests on the 6.12 release and debug kernels, and an
+#                      entry-point subset on the 7.3 release kernel when it is cached
+#   make test-7        host tests + the 7.3 subset, building the 7.3 kernel if needed
 #   make module        spantrack.ko against the cached guest kernel (VARIANT=release|debug)
 #   make kernel        the guest kernel alone (cached outside the repository)
 #   make setup         install what the build needs (Debian packages, bindgen)
@@ -36,6 +38,10 @@ demo: setup
 
 test: setup
 	@$(SCRIPTS)/test.sh
+
+.PHONY: test-7
+test-7: setup
+	@VARIANTS= TEST_7=1 $(SCRIPTS)/test.sh
 
 test-host:
 	@cargo test --workspace --quiet

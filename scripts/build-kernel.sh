@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Builds the Rust-enabled guest kernel for VARIANT into the cache (outside the repository).
 # VARIANT=release|debug: Linux 6.12 (Debian's linux-source-6.12); release-7|debug-7: the 7.x
-# series of lib.sh ($KSERIES_7, fetched by scripts/kernel-source.sh). Keyed by series, kernel
+# series of lib.sh ($KSERIES_7, fetched by scripts/kernel-source.sh); distro-7: that source
+# with Debian's own config (kconfig/distro-7.3.config: which one, and what we change). Keyed by series, kernel
 # source version, config fragments (kconfig/base + flavour [+ series-<series>.config]) and
 # rustc version. A second run with the same key returns at once. Prints the build directory.
+# `build-kernel.sh --cached`: only says whether it is built (exit 0 and its directory, or 3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 . "$here/lib.sh"
+
+# --cached: print the build directory and exit 0 if the kernel is built, else exit 3;
+# builds and fetches nothing (a 7.x series whose source was never fetched is not cached).
+if [ "${1:-}" = --cached ]; then
+  if [ "$KSERIES" != 6.12 ] && [ ! -f "$SPANTRACK_CACHE/src/linux-source-$KSERIES.current" ]; then exit 3; fi
+  kdir=$(kernel_dir 2>/dev/null) || exit 3
+  [ -f "$kdir/.spantrack-built" ] || exit 3
+  echo "$kdir"; exit 0
+fi
 
 "$here/setup.sh" --check >&2 || die "build prerequisites missing (run scripts/setup.sh)"
 
@@ -37,10 +48,23 @@ stage "unpacked source in $(elapsed "$t0")"
 cd "$kdir"
 
 make -s "${KMAKE_FLAGS[@]}" rustavailable >&2 || die "Linux $KSERIES says Rust is not available with $KRUSTC, $(command -v bindgen) and $cc (see its message above; minimum versions: scripts/min-tool-version.sh in $kdir)"
-make -s "${KMAKE_FLAGS[@]}" tinyconfig >&2
-# shellcheck disable=SC2046
-scripts/kconfig/merge_config.sh -m .config $(kconfig_fragments) >&2
-make -s "${KMAKE_FLAGS[@]}" olddefconfig >&2
+if [ "$KFLAVOUR" = distro ]; then
+  # Debian's own config (kconfig/distro-<series>.config says which flavour and what changes).
+  dflav=$(sed -n 's/^# debian-config: *//p' "$(kconfig_fragments)")
+  read -r _ dcfg < <("$here/kernel-source.sh" --config "$KSERIES" "$dflav") || die "no Debian config"
+  cp "$dcfg" .config
+  make -s "${KMAKE_FLAGS[@]}" olddefconfig >&2
+  make -s "${KMAKE_FLAGS[@]}" mod2noconfig >&2
+  # shellcheck disable=SC2046
+  scripts/kconfig/merge_config.sh -m .config $(kconfig_fragments) >&2
+  make -s "${KMAKE_FLAGS[@]}" olddefconfig >&2
+  stage "config: Debian's $dflav config $(basename "$dcfg"), $(grep -c '=y$' .config) options =y, $(grep -c '=m$' .config) =m"
+else
+  make -s "${KMAKE_FLAGS[@]}" tinyconfig >&2
+  # shellcheck disable=SC2046
+  scripts/kconfig/merge_config.sh -m .config $(kconfig_fragments) >&2
+  make -s "${KMAKE_FLAGS[@]}" olddefconfig >&2
+fi
 
 # Every option the fragments ask for must have survived the dependency resolution.
 # Options a series fragment lists in a "# spantrack-drop:" line do not exist in that series.

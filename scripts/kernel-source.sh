@@ -11,6 +11,12 @@
 #                                            dpkg-deb -x into $SPANTRACK_CACHE/src/
 #   scripts/kernel-source.sh --refresh 7.3   re-read the indexes (a newer version gets its own
 #                                            directory, and with it a new kernel cache key)
+#   scripts/kernel-source.sh --config 7.3 cloud-amd64
+#                                            Debian's own kernel config of that flavour for the
+#                                            same version: linux-config-SERIES_<version>_amd64.deb
+#                                            (built from the same source package, so its pool
+#                                            path follows from the version), unpacked with
+#                                            dpkg-deb -x; prints "<version> <path of the config>"
 #
 # Once a series has been fetched, later calls read nothing from the network: the version in
 # use is the one recorded in $SPANTRACK_CACHE/src/linux-source-SERIES.current.
@@ -18,8 +24,31 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
-refresh=0
+refresh=0; config_flavour=
 [ "${1:-}" = "--refresh" ] && { refresh=1; shift; }
+if [ "${1:-}" = "--config" ]; then
+  series=${2:?usage: kernel-source.sh --config SERIES FLAVOUR}
+  config_flavour=${3:?usage: kernel-source.sh --config SERIES FLAVOUR}
+  read -r ver _ < <("$0" "$series") || exit 1
+  srcdir="$SPANTRACK_CACHE/src"
+  dest="$srcdir/linux-config-${series}_$ver"
+  cfg="$dest/config.amd64_none_$config_flavour"
+  if [ ! -f "$cfg" ]; then
+    command -v curl >/dev/null || die "curl missing (apt-get install curl)"
+    MIRROR=${KSOURCE_MIRROR:-http://deb.debian.org/debian}
+    url="$MIRROR/pool/main/l/linux/linux-config-${series}_${ver}_amd64.deb"
+    mkdir -p "$dest"
+    stage "kernel-source: Debian's kernel config: $url"
+    curl -fsSL --retry 3 --max-time 600 "$url" -o "$dest/config.deb" || die "download of $url failed"
+    rm -rf "$dest/x"; dpkg-deb -x "$dest/config.deb" "$dest/x" || die "dpkg-deb -x $dest/config.deb failed"
+    xz=$dest/x/usr/src/linux-config-$series/config.amd64_none_$config_flavour.xz
+    [ -f "$xz" ] || die "linux-config-$series $ver has no config.amd64_none_$config_flavour.xz (it has: $(ls "$dest/x/usr/src/linux-config-$series" | tr '\n' ' '))"
+    stage "kernel-source: linux-config-${series}_${ver}_amd64.deb SHA256 $(sha256sum "$dest/config.deb" | cut -d' ' -f1)"
+    xz -dc "$xz" > "$cfg.part" && mv "$cfg.part" "$cfg"
+    rm -rf "$dest/x" "$dest/config.deb"
+  fi
+  echo "$ver $cfg"; exit 0
+fi
 series=${1:?usage: kernel-source.sh [--refresh] SERIES}
 pkg="linux-source-$series"
 

@@ -6,15 +6,16 @@ stage() { echo "==> $*" >&2; }
 # Where built kernels and other large artefacts live: outside the repository, reused across clones.
 SPANTRACK_CACHE=${SPANTRACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spantrack}
 # Kernel variant: <flavour>[-<series>]. Flavour: release, or debug (lockdep, KASAN, kmemleak,
-# ...). Series: none = 6.12 (Debian's linux-source-6.12), "7" = the 7.x series below.
+# ...), or distro (Debian's own kernel config, kconfig/distro-<series>.config; 7.x only).
+# Series: none = 6.12 (Debian's linux-source-6.12), "7" = the 7.x series below.
 VARIANT=${VARIANT:-release}
 # The 7.x series: the newest linux-source-7.* Debian serves (scripts/kernel-source.sh fetches
 # it from deb.debian.org, newest version of the series across suites).
 KSERIES_7=7.3
 case "$VARIANT" in
   release|debug) KFLAVOUR=$VARIANT; KSERIES=6.12;;
-  release-7|debug-7) KFLAVOUR=${VARIANT%-7}; KSERIES=$KSERIES_7;;
-  *) die "VARIANT must be release, debug, release-7 or debug-7, not '$VARIANT'";;
+  release-7|debug-7|distro-7) KFLAVOUR=${VARIANT%-7}; KSERIES=$KSERIES_7;;
+  *) die "VARIANT must be release, debug, release-7, debug-7 or distro-7, not '$VARIANT'";;
 esac
 
 # The Debian rustc (1.96, sysroot /usr, has core sources) builds the kernel and the module;
@@ -31,8 +32,10 @@ KMAKE_FLAGS=(LLVM=$KLLVM "RUSTC=$KRUSTC" "BINDGEN=$(command -v bindgen 2>/dev/nu
 
 # The kconfig fragments of $VARIANT, in merge order: base, flavour, then the series' own
 # additions if any (series-<series>.config, series-<series>-<flavour>.config).
+# The distro flavour has one fragment, applied over Debian's own config (build-kernel.sh).
 kconfig_fragments() {
   local root f; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ "$KFLAVOUR" = distro ]; then echo "$root/kconfig/distro-$KSERIES.config"; return 0; fi
   echo "$root/kconfig/base.config" "$root/kconfig/$KFLAVOUR.config"
   [ "$KSERIES" != 6.12 ] || return 0
   for f in "series-$KSERIES" "series-$KSERIES-$KFLAVOUR"; do
