@@ -164,7 +164,9 @@ if [ "$rust" = 1 ]; then
   if [ -n "$rustc_arg" ]; then
     cands=("$rustc_arg")
   else
-    mapfile -t cands < <(type -ap rustc)
+    # A here-string, not process substitution: that needs /dev/fd, which a minimal system (the test
+    # VM's devtmpfs, a container) may lack.
+    mapfile -t cands <<<"$(type -ap rustc)"
     cands+=(/usr/bin/rustc /usr/lib/rust-*/bin/rustc "${RUSTUP_HOME:-$HOME/.rustup}"/toolchains/*/bin/rustc)
   fi
   rustc=""; seen=""

@@ -159,6 +159,25 @@ class CheckHost(unittest.TestCase):
         out, _ = self.assertProblems([], path=other + ":" + self.bin + ":/usr/bin:/bin")
         self.assertEqual(out, "LLVM=-77 RUSTC=%s/rustc" % self.bin)
 
+    def test_without_dev_fd(self):
+        # A system without /dev/fd (the test VM's bare devtmpfs, seen in issue 15's walkthrough;
+        # some containers): the rustc on PATH must still be found. Run under a private mount
+        # namespace with an empty tmpfs as /dev.
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev"],
+                               capture_output=True)
+        if probe.returncode != 0:
+            self.skipTest("cannot make a mount namespace here (unshare -m needs root)")
+        env = {k: v for k, v in os.environ.items() if k not in ("RUSTC", "KDIR", "BINDGEN")}
+        env.update(HOME=self.tmp, RUSTUP_HOME=os.path.join(self.tmp, "no-rustup"),
+                   PATH=self.bin + ":/usr/bin:/bin")
+        p = subprocess.run(["unshare", "-m", "sh", "-c",
+                            'mount -t tmpfs tmpfs /dev && exec bash "$@"', "sh",
+                            CHECK, "--kdir", self.kdir, "--make-flags"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.strip(), "LLVM=-77 RUSTC=%s/rustc" % self.bin)
+        self.assertNotIn("/dev/fd", p.stderr)
+
     def test_no_clang_of_the_kernels_version(self):
         os.remove(os.path.join(self.bin, "clang-77"))
         _, err = self.assertProblems(["no-clang"])
