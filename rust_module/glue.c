@@ -94,6 +94,8 @@ long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
 int st_rs_poll(int tgid);
 void st_rs_sys_enter(int tid, long nr, u64 mono, int have_slot, u64 slot);
 void st_rs_sys_exit(int tid, long ret, u64 mono);
+void st_rs_sys_enter_stacked(int tid, long nr, u64 mono);
+void st_rs_sys_exit_stacked(int tid, long ret, u64 mono);
 void st_rs_task_exit(int tid, int tgid);
 void st_rs_new_thread(int tid, int tgid);
 void st_rs_exec(int old_tid, int tid, int tgid);
@@ -340,8 +342,9 @@ static noinline void st_sys_enter_slotted(pid_t pid, long id)
 
 /*
  * Untracked threads and threads outside any span: one bit test. A thread with spans on
- * its stack goes straight to the tracker; a thread with an active-span slot (while its
- * process has open spans) through its slot.
+ * its stack notes its call in its own slot, without the tracker's lock (logic/hot.rs); a
+ * thread with an active-span slot (while its process has open spans) goes through its slot
+ * to the tracker.
  */
 static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
@@ -352,7 +355,7 @@ static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
 		st_sys_enter_slotted(pid, id);
 	else
-		st_rs_sys_enter(pid, id, ktime_get_ns(), 0, 0);
+		st_rs_sys_enter_stacked(pid, id, ktime_get_ns());
 }
 
 static noinline void st_sys_exit_slotted(pid_t pid, long ret)
@@ -375,7 +378,7 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
 		st_sys_exit_slotted(pid, ret);
 	else
-		st_rs_sys_exit(pid, ret, ktime_get_ns());
+		st_rs_sys_exit_stacked(pid, ret, ktime_get_ns());
 }
 
 static void st_probe_process_exit(void *data, ST_TP_PROCESS_EXIT_ARGS)

@@ -26,6 +26,9 @@ mod compat;
 mod uapi;
 
 #[allow(dead_code)]
+#[path = "logic/hot.rs"]
+mod hot;
+
 #[path = "logic/key.rs"]
 mod key;
 #[allow(dead_code)]

@@ -5,7 +5,9 @@
 //! with interrupts off (`st_lock_irqsave`), so probes, the expiry timer (softirq) and the
 //! proc/sysfs handlers can all reach it; nothing under the lock allocates or sleeps. The
 //! "is this thread tracked?" test of every system call on the machine is a bit test done
-//! in C before any Rust is reached. Relay channels are created and closed in sleeping
+//! in C before any Rust is reached. The system calls of a thread stacking its spans do not
+//! take the lock: the thread notes them in its own slot, and the tracker charges them when
+//! the thread's stack next changes (`logic/hot.rs`, issue 16). Relay channels are created and closed in sleeping
 //! context only: registration holds a mutex, and channels of processes that exit (probe
 //! context) are parked and closed by a work item.
 
@@ -18,6 +20,7 @@ use kernel::prelude::*;
 
 use crate::facilities::{self as fac, RelayChannel, TrackedBitmaps, VSlice};
 use crate::record::{record_size, MAX_CALLS_LIMIT};
+use crate::hot::{HotExit, HotPath};
 use crate::tracker::{DefaultStorage, EndOutcome, Tracker, DEFAULT_PROCESSES, SLOT_HINTS, TRACKED_WORDS};
 use crate::tunables::{self, TextBuf};
 use crate::uapi;
@@ -42,6 +45,8 @@ struct Global {
     closing: [AtomicPtr<c_void>; DEFAULT_PROCESSES],
     threshold_ns: AtomicU64,
     timeout_ns: AtomicU64,
+    /// The system-call path of threads stacking their spans, without the lock (hot.rs).
+    hot: HotPath<'static>,
 }
 
 // SAFETY: the UnsafeCells are only accessed under the spinlock (see `Locked`); the rest are
@@ -118,7 +123,8 @@ pub(crate) struct Installed {
 
 impl Installed {
     pub(crate) fn new() -> Result<Self> {
-        // SAFETY: DefaultStorage is integers and atomics only: all-zero is valid.
+        // SAFETY: DefaultStorage is integers, atomics and (the hot rings) `UnsafeCell`s of
+        // integers only: all-zero is valid.
         let mut storage = unsafe { VSlice::<DefaultStorage>::zeroed(1)? };
         let rec_len = record_size(MAX_CALLS_LIMIT).max(fac_subbuf_size());
         // SAFETY: bytes.
@@ -141,6 +147,7 @@ impl Installed {
         let registered = block.registered.as_ptr() as *mut u64;
         let hints = block.slot_hints.as_ptr() as *mut c_void;
         let tracker = Tracker::new(block.storage(), seed);
+        let hot = tracker.hot_path();
         let global = KBox::new(
             Global {
                 tracker: UnsafeCell::new(tracker),
@@ -149,6 +156,7 @@ impl Installed {
                 closing: [const { AtomicPtr::new(null_mut()) }; DEFAULT_PROCESSES],
                 threshold_ns: AtomicU64::new(tunables::DEFAULT_THRESHOLD_NS),
                 timeout_ns: AtomicU64::new(tunables::DEFAULT_TIMEOUT_NS),
+                hot,
             },
             GFP_KERNEL,
         )?;
@@ -230,6 +238,26 @@ extern "C" fn st_rs_sys_enter(tid: c_int, nr: c_long, mono: u64, have_slot: c_in
         // writes only `v`, a local.
         (unsafe { fac::st_read_slot(addr, &mut v) } == 0).then_some(v)
     });
+}
+
+/// `sys_enter` of a tracked thread with spans on its stack (no active-span slot): on the
+/// lock-free path (hot.rs) when its hint finds it, else under the lock.
+#[no_mangle]
+extern "C" fn st_rs_sys_enter_stacked(tid: c_int, nr: c_long, mono: u64) {
+    let Some(g) = global() else { return };
+    if !g.hot.sys_enter(tid as u32, nr as u32, mono) {
+        st_rs_sys_enter(tid, nr, mono, 0, 0);
+    }
+}
+
+/// `sys_exit` of a tracked thread with spans on its stack: on the lock-free path unless its
+/// hint misses or its ring is full.
+#[no_mangle]
+extern "C" fn st_rs_sys_exit_stacked(tid: c_int, ret: c_long, mono: u64) {
+    let Some(g) = global() else { return };
+    if g.hot.sys_exit(tid as u32, ret as i64, mono) != HotExit::Done {
+        g.lock().tracker().sys_exit(tid as u32, ret as i64, mono);
+    }
 }
 
 /// What glue.c's `sched_waking` probe knows of the waker (`struct st_waker`).

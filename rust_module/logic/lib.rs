@@ -11,6 +11,7 @@ extern crate std;
 
 pub use spantrack_uapi as uapi;
 
+pub mod hot;
 pub mod key;
 pub mod record;
 pub mod sched;

@@ -11,7 +11,9 @@
 //!
 //! Errors are positive errno values (the kernel glue negates them).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::hot::{HotPath, HotThread, CALL_ACTIVE, CALL_EXCLUDED, CALL_NONE, HOT_HINTS};
 
 use crate::key::SpanKey;
 use crate::record::{self, MAX_CALLS_LIMIT};
@@ -83,9 +85,6 @@ const OPEN: u32 = 1;
 /// `SpanSlot::open`: open, and in the activation index.
 const OPEN_INDEXED: u32 = 3;
 
-const CALL_NONE: u32 = 0;
-const CALL_ACTIVE: u32 = 1;
-const CALL_EXCLUDED: u32 = 2;
 /// A call of a thread with an active-span slot that is charged to no span (slot 0, an
 /// unknown span id, an unreadable slot).
 const CALL_UNCHARGED: u32 = 3;
@@ -459,6 +458,10 @@ pub struct Storage<'a> {
     pub thread_sched: &'a mut [ThreadSched],
     /// Scheduler figures of each span slot (same length as `spans`).
     pub span_sched: &'a mut [SchedPart],
+    /// The lock-free system-call part of each thread slot (same length as `threads`).
+    pub hot: &'a [HotThread],
+    /// Lock-free tid -> thread-slot hints (`HOT_HINTS` of them).
+    pub hot_hints: &'a [AtomicU32],
 }
 
 /// All the storage of the kernel module's tracker in one block (about 11 MiB), for a
@@ -501,6 +504,10 @@ pub struct DefaultStorage {
     pub thread_sched: [ThreadSched; DEFAULT_THREADS],
     /// See [`Storage::span_sched`].
     pub span_sched: [SchedPart; DEFAULT_SPANS],
+    /// See [`Storage::hot`].
+    pub hot: [HotThread; DEFAULT_THREADS],
+    /// See [`Storage::hot_hints`].
+    pub hot_hints: [AtomicU32; HOT_HINTS],
 }
 
 impl DefaultStorage {
@@ -525,6 +532,8 @@ impl DefaultStorage {
             slot_hints: &self.slot_hints,
             thread_sched: &mut self.thread_sched,
             span_sched: &mut self.span_sched,
+            hot: &self.hot,
+            hot_hints: &self.hot_hints,
         }
     }
 }
@@ -693,6 +702,10 @@ stats_struct! {
     slot_faults,
     /// Calls whose active span ended while the call was in progress: charged to no span.
     calls_span_ended,
+    /// Calls noted by the lock-free path for a thread slot that was given to another
+    /// thread before they were charged (a thread unregistered in the middle of a call):
+    /// charged to no span.
+    calls_stale,
     /// Open spans left out of the activation index when a process's first slot came:
     /// another open span of the process has the same span id (or the index was full).
     slot_index_conflicts,
@@ -807,6 +820,8 @@ pub struct Tracker<'a> {
     sched_epoch: u32,
     thread_sched: &'a mut [ThreadSched],
     span_sched: &'a mut [SchedPart],
+    /// The system-call hot path's per-thread part (see `hot.rs`).
+    hot: HotPath<'a>,
 }
 
 /// Entries of [`Tracker`]'s direct-mapped thread-slot hints.
@@ -835,7 +850,16 @@ impl<'a> Tracker<'a> {
             slot_hints,
             thread_sched,
             span_sched,
+            hot,
+            hot_hints,
         } = storage;
+        for h in hot {
+            h.take_back();
+            h.give(0);
+        }
+        for h in hot_hints {
+            h.store(0, Ordering::Relaxed);
+        }
         for t in thread_sched.iter_mut() {
             *t = ThreadSched::EMPTY;
         }
@@ -900,7 +924,22 @@ impl<'a> Tracker<'a> {
             sched_epoch: 0,
             thread_sched,
             span_sched,
+            hot: HotPath::new(hot, hot_hints),
         }
+    }
+
+    /// The lock-free system-call path (see `hot.rs`), to keep outside the lock.
+    pub fn hot_path(&self) -> HotPath<'a> {
+        self.hot
+    }
+
+    /// Calls noted by the lock-free path and not charged yet, over every thread slot.
+    #[cfg(test)]
+    pub fn pending_calls(&self) -> u64 {
+        (0..self.threads.len() as u32)
+            .filter_map(|ti| self.hot.slot(ti))
+            .map(|h| u64::from(h.pending()))
+            .sum()
     }
 
     // ---- lock-free query -------------------------------------------------------------
@@ -936,7 +975,17 @@ impl<'a> Tracker<'a> {
 
     /// Replaces the syscall filter (applies to calls that end from now on).
     pub fn set_filter(&mut self, filter: SyscallFilter) {
+        // Calls made before the change are judged by the filter they were made under.
+        self.fold_all();
         self.filter = filter;
+    }
+
+    /// Charges every thread's pending calls (before a tunable that judges them changes).
+    /// O(thread capacity): for sysfs writes.
+    fn fold_all(&mut self) {
+        for ti in 0..self.threads.len() as u32 {
+            self.fold(ti);
+        }
     }
 
     /// Per-span limit of itemised calls.
@@ -956,6 +1005,7 @@ impl<'a> Tracker<'a> {
         if n > MAX_CALLS_LIMIT {
             return Err(ERANGE);
         }
+        self.fold_all();
         self.max_calls = n;
         Ok(())
     }
@@ -1123,6 +1173,12 @@ impl<'a> Tracker<'a> {
         if let Some(ts) = slot_mut(self.thread_sched, ti) {
             *ts = ThreadSched::EMPTY;
         }
+        if let Some(h) = self.hot.slot(ti) {
+            // Left by a producer that raced with the slot's reuse (see hot.rs): not charged.
+            self.stats.calls_stale = self.stats.calls_stale.wrapping_add(u64::from(h.pending()));
+            h.give(tid);
+        }
+        self.hot.set_hint(tid, ti);
         self.tracked.set(tid, true);
         bump(&mut self.stats.threads_added);
         Ok(())
@@ -1175,9 +1231,16 @@ impl<'a> Tracker<'a> {
 
     /// Frees thread slot `ti` and everything it holds. False if `ti` is not a valid slot.
     fn drop_thread(&mut self, ti: u32) -> bool {
+        // Its calls so far go to its spans (abandoned below, but counted).
+        self.fold(ti);
         let Some(t) = self.threads.get(ti as usize).copied() else {
             return false;
         };
+        if let Some(h) = self.hot.slot(ti) {
+            let n = h.take_back();
+            self.stats.calls_without_enter = self.stats.calls_without_enter.wrapping_add(n);
+        }
+        self.hot.clear_hint(t.tid, ti);
         let depth = (t.depth as usize).min(MAX_DEPTH);
         for &si in t.stack.get(..depth).unwrap_or(&[]).iter().rev() {
             if self.free_span(si) {
@@ -1298,6 +1361,8 @@ impl<'a> Tracker<'a> {
         if addr % 8 != 0 {
             return Err(EINVAL);
         }
+        // Calls so far go to the stack's top, before the stack becomes the process's.
+        self.fold(ti);
         let Some(t) = slot_mut(self.threads, ti) else {
             return Err(uapi::ERR_UNTRACKED);
         };
@@ -1411,6 +1476,7 @@ impl<'a> Tracker<'a> {
     }
 
     /// Removes span `si` from the stack of thread `ti` (anywhere in it).
+    /// The caller folds the thread's pending calls first.
     fn unstack(&mut self, ti: u32, si: u32) {
         let Some(t) = slot_mut(self.threads, ti) else {
             return;
@@ -1441,6 +1507,51 @@ impl<'a> Tracker<'a> {
         if let Some(t) = slot_mut(self.threads, ti) {
             t.call_state = CALL_EXCLUDED;
         }
+        if let Some(h) = self.hot.slot(ti) {
+            h.exclude();
+        }
+    }
+
+    /// Charges thread `ti`'s pending calls (noted by the lock-free path, see `hot.rs`) to
+    /// the innermost span of its stack: the span that was innermost when they were made,
+    /// since every change of the stack folds first.
+    fn fold(&mut self, ti: u32) {
+        self.fold_until(ti, u64::MAX);
+    }
+
+    /// [`Tracker::fold`] of the calls that ended by `cutoff`; later ones (a call of the
+    /// thread that ended after a span end written by another thread) stay pending, for the
+    /// stack as it is after that end.
+    fn fold_until(&mut self, ti: u32, cutoff: u64) {
+        let Some(h) = self.hot.slot(ti) else {
+            return;
+        };
+        if h.pending() == 0 {
+            return;
+        }
+        let tid = self.threads.get(ti as usize).map_or(0, |t| t.tid);
+        h.drain(cutoff, |e| {
+            if e.tid == tid {
+                self.charge_stacked(ti, e);
+            } else {
+                bump(&mut self.stats.calls_stale);
+            }
+        });
+    }
+
+    /// Charges the finished call `e` of thread `ti` (stacking its spans) to its innermost
+    /// open span; a call outside any span is not counted.
+    fn charge_stacked(&mut self, ti: u32, e: SyscallEntry) {
+        let Some(t) = self.threads.get(ti as usize) else {
+            return;
+        };
+        let Some(top) = t.depth.checked_sub(1) else {
+            return;
+        };
+        let Some(&si) = t.stack.get(top as usize) else {
+            return;
+        };
+        self.charge(si, e);
     }
 
     // ---- spans -------------------------------------------------------------------------
@@ -1478,6 +1589,8 @@ impl<'a> Tracker<'a> {
             return Err(uapi::ERR_UNTRACKED);
         };
         self.exclude_current_call(ti);
+        // Calls so far go to the span innermost until now.
+        self.fold(ti);
         let okey = OpenSpanKey { key, proc: t.proc };
         let akey = ActiveKey::of(&key, t.proc);
         let indexed = self
@@ -1609,6 +1722,9 @@ impl<'a> Tracker<'a> {
             let top = self.active_span(wi, None);
             self.charge_cpu(wi, top, now_mono);
         }
+        // The span's own thread's pending calls, before its figures are read.
+        let owner = self.spans.get(si as usize).map_or(NIL, |s| s.thread);
+        self.fold_until(owner, now_mono);
         let Some(mut s) = self.spans.get(si as usize).copied() else {
             bump(&mut self.stats.ends_unknown);
             return Err(uapi::ERR_UNKNOWN_SPAN);
@@ -1762,6 +1878,7 @@ impl<'a> Tracker<'a> {
                 continue;
             }
             let thread = s.thread;
+            self.fold(thread);
             self.unstack(thread, si);
             if self.free_span(si) {
                 bump(&mut self.stats.spans_expired);
@@ -1825,10 +1942,12 @@ impl<'a> Tracker<'a> {
             return;
         };
         if t.slot_addr == 0 {
-            // The thread-per-request path: the span is chosen at exit.
-            t.call_state = CALL_ACTIVE;
-            t.call_nr = nr;
-            t.call_start_ns = now_mono;
+            // The thread-per-request path: the span is chosen at exit. The call is noted
+            // where the lock-free path notes it (hot.rs), which finds this thread next time.
+            self.hot.set_hint(tid, ti);
+            if let Some(h) = self.hot.slot(ti) {
+                h.enter(nr, now_mono);
+            }
             return;
         }
         let addr = t.slot_addr;
@@ -1866,33 +1985,52 @@ impl<'a> Tracker<'a> {
         let Some(t) = slot_mut(self.threads, ti) else {
             return;
         };
+        if t.slot_addr == 0 {
+            // The thread-per-request path (hot.rs): the calls the lock-free path noted come
+            // first, then this one.
+            self.hot.set_hint(tid, ti);
+            let e = self.hot.slot(ti).and_then(|h| h.take_call(tid, ret, now_mono));
+            self.fold(ti);
+            if let Some(e) = e {
+                self.charge_stacked(ti, e);
+            }
+            return;
+        }
         let state = core::mem::replace(&mut t.call_state, CALL_NONE);
         if state != CALL_ACTIVE {
             // A thread with a slot is switched on and off by other threads' spans, so an
             // exit without an enter is normal there.
-            if state == CALL_NONE && t.slot_addr == 0 {
-                bump(&mut self.stats.calls_without_enter);
-            }
             return;
         }
         let (nr, start, tid) = (t.call_nr, t.call_start_ns, t.tid);
-        let slotted = t.slot_addr != 0;
-        let si = if slotted {
-            let (si, v, proc) = (t.call_span, t.slot_value, t.proc);
-            if !self.span_is(si, v, proc) {
-                bump(&mut self.stats.calls_span_ended);
-                return;
-            }
-            si
-        } else {
-            let Some(top) = t.depth.checked_sub(1) else {
-                return;
-            };
-            let Some(&si) = t.stack.get(top as usize) else {
-                return;
-            };
-            si
-        };
+        let (si, v, proc) = (t.call_span, t.slot_value, t.proc);
+        if !self.span_is(si, v, proc) {
+            bump(&mut self.stats.calls_span_ended);
+            return;
+        }
+        self.charge(
+            si,
+            SyscallEntry {
+                nr,
+                tid,
+                ret,
+                start_mono_ns: start,
+                end_mono_ns: now_mono,
+            },
+        );
+    }
+
+    /// Charges the finished call `e` to open span `si`: counted, and itemised unless
+    /// filtered out or beyond the span's limit or the chunk pool.
+    #[inline]
+    fn charge(&mut self, si: u32, e: SyscallEntry) {
+        let SyscallEntry {
+            nr,
+            tid,
+            start_mono_ns: start,
+            end_mono_ns: now_mono,
+            ..
+        } = e;
         if !self.filter.allows(nr) {
             bump(&mut self.stats.calls_filtered);
             return;
@@ -1940,14 +2078,8 @@ impl<'a> Tracker<'a> {
         if slot == 0 {
             ch.next = NIL;
         }
-        if let Some(e) = ch.entries.get_mut(slot) {
-            *e = SyscallEntry {
-                nr,
-                tid,
-                ret,
-                start_mono_ns: start,
-                end_mono_ns: now_mono,
-            };
+        if let Some(x) = ch.entries.get_mut(slot) {
+            *x = e;
             s.n_entries = s.n_entries.wrapping_add(1);
         }
     }
@@ -1998,6 +2130,14 @@ impl<'a> Tracker<'a> {
         s.max_calls = u64::from(self.max_calls);
         s.max_procs_per_uid = u64::from(self.max_procs_per_uid);
         s.sched_enabled = u64::from(self.sched_on);
+        // The live slots' own counts (the lock-free path counts there).
+        for ti in 0..self.threads.len() {
+            if let (Some(t), Some(h)) = (self.threads.get(ti), self.hot.slot(ti as u32)) {
+                if t.proc != NIL {
+                    s.calls_without_enter = s.calls_without_enter.wrapping_add(h.without_enter());
+                }
+            }
+        }
         s
     }
 
@@ -2161,6 +2301,7 @@ impl<'a> Tracker<'a> {
         self.charge_cpu(ti, si, now);
         let v = self.spans.get(si as usize).map_or(0, |s| uapi::slot_value(&s.key.span_id));
         let nr = match self.threads.get(ti as usize) {
+            Some(t) if t.slot_addr == 0 => self.hot.slot(ti).and_then(|h| h.call_in_progress()).unwrap_or(NO_CALL),
             Some(t) if t.call_state != CALL_NONE => t.call_nr,
             _ => NO_CALL,
         };

@@ -3,6 +3,7 @@
 //! against the tracker and a reference model written with std collections.
 
 use super::*;
+use crate::hot::{HotExit, HOT_RING};
 use crate::key::{format_span_line, parse_span_line};
 use crate::record::record_size;
 use crate::uapi::{
@@ -37,6 +38,8 @@ struct Mem {
     slot_hints: Vec<SlotHint>,
     thread_sched: Vec<ThreadSched>,
     span_sched: Vec<SchedPart>,
+    hot: Vec<HotThread>,
+    hot_hints: Vec<AtomicU32>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +129,8 @@ impl Mem {
                 .collect(),
             thread_sched: vec![ThreadSched { run_since: 5, off_span: 1, ..ThreadSched::EMPTY }; c.threads],
             span_sched: vec![SchedPart { on_cpu_ns: 9, n_waits: 3, ..SchedPart::default() }; c.spans],
+            hot: (0..c.threads).map(|_| HotThread::EMPTY).collect(),
+            hot_hints: (0..HOT_HINTS).map(|i| AtomicU32::new(i as u32 + 7)).collect(),
         }
     }
 
@@ -150,6 +155,8 @@ impl Mem {
                 slot_hints: &self.slot_hints,
                 thread_sched: &mut self.thread_sched,
                 span_sched: &mut self.span_sched,
+                hot: &self.hot,
+                hot_hints: &self.hot_hints,
             },
             0x1234_5678,
         )
@@ -237,6 +244,17 @@ fn check_invariants(tr: &Tracker<'_>) {
         .filter(|&&ti| probes_on(tr, &tr.threads[ti as usize]))
         .count();
     assert_eq!(active_bits as usize, with_spans, "active bits without an open span");
+    // The lock-free path: a slot in use is owned by its tid, a free one by nobody, with
+    // nothing pending.
+    for ti in 0..tr.threads.len() as u32 {
+        let h = tr.hot.slot(ti).unwrap();
+        let owner = h.owner.load(Ordering::Relaxed);
+        if used_threads.contains(&ti) {
+            assert_eq!(owner, tr.threads[ti as usize].tid, "owner of hot slot {ti}");
+        } else {
+            assert_eq!((owner, h.pending()), (0, 0), "free hot slot {ti}");
+        }
+    }
     // Processes: thread lists.
     let mut listed = 0;
     for (pi, p) in tr.processes.iter().enumerate() {
@@ -1106,12 +1124,13 @@ fn default_storage_sizes() {
     assert_eq!(size_of::<EntryChunk>(), 1032);
     assert_eq!(size_of::<TableSlot<u32>>(), 12);
     assert_eq!(size_of::<TableSlot<OpenSpanKey>>(), 36);
+    assert_eq!(size_of::<HotThread>(), 576);
     let total = size_of::<DefaultStorage>();
     std::println!("DefaultStorage: {total} bytes");
-    assert!(total < 20 << 20);
+    assert!(total < 22 << 20);
     // All-zero bytes are a valid DefaultStorage, and the tracker runs on it.
-    // SAFETY: every field is an integer, an array of integers or an `AtomicU64`, for which
-    // all-zero bytes are valid.
+    // SAFETY: every field is an integer, an array of integers, an atomic integer or (the
+    // hot ring) an `UnsafeCell` of integers, for which all-zero bytes are valid.
     let mut block: Box<DefaultStorage> =
         unsafe { Box::<DefaultStorage>::new_zeroed().assume_init() };
     let mut tr = Tracker::new(block.storage(), 7);
@@ -1607,7 +1626,44 @@ fn caps() -> impl Strategy<Value = Caps> {
         })
 }
 
-fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// A call enters: through the lock-free path (`hot`, as the kernel's probes do for a thread
+/// stacking its spans) when it finds the thread, else the locked one.
+fn enter(tr: &mut Tracker<'_>, hot: bool, tid: u32, nr: u32, now: u64) {
+    if !(hot && tr.hot_path().sys_enter(tid, nr, now)) {
+        tr.sys_enter(tid, nr, now);
+    }
+}
+
+/// A call exits (see [`enter`]).
+fn exit(tr: &mut Tracker<'_>, hot: bool, tid: u32, ret: i64, now: u64) {
+    if !hot || tr.hot_path().sys_exit(tid, ret, now) != HotExit::Done {
+        tr.sys_exit(tid, ret, now);
+    }
+}
+
+/// Counters that lag while the lock-free path holds calls not yet charged (equal again
+/// once they are), and the chunk high-water mark, which a later charge may leave lower.
+fn mask_pending(mut s: Stats, pending: bool) -> Stats {
+    s.chunks_high_water = 0;
+    if pending {
+        s.calls_attributed = 0;
+        s.calls_unitemised_limit = 0;
+        s.calls_unitemised_pool = 0;
+        s.calls_filtered = 0;
+        s.chunks_in_use = 0;
+    }
+    s
+}
+
+fn run(caps: Caps, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    run_with(caps, ops, false)
+}
+
+/// Runs `ops` on the tracker and on the model. With `hot`, the calls go through the
+/// lock-free path and are charged only when their thread's stack next changes: the records
+/// must be the model's, which charges every call at once (the chunk pool must then be large
+/// enough never to run out: a late charge may find chunks an early one would not).
+fn run_with(caps: Caps, mut ops: Vec<Op>, hot: bool) -> Result<(), TestCaseError> {
     // Every case starts with two processes of two threads each (capacity permitting).
     let prologue = [
         Op::Register(0),
@@ -1646,7 +1702,7 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Begin { t, k, in_call } => {
                 let tid = TIDS[t as usize];
                 if in_call {
-                    tr.sys_enter(tid, 1, now);
+                    enter(&mut tr, hot, tid, 1, now);
                     m.sys_enter(tid, 1, now);
                 }
                 now += 1;
@@ -1657,7 +1713,7 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
                 );
                 now += 1;
                 if in_call {
-                    tr.sys_exit(tid, 50, now);
+                    exit(&mut tr, hot, tid, 50, now);
                     m.sys_exit(tid, 50, now);
                 }
             }
@@ -1670,7 +1726,7 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
             } => {
                 let tid = TIDS[t as usize];
                 if in_call {
-                    tr.sys_enter(tid, 1, now);
+                    enter(&mut tr, hot, tid, 1, now);
                     m.sys_enter(tid, 1, now);
                 }
                 now += 1;
@@ -1706,7 +1762,7 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 now += 1;
                 if in_call {
-                    tr.sys_exit(tid, 50, now);
+                    exit(&mut tr, hot, tid, 50, now);
                     m.sys_exit(tid, 50, now);
                 }
             }
@@ -1714,24 +1770,24 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let tid = TIDS[t as usize];
                 for i in 0..u64::from(n) {
                     seq += 1;
-                    tr.sys_enter(tid, NRS[nr as usize], now);
+                    enter(&mut tr, hot, tid, NRS[nr as usize], now);
                     m.sys_enter(tid, NRS[nr as usize], now);
                     now += u64::from(dur) + i;
-                    tr.sys_exit(tid, seq, now);
+                    exit(&mut tr, hot, tid, seq, now);
                     m.sys_exit(tid, seq, now);
                     now += 1;
                 }
             }
             Op::Enter(t, nr) => {
                 let tid = TIDS[t as usize];
-                tr.sys_enter(tid, NRS[nr as usize], now);
+                enter(&mut tr, hot, tid, NRS[nr as usize], now);
                 m.sys_enter(tid, NRS[nr as usize], now);
                 now += 1;
             }
             Op::Exit(t) => {
                 let tid = TIDS[t as usize];
                 seq += 1;
-                tr.sys_exit(tid, seq, now);
+                exit(&mut tr, hot, tid, seq, now);
                 m.sys_exit(tid, seq, now);
                 now += 1;
             }
@@ -1764,7 +1820,12 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         check_invariants(&tr);
-        prop_assert_eq!(tr.stats(), m.stats());
+        if hot {
+            let pending = tr.pending_calls() != 0;
+            prop_assert_eq!(mask_pending(tr.stats(), pending), mask_pending(m.stats(), pending));
+        } else {
+            prop_assert_eq!(tr.stats(), m.stats());
+        }
         for tid in TIDS {
             prop_assert_eq!(tr.is_tracked(tid), m.threads.contains_key(&tid));
             prop_assert_eq!(tr.thread_tgid(tid), m.threads.get(&tid).map(|t| t.tgid));
@@ -1780,7 +1841,10 @@ fn run(caps: Caps, mut ops: Vec<Op>) -> Result<(), TestCaseError> {
     for tgid in TGIDS {
         prop_assert_eq!(tr.unregister_process(tgid), m.unregister(tgid));
     }
-    prop_assert_eq!(tr.stats(), m.stats());
+    prop_assert_eq!(mask_pending(tr.stats(), false), mask_pending(m.stats(), false));
+    if !hot {
+        prop_assert_eq!(tr.stats(), m.stats());
+    }
     assert_empty(&tr);
     Ok(())
 }
@@ -1791,6 +1855,13 @@ proptest! {
     #[test]
     fn tracker_matches_model(caps in caps(), ops in proptest::collection::vec(op(), 1..120)) {
         run(caps, ops)?;
+    }
+
+    /// The same, with the calls on the lock-free path (issue 16): charged late, to the
+    /// same spans, with the same records.
+    #[test]
+    fn hot_path_matches_model(caps in caps(), ops in proptest::collection::vec(op(), 1..120)) {
+        run_with(Caps { chunks: 256, ..caps }, ops, true)?;
     }
 
     /// Random raw inputs (any tid, key, time, buffer size) never panic and keep the
@@ -2313,4 +2384,246 @@ fn sched_of_an_activated_span_follows_the_slot() {
     assert_eq!(h.sched.on_cpu_ns, 1000);
     assert_eq!(h.sched.blocked_ns[uapi::CAUSE_OTHER as usize], 1000);
     assert_eq!(h.sched.waits[0].tid, 101);
+}
+
+// ---- the lock-free system-call path (hot.rs, issue 16) --------------------------------
+
+/// Calls on the lock-free path, as the kernel makes them (falling back to the lock).
+fn hot_call(tr: &mut Tracker<'_>, tid: u32, nr: u32, ret: i64, start: u64, end: u64) {
+    enter(tr, true, tid, nr, start);
+    exit(tr, true, tid, ret, end);
+}
+
+#[test]
+fn hot_calls_go_to_the_span_innermost_when_made() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let (ka, kb) = (key(1), key(2));
+    let mut out = vec![0u8; BIG];
+    tr.begin(100, ka, 10, 0).unwrap();
+    hot_call(&mut tr, 100, 1, 0, 20, 21);
+    assert_eq!((tr.pending_calls(), tr.stats().calls_attributed), (1, 0), "noted, not charged");
+    // The begin of the inner span folds first: call 1 is the outer span's.
+    tr.begin(100, kb, 30, 0).unwrap();
+    assert_eq!((tr.pending_calls(), tr.stats().calls_attributed), (0, 1));
+    hot_call(&mut tr, 100, 2, 0, 40, 41);
+    hot_call(&mut tr, 100, 3, 0, 42, 43);
+    let r = tr.end(100, kb, 50, 0, 1, &mut out).unwrap();
+    let (_, eb) = decode(&out, r);
+    assert_eq!(eb.iter().map(|e| e.nr).collect::<Vec<_>>(), [2, 3]);
+    hot_call(&mut tr, 100, 4, 0, 60, 61);
+    let r = tr.end(100, ka, 70, 0, 1, &mut out).unwrap();
+    let (ha, ea) = decode(&out, r);
+    assert_eq!(ea.iter().map(|e| e.nr).collect::<Vec<_>>(), [1, 4]);
+    assert_eq!(ha.total_calls, 2);
+    // Outside any span: noted by the probe, never charged.
+    hot_call(&mut tr, 100, 5, 0, 80, 81);
+    tr.begin(100, ka, 90, 0).unwrap();
+    let r = tr.end(100, ka, 100, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1, []);
+    assert_eq!(tr.stats().calls_attributed, 4);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn hot_ring_full_takes_the_lock_and_keeps_the_order() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let k = key(1);
+    let mut out = vec![0u8; BIG];
+    tr.begin(100, k, 10, 0).unwrap();
+    let hp = tr.hot_path();
+    let mut full = 0;
+    for i in 0..(2 * HOT_RING as u32 + 3) {
+        assert!(hp.sys_enter(100, i, 100 + u64::from(i)));
+        match hp.sys_exit(100, i64::from(i), 200 + u64::from(i)) {
+            HotExit::Done => {}
+            HotExit::Full => {
+                full += 1;
+                tr.sys_exit(100, i64::from(i), 200 + u64::from(i));
+            }
+            HotExit::Miss => panic!("the hint names the thread"),
+        }
+    }
+    assert_eq!(full, 2, "one fold per HOT_RING calls");
+    let r = tr.end(100, k, 1000, 0, 1, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!(h.total_calls, 2 * HOT_RING as u64 + 3);
+    assert!(e.iter().enumerate().all(|(i, e)| e.nr == i as u32 && e.start_mono_ns == 100 + i as u64));
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn hot_hint_misses_and_reuse_never_misattribute() {
+    let mut mem = Mem::new(Caps { tid_limit: 2 * HOT_HINTS, ..CAPS });
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    // Same hint: the later thread takes it; the earlier one misses and uses the lock.
+    let (a, b) = (100, 100 + HOT_HINTS as u32);
+    tr.add_thread(10, a).unwrap();
+    tr.add_thread(10, b).unwrap();
+    let (ka, kb) = (key(1), key(2));
+    let mut out = vec![0u8; BIG];
+    tr.begin(a, ka, 0, 0).unwrap();
+    tr.begin(b, kb, 0, 0).unwrap();
+    let hp = tr.hot_path();
+    assert!(!hp.sys_enter(a, 1, 10), "a's hint was taken by b");
+    tr.sys_enter(a, 1, 10); // (points the hint back at a)
+    assert!(!hp.sys_enter(b, 2, 11));
+    tr.sys_enter(b, 2, 11);
+    exit(&mut tr, true, a, 0, 12);
+    exit(&mut tr, true, b, 0, 13);
+    let r = tr.end(a, ka, 20, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(1, a)]);
+    // A call of a noted in a's old slot after the slot went to c (a racing producer) is
+    // counted as stale and charged to nobody.
+    let ti = tr.thread_index.get(&a).unwrap();
+    tr.begin(a, ka, 30, 0).unwrap();
+    hot_call(&mut tr, a, 7, 0, 31, 32);
+    assert!(!tr.remove_thread(a));
+    assert_eq!(tr.stats().spans_abandoned, 1);
+    let c = 300;
+    tr.add_thread(10, c).unwrap();
+    assert_eq!(tr.thread_index.get(&c), Some(ti), "c reuses a's slot");
+    let kc = key(3);
+    tr.begin(c, kc, 40, 0).unwrap();
+    let stale = SyscallEntry { nr: 8, tid: a, ret: 0, start_mono_ns: 41, end_mono_ns: 42 };
+    assert!(tr.hot.slot(ti).unwrap().push(stale));
+    hot_call(&mut tr, c, 9, 0, 43, 44);
+    let r = tr.end(c, kc, 50, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(9, c)]);
+    assert_eq!(tr.stats().calls_stale, 1);
+    let r = tr.end(b, kb, 60, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(2, b)]);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+#[test]
+fn hot_call_state_is_read_by_the_scheduler_and_excluded_by_spantrack() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    let k = key(1);
+    let mut out = vec![0u8; BIG];
+    // The end write enters on the lock-free path; the end (under the lock) excludes it.
+    tr.begin(100, k, 0, 0).unwrap();
+    assert!(tr.hot_path().sys_enter(100, 1, 10));
+    let ti = tr.thread_index.get(&100).unwrap();
+    assert_eq!(tr.hot.slot(ti).unwrap().call_in_progress(), Some(1));
+    tr.end(100, k, 20, 0, 1, &mut out).unwrap();
+    assert_eq!(tr.hot_path().sys_exit(100, 50, 21), HotExit::Done);
+    tr.begin(100, k, 30, 0).unwrap();
+    let r = tr.end(100, k, 40, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1, [], "the end write of the first span is no call of the second");
+    assert_eq!(tr.hot_path().sys_exit(100, 50, 41), HotExit::Done);
+    assert_eq!(tr.stats().calls_without_enter, 0);
+    // An exit without an enter is counted, on the slot, and kept when the thread goes.
+    assert_eq!(tr.hot_path().sys_exit(100, 0, 50), HotExit::Done);
+    assert_eq!(tr.stats().calls_without_enter, 1);
+    assert!(tr.remove_thread(100));
+    assert_eq!(tr.stats().calls_without_enter, 1);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
+}
+
+/// Real threads on the lock-free path while others take the lock (begin, end, expiry,
+/// stats): every call lands in its own thread's span, in order, none lost or doubled.
+#[test]
+fn hot_path_under_concurrency() {
+    use std::sync::Mutex;
+    const THREADS: u32 = 6;
+    const SPANS: u64 = 300;
+    let mut mem = Mem::new(Caps { procs: 2, threads: 16, spans: 64, chunks: 512, tid_limit: 4096 });
+    let tr = Mutex::new(mem.tracker());
+    {
+        let mut t = tr.lock().unwrap();
+        t.register_process(10, 0).unwrap();
+        t.set_max_calls(MAX_CALLS_LIMIT).unwrap();
+        for i in 0..THREADS {
+            t.add_thread(10, 100 + i).unwrap();
+        }
+    }
+    let hp = tr.lock().unwrap().hot_path();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        // A reader of the stats and the expiry timer (nothing expires), under the lock.
+        sc.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let mut t = tr.lock().unwrap();
+                t.expire(0, u64::MAX);
+                let _ = t.stats();
+            }
+        });
+        let mut workers = Vec::new();
+        for i in 0..THREADS {
+            let (tr, hp) = (&tr, hp);
+            workers.push(sc.spawn(move || {
+                let tid = 100 + i;
+                let mut out = vec![0u8; BIG];
+                let mut total = 0u64;
+                for n in 0..SPANS {
+                    let k = key(u64::from(i) * 1_000_000 + n);
+                    tr.lock().unwrap().begin(tid, k, 0, 0).unwrap();
+                    let calls = (n % 40) as u32;
+                    for c in 0..calls {
+                        let nr = (n as u32) << 8 | c;
+                        if !hp.sys_enter(tid, nr, 1) {
+                            tr.lock().unwrap().sys_enter(tid, nr, 1);
+                        }
+                        if hp.sys_exit(tid, i64::from(c), 2) != HotExit::Done {
+                            tr.lock().unwrap().sys_exit(tid, i64::from(c), 2);
+                        }
+                    }
+                    let r = tr.lock().unwrap().end(tid, k, 3, 0, 0, &mut out).unwrap();
+                    let (h, e) = decode(&out, r);
+                    assert_eq!(h.total_calls, u64::from(calls));
+                    let want: Vec<(u32, u32)> = (0..calls).map(|c| ((n as u32) << 8 | c, tid)).collect();
+                    assert_eq!(e.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), want);
+                    total += u64::from(calls);
+                }
+                total
+            }));
+        }
+        let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        stop.store(true, Ordering::Relaxed);
+        let t = tr.lock().unwrap();
+        let st = t.stats();
+        assert_eq!((st.calls_attributed, st.calls_stale, st.calls_without_enter), (total, 0, 0));
+    });
+    let mut t = tr.into_inner().unwrap();
+    t.unregister_process(10).unwrap();
+    assert_empty(&t);
+}
+
+#[test]
+fn hot_call_ending_after_a_span_end_written_elsewhere_goes_to_the_parent() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    let (ka, kb) = (key(1), key(2));
+    let mut out = vec![0u8; BIG];
+    tr.begin(100, ka, 0, 0).unwrap();
+    tr.begin(100, kb, 10, 0).unwrap();
+    // Thread 100's calls: one ended before 101 ends kb (at 50), one after (its exit was
+    // noted before the end took the lock: the two raced).
+    hot_call(&mut tr, 100, 1, 0, 20, 30);
+    hot_call(&mut tr, 100, 2, 0, 40, 60);
+    let r = tr.end(101, kb, 50, 0, 1, &mut out).unwrap();
+    let (h, e) = decode(&out, r);
+    assert_eq!(e.iter().map(|e| e.nr).collect::<Vec<_>>(), [1]);
+    assert!(e.iter().all(|e| e.end_mono_ns <= h.end_mono_ns));
+    let r = tr.end(100, ka, 70, 0, 1, &mut out).unwrap();
+    assert_eq!(decode(&out, r).1.iter().map(|e| e.nr).collect::<Vec<_>>(), [2]);
+    tr.unregister_process(10).unwrap();
+    assert_empty(&tr);
 }
