@@ -15,6 +15,11 @@
 #             per-operation (adaptive) thresholds cost per span
 #   st1sum    st1 with SpantrackProcessor's min_child_call = 1 ms: the record's attributes on
 #             every sampled span, child spans only for calls of 1 ms or more (none here)
+#   st1all    st1 with the annotation budget unbounded (SPANTRACK_BUDGET_PCT=100) and no
+#             per-operation cap (SPANTRACK_OP_ANNOTATIONS_PER_S=0; default 100/s): every sampled
+#             span annotated (st1 summarises those past either limit)
+#   st1allsum st1all with min_child_call = 1 ms: every sampled span gets the record's
+#             attributes, no child spans (the difference to st1all is the child spans' cost)
 #   otelko    otel with spantrack.ko loaded but the service not registered: the floor, what
 #             the module's system-call tracepoints cost every process on the machine
 #   strace    otel + `strace -f -tt -T -o FILE` around the service (what a user would pick instead)
@@ -33,8 +38,9 @@
 #   KO: path of spantrack.ko (required)
 #
 # BENCH_PARTS ["overhead"]: what this boot runs, "overhead" (all of the above), "overload"
-# (issue 19: the integrations under sustained load, below) and/or "scale" (issue 16:
-# contention on several vCPUs, below), in the order overload, scale, overhead.
+# (issue 19: the integrations under sustained load, below), "scale" (issue 16:
+# contention on several vCPUs, below) and/or "realistic" (issue 16: the realistic service,
+# below), in the order overload, scale, overhead, realistic.
 #
 # Part "overload" (one JSON line per run appended to $BENCH_OUT/overload.jsonl): the load of
 # issue 19 in a Python service (preload/python/tools/bench_overload.py one, $BENCH_PY) and in
@@ -51,6 +57,16 @@
 #           to "all" is the child spans' cost
 # BENCH_OVL_LANGS ["python rust"], BENCH_OVL_REPS [2] (interleaved; the order rotates).
 # BENCH_OVL_ENV [""]: VAR=value words added to the environment of the spantrack runs.
+#
+# Part "realistic" (issue 16, item 3; one JSON line per run appended to
+# $BENCH_OUT/realistic.jsonl, the format of results.jsonl plus "app"): the same service and
+# client with `--app realistic`: every request parses JSON, runs SQLite queries and a write
+# transaction on a fresh database file in this guest's tmpfs ($work/currency.db), computes
+# and renders a JSON reply (bench/src/realistic.rs). Configurations BENCH_REAL_CONFIGS
+# ["none otel otelko stdef st1all st1allsum"] (as above), N = BENCH_REAL_N [5000] requests after
+# BENCH_REAL_WARMUP [200], BENCH_REAL_REPS [3] repetitions, interleaved (the order rotates),
+# after one uncounted run. BENCH_REAL_PROFILE_RUNS [""]: "CONFIG:N ..." runs done once
+# under `perf record -a` first (not counted; profile-realistic-CONFIG-nN-CLOCK.txt).
 set -uo pipefail
 root=$(pwd)
 out=${BENCH_OUT:-/run/spout}
@@ -162,7 +178,8 @@ if [[ " $parts " == *" scale "* ]]; then
   done
   log "scale done"
 fi
-[[ " $parts " == *" overhead "* ]] || exit 0
+in_parts() { [[ " $parts " == *" $1 "* ]]; }
+in_parts overhead || in_parts realistic || exit 0
 
 # Which peers can run here.
 have_perf=0
@@ -170,9 +187,9 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 if command -v perf >/dev/null && perf trace -o "$work/perf.probe" -- true >/dev/null 2>&1; then have_perf=1; fi
 have_strace=0; command -v strace >/dev/null && strace -f -o /dev/null true 2>/dev/null && have_strace=1
 log "peers: strace=$have_strace perf-trace=$have_perf (bpftrace: $(command -v bpftrace || echo absent))"
-echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"default_threshold_ns\":$default_threshold,\"have_strace\":$have_strace,\"have_perf\":$have_perf,\"cpus\":$(nproc)}" >> "$res"
+in_parts overhead && echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"default_threshold_ns\":$default_threshold,\"have_strace\":$have_strace,\"have_perf\":$have_perf,\"cpus\":$(nproc)}" >> "$res"
 
-if [ "$micro" = 1 ]; then
+if [ "$micro" = 1 ] && in_parts overhead; then
   log "micro-costs (spantrack-microbench)"
   { "$tdir/spantrack-microbench" baseline && insmod "$ko" && "$tdir/spantrack-microbench" module && rmmod spantrack; } > "$out/micro-$clock.txt" 2>&1 \
     || log "microbench failed (see micro-$clock.txt)"
@@ -181,7 +198,7 @@ fi
 
 # Where a tracked system call's time goes: perf profiles (cpu-clock samples, kernel and user)
 # of a getpid() loop on a registered thread outside any span and inside one open span.
-if [ "${BENCH_PROFILE:-1}" = 1 ] && [ "$have_perf" = 1 ]; then
+if [ "${BENCH_PROFILE:-1}" = 1 ] && [ "$have_perf" = 1 ] && in_parts overhead; then
   log "profile of the system-call probe path (perf record -e cpu-clock, spantrack-bench spin)"
   for mode in tracked in-span; do
     module_off; module_on
@@ -202,18 +219,28 @@ sink_pid=$!
 # counted: the report goes to profile-CONFIG-kK-nN.txt.
 run() {
   local cfg=$1 k=$2 n=$3 rep=$4 prof=${5:-} pre=() env=() extra=() trace=otel peer_out="" mstats="null" t0 t1 line perf_pid=
+  # RUN_APP=realistic (the realistic service): its own requests, database and result file.
+  local app=${RUN_APP:-tiny} dst=$res app_json="" client_app=()
+  if [ "$app" = realistic ]; then
+    dst=$out/realistic.jsonl; app_json="\"app\":\"realistic\","
+    extra+=(--app realistic --db "$work/currency.db"); client_app=(--app realistic)
+  fi
+  dst=${RUN_DST:-$dst}
   case "$cfg" in
     none) module_off; trace=none;;
     otel) module_off;;
     otelko) module_off; module_on;;
-    st1|st1sum|stdef|stfix)
+    st1|st1all|st1sum|st1allsum|stdef|stfix)
       module_off; module_on   # fresh module: its stats are this run's
       if [ "$cfg" = stdef ] || [ "$cfg" = stfix ]; then echo "$default_threshold" > $sysfs/threshold_ns; else echo 1 > $sysfs/threshold_ns; fi
-      if [ "$cfg" = st1sum ]; then extra=(--min-child-us 1000); fi
+      if [ "$cfg" = st1sum ] || [ "$cfg" = st1allsum ]; then extra+=(--min-child-us 1000); fi
       env=(LD_PRELOAD="$hook" SPANHOOK_QUIET=1); trace=spantrack
       # threshold_ns=1 judges every span only in fixed mode (adaptive spans carry their
       # operation's own threshold); stdef runs as shipped, adaptive.
-      if [ "$cfg" != stdef ]; then env+=(SPANTRACK_THRESHOLD=fixed); fi;;
+      if [ "$cfg" != stdef ]; then env+=(SPANTRACK_THRESHOLD=fixed); fi
+      # st1all: st1 with the annotation budget and the per-operation cap (100 annotations/s)
+      # lifted: every sampled span annotated.
+      if [ "$cfg" = st1all ] || [ "$cfg" = st1allsum ]; then env+=(SPANTRACK_BUDGET_PCT=100 SPANTRACK_OP_ANNOTATIONS_PER_S=0); fi;;
     strace) module_off; peer_out=$work/strace.out; pre=(strace -f -qq -tt -T -o "$peer_out");;
     perf) module_off; peer_out=$work/perf.out; pre=(perf trace -o "$peer_out" --);;
     *) log "unknown config $cfg"; return;;
@@ -228,18 +255,26 @@ run() {
     --sink-port-file "$work/sink.port" "${extra[@]}" 2> "$work/svc.err" &
   local svc=$!
   t0=$(date +%s%N)
-  line=$(timeout 1800 "$bench" client --port-file "$work/svc.port" --n "$n" --warmup "$warmup" 2> "$work/client.err")
+  line=$(timeout 1800 "$bench" client --port-file "$work/svc.port" --n "$n" --warmup "${RUN_WARMUP:-$warmup}" "${client_app[@]}" 2> "$work/client.err")
   local rc=$?
   t1=$(date +%s%N)
   wait "$svc" 2>/dev/null
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null
     local pf="$out/profile-$cfg-k$k-n$n-$clock.txt"
+    [ "$app" = realistic ] && pf="$out/profile-realistic-$cfg-n$n-$clock.txt"
     { echo "# perf record -a -e cpu-clock during one run: $cfg k=$k n=$n ($clock); client: $line"
       echo "## by process (comm) and object (dso)"
       perf report -i "$work/run.data" --stdio --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
       echo "## by process and symbol"
       perf report -i "$work/run.data" --stdio --sort comm,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+      if [ "$app" = realistic ]; then
+        # Sample counts (-c 5000 of cpu-clock: under -icount one sample = 5,000 instructions).
+        echo "## samples by process (comm)"
+        perf report -i "$work/run.data" --stdio -n --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+        echo "## samples by process, object and symbol"
+        perf report -i "$work/run.data" --stdio -n --sort comm,dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150
+      fi
     } > "$pf"
     rm -f "$work/run.data" "$peer_out"
     log "profiled $cfg k=$k n=$n -> $(basename "$pf")"
@@ -258,8 +293,8 @@ run() {
   # The processor's one-time symbol load, done before the client connects (serve waits).
   local syms_ms
   syms_ms=$(sed -n 's/.*stack symbols loaded \([0-9]*\) ms.*/\1/p' "$work/svc.err" | head -n 1)
-  echo "{\"clock\":\"$clock\",\"config\":\"$cfg\",\"k\":$k,\"n\":$n,\"rep\":$rep,\"run_ns\":$((t1 - t0)),\"peer_lines\":$peer_lines,\"symbols_ms\":${syms_ms:-null},\"module_stats\":$mstats,\"result\":$line}" >> "$res"
-  log "$cfg k=$k n=$n rep=$rep: $(echo "$line" | cut -c1-110)"
+  echo "{${app_json}\"clock\":\"$clock\",\"config\":\"$cfg\",\"k\":$k,\"n\":$n,\"rep\":$rep,\"run_ns\":$((t1 - t0)),\"peer_lines\":$peer_lines,\"symbols_ms\":${syms_ms:-null},\"module_stats\":$mstats,\"result\":$line}" >> "$dst"
+  log "$app $cfg k=$k n=$n rep=$rep: $(echo "$line" | cut -c1-110)"
 }
 
 # Rotates a word list by R positions.
@@ -274,12 +309,13 @@ enabled() {
 }
 
 # Profiles first (not counted): where OTel's and spantrack's time goes.
-for spec in ${BENCH_PROFILE_RUNS:-}; do
+in_parts overhead && for spec in ${BENCH_PROFILE_RUNS:-}; do
   IFS=: read -r pc pk pn <<< "$spec"
   [ "$have_perf" = 1 ] && run "$pc" "$pk" "$pn" 0 profile
 done
 
 kreps=${BENCH_K_REPS:-1}
+in_parts overhead || { reps=0; kreps=0; }
 for ((rep = 1; rep <= (reps > kreps ? reps : kreps); rep++)); do
   # Fig. 4 (k = 0): every configuration, interleaved.
   [ "$rep" -le "$reps" ] && for n in $ns; do
@@ -296,7 +332,27 @@ for ((rep = 1; rep <= (reps > kreps ? reps : kreps); rep++)); do
     done
   done
 done
+
+# Part "realistic" (issue 16, item 3): the realistic service, -icount, interleaved.
+if in_parts realistic; then
+  echo "{\"probe\":1,\"app\":\"realistic\",\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"default_threshold_ns\":$default_threshold,\"cpus\":$(nproc),\"db\":\"$work/currency.db\",\"db_fs\":\"$(stat -f -c %T "$work")\"}" >> "$out/realistic.jsonl"
+  rconfigs=${BENCH_REAL_CONFIGS:-"none otel otelko stdef st1all st1allsum"}
+  # One run first, not counted: the boot's first run pays the binaries' page-ins from the
+  # host (9p: the guest idles, and idle time passes at real time under -icount).
+  RUN_APP=realistic RUN_DST=/dev/null RUN_WARMUP=200 run st1all 0 1000 0
+  # Profiles first (not counted): BENCH_REAL_PROFILE_RUNS ["" ] "CONFIG:N ...".
+  for spec in ${BENCH_REAL_PROFILE_RUNS:-}; do
+    IFS=: read -r pc pn <<< "$spec"
+    [ "$have_perf" = 1 ] && RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$pc" 0 "$pn" 0 profile
+  done
+  for ((rep = 1; rep <= ${BENCH_REAL_REPS:-3}; rep++)); do
+    for cfg in $(rotate $((rep - 1)) $rconfigs); do
+      RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$cfg" 0 "${BENCH_REAL_N:-5000}" "$rep"
+    done
+  done
+  log "realistic done: $(grep -c '"config"' "$out/realistic.jsonl") runs"
+fi
 module_off
 kill "$sink_pid" 2>/dev/null; wait "$sink_pid" 2>/dev/null
-log "done: $(grep -c '"config"' "$res") runs in $res"
+in_parts overhead && log "done: $(grep -c '"config"' "$res") runs in $res"
 exit 0

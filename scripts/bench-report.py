@@ -24,11 +24,14 @@ CFG_LABEL = {
     "perf": "OTel + perf trace",
 }
 CFG_SHORT = {
+    "st1all": "OTel+spantrack (thr 1 ns, all annotated)",
+    "st1allsum": "OTel+spantrack (thr 1 ns, all, no children)",
     "none": "none", "otel": "OTel", "otelko": "OTel, module loaded", "st1": "OTel+spantrack (thr 1 ns)",
     "st1sum": "OTel+spantrack (thr 1 ns, summary)",
     "stdef": "OTel+spantrack (thr 1 ms)", "stfix": "OTel+spantrack (thr 1 ms, fixed)", "strace": "OTel+strace -f", "perf": "OTel+perf trace",
 }
 COLORS = {
+    "st1all": "#8c564b", "st1allsum": "#e377c2",
     "none": "#9e9e9e", "otel": "#1f77b4", "otelko": "#17becf", "st1": "#d62728", "st1sum": "#ff7f0e",
     "stdef": "#ff9896", "stfix": "#c49c94",
     "strace": "#2ca02c", "perf": "#9467bd",
@@ -570,6 +573,155 @@ def scale_report(d):
     return out
 
 
+# ---------------------------------------------------------------- issue 16: the realistic service
+REAL_ORDER = ["none", "otel", "otelko", "stdef", "stfix", "st1", "st1all", "st1allsum", "st1sum"]
+REAL_LABEL = dict(CFG_LABEL, st1all="OTel + spantrack, threshold_ns=1, budget and per-operation cap lifted (every sampled span annotated)",
+                  st1allsum="the same, child spans only for calls >= 1 ms (every sampled span gets the record's attributes, no child spans)")
+PAPER_PCT = 4.16
+
+
+def fig_realistic(rows, path, title):
+    """Horizontal bars: overhead over OTel only (in-window mean, median of the repetitions),
+    min-max whiskers, reference lines at the targets (1%, 4%) and the paper's 4.16%."""
+    rows = [r for r in rows if r[0] != "otel"]
+    if not rows:
+        return
+    W, H, L, R, T, B = 760, 70 + 34 * len(rows), 300, 30, 40, 40
+    hi = max([PAPER_PCT + 1] + [r[3] for r in rows]) * 1.08
+    lo = min([0.0] + [r[2] for r in rows])
+    sx = lambda v: L + (v - lo) / (hi - lo) * (W - L - R)  # noqa: E731
+    svg = Svg(W, H)
+    svg.text(W / 2, 22, title, size=14, anchor="middle", weight="bold")
+    for t in nice_ticks(lo, hi, 8):
+        svg.line(sx(t), T, sx(t), H - B, stroke="#ddd")
+        svg.text(sx(t), H - B + 16, f"{t:g}%", size=11, anchor="middle")
+    svg.line(sx(0), T, sx(0), H - B, stroke="#000")
+    for v, lab, col in ((1.0, "target 1% (default threshold)", "#2ca02c"), (4.0, "target 4% (every span)", "#ff7f0e"),
+                        (PAPER_PCT, "paper 4.16%", "#d62728")):
+        svg.line(sx(v), T - 4, sx(v), H - B, stroke=col, width=1.5, dash="5,3")
+    svg.text(W - R, H - 6, "dashed: 1% and 4% targets (green, orange), paper 000's 4.16% (red)", size=11, anchor="end")
+    for i, (cfg, m, mn, mx) in enumerate(rows):
+        y = T + 10 + i * 34
+        svg.text(L - 8, y + 14, CFG_SHORT.get(cfg, cfg), size=12, anchor="end")
+        x0, x1 = sx(min(0, m)), sx(max(0, m))
+        svg.rect(x0, y, x1 - x0, 20, COLORS.get(cfg, "#888"))
+        svg.line(sx(mn), y + 10, sx(mx), y + 10, stroke="#000")
+        svg.text(sx(max(m, mx)) + 6, y + 14, f"{m:+.2f}%", size=11)
+    svg.text(L + (W - L - R) / 2, H - B + 32, "guest instructions per request over OTel only (%)", size=12, anchor="middle")
+    svg.save(path)
+
+
+def realistic_report(d):
+    """The section on issue 16's realistic service (raw-realistic.jsonl), as markdown lines."""
+    probe, lines = read_jsonl(os.path.join(d, "raw-realistic.jsonl"))
+    runs, failed = defaultdict(list), 0
+    for o in lines:
+        if not o.get("result"):
+            failed += 1
+            continue
+        runs[o["config"]].append(o)
+    if not runs or "otel" not in runs:
+        return []
+    out = []
+    w = out.append
+    cfgs = [c for c in REAL_ORDER if c in runs]
+    n = runs["otel"][0]["result"]["n"]
+    reps = max(len(v) for v in runs.values())
+
+    def per_req(o, with_stop=False):
+        r = o["result"]
+        return (r["total_ns"] + (r.get("stop_ns", 0) if with_stop else 0)) / r["n"]
+
+    def stats(cfg, with_stop=False):
+        xs = [per_req(o, with_stop) for o in runs[cfg]]
+        m = med(xs)
+        return m, min(xs), max(xs), (max(xs) - min(xs)) / m * 100
+
+    base = stats("otel")[0]
+    base_s = stats("otel", True)[0]
+    none = stats("none")[0] if "none" in runs else float("nan")
+    w("## A realistic service (issue 16, item 3): JSON, SQLite, computation per request\n")
+    w(f"`spantrack-bench serve --app realistic` in a VM of its own: QEMU TCG `-icount shift=0`, "
+      f"{(probe or {}).get('cpus', '?')} vCPU, kernel {(probe or {}).get('kernel', '?')}, so guest ns = "
+      "instructions executed by the whole guest (client, kernel, service, its background threads). "
+      "Each request, inside the server span `CurrencyService/Convert`: parse a JSON request "
+      "(serde_json), SQLite (bundled 3.46, rusqlite) on a database file in the guest's "
+      f"{(probe or {}).get('db_fs', '?')} (WAL, synchronous=NORMAL): two rate look-ups, the user's last "
+      "100 conversions, then one transaction that reads and upserts the user's daily total and "
+      "inserts the conversion's log row; the conversion in integer nano-units, a fee schedule, the "
+      "user's statistics, a quote in 20 currencies; a JSON reply rendered with serde_json (~1.5 kB). "
+      "Same OTel pipeline as Fig. 4 (10% `TraceIdRatioBased`, batch OTLP/HTTP export to a loopback "
+      f"sink). A fresh database per run. N = {n:,} measured requests after 200 unmeasured; "
+      f"{reps} repetitions per configuration, interleaved (the order rotates), after one uncounted "
+      "run. Module default threshold_ns = "
+      f"{(probe or {}).get('default_threshold_ns', '?')}.\n")
+    w("*µs/request* is the client's in-window mean (total time / N); *with stop* adds the "
+      "service's stop (the provider's shutdown: the last batch export and spantrack's drain) to "
+      "the total, so that no deferred work escapes the measure. Medians over the repetitions; "
+      "spread = (max - min) / median.\n")
+    w("| configuration | µs/request (= k instr.) | spread | vs none | **vs OTel only** | with stop: µs/req | with stop: vs OTel only | p50 / p99 (µs) | sampled spans annotated / child spans |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    for c in cfgs:
+        m, mn, mx, sp = stats(c)
+        ms = stats(c, True)[0]
+        r0 = runs[c][0]["result"]
+        srv = r0.get("server") or {}
+        p50 = med([o["result"]["p50_ns"] for o in runs[c]]) / 1000
+        p99 = med([o["result"]["p99_ns"] for o in runs[c]]) / 1000
+        ann = f"{srv.get('st_annotated', 0):,} of {srv.get('sampled', 0):,} / {srv.get('st_children', 0):,}" if "st_annotated" in srv else "–"
+        vs_otel = "–" if c == "otel" else f"**{pct(m, base):+.2f}%**"
+        w(f"| {REAL_LABEL.get(c, c)} | {m / 1000:.2f} | {sp:.2f}% | {pct(m, none):+.2f}% | {vs_otel} | "
+          f"{ms / 1000:.2f} | {'–' if c == 'otel' else f'{pct(ms, base_s):+.2f}%'} | {p50:.1f} / {p99:.1f} | {ann} |")
+        rows.append((c, pct(m, base), pct(mn, base), pct(mx, base)))
+    w("")
+    fig_realistic(rows, os.path.join(d, "fig-realistic.svg"),
+                  f"Realistic currency service (N={n:,}, -icount): overhead over OTel only")
+    # Targets.
+    w("**Targets** (over OTel only, in-window mean; the paper's Fig. 4: 4.16%):\n")
+    if "stdef" in runs:
+        v = pct(stats("stdef")[0], base)
+        w(f"- default threshold: **{v:+.2f}%** (target <= 1%: **{'met' if v <= 1 else f'missed by {v - 1:.2f} points'}**)")
+    every = "st1all" if "st1all" in runs else ("st1" if "st1" in runs else None)
+    if every:
+        v = pct(stats(every)[0], base)
+        w(f"- `threshold_ns=1`, every sampled span annotated ({every}): **{v:+.2f}%** "
+          f"(target <= 4%: **{'met' if v <= 4 else f'missed by {v - 4:.2f} points'}**; paper {PAPER_PCT}%)")
+    for c in ("st1allsum", "st1sum"):
+        if c in runs:
+            v = pct(stats(c)[0], base)
+            w(f"- {REAL_LABEL[c]}: **{v:+.2f}%**")
+    w("")
+    # Where the time goes: differences between neighbouring configurations.
+    w("**Where the time goes** (differences of the medians; per sampled span = per request x "
+      "requests / sampled spans, all requests of a run counted, warm-up included):\n")
+    w("| step | instructions per request | per sampled span |")
+    w("| --- | ---: | ---: |")
+    nochild = "st1allsum" if "st1allsum" in runs else "st1sum"
+    steps = [("otel", "otelko", "the floor: module loaded, service not registered (every system call of the machine takes the traced path; scheduler probes)"),
+             ("otelko", "stdef", "registered, default threshold: begin/end writes per sampled span, in-span call tracking, the processor"),
+             ("stdef", nochild, "threshold_ns=1: every sampled span slow, its record read and its attributes added (no child spans)"),
+             (nochild, every or "st1all", "one child span per system call, built and exported")]
+    for a, b, what in steps:
+        if a in runs and b in runs:
+            dm = stats(b)[0] - stats(a)[0]
+            srv = runs[b][0]["result"].get("server") or {}
+            per = dm * srv.get("requests", 1) / srv["sampled"] if srv.get("sampled") and a != "otel" else float("nan")
+            w(f"| {b} - {a}: {what} | {dm:+,.0f} | {'–' if per != per else f'{per:+,.0f}'} |")
+    w("")
+    st = runs.get(every or "", []) or runs.get("stdef", [])
+    if st:
+        ms = st[0].get("module_stats") or {}
+        srv = st[0]["result"].get("server") or {}
+        if ms.get("spans_begun"):
+            w(f"System calls per sampled span ({st[0]['config']}, module counters): "
+              f"{ms.get('calls_attributed', 0) / ms['spans_begun']:.1f}; child spans per annotated span: "
+              f"{srv.get('st_children', 0) / max(srv.get('st_annotated', 1), 1):.1f}.\n")
+    if failed:
+        w(f"{failed} run(s) failed (see the log of VM 4).\n")
+    return out
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "results/bench"
     runs, probe = load(os.path.join(d, "raw-icount.jsonl"))
@@ -986,6 +1138,11 @@ def main():
     sc = scale_report(d)
     if sc:
         out.extend(sc)
+    rl = realistic_report(d)
+    if rl:
+        out.extend(rl)
+        with open(os.path.join(d, "realistic.md"), "w") as f:
+            f.write("# spantrack on a realistic service (issue 16, item 3)\n\n" + "\n".join(rl[1:]))
     ovl = overload_report(d)
     if ovl:
         out.extend(ovl)
@@ -995,7 +1152,8 @@ def main():
     w("`raw-icount.jsonl`, `raw-wall.jsonl`: one JSON line per run (client figures, service and "
       "module counters); `raw-overload.jsonl`: one per run of issue 19's load (the service's "
       "figures, the module's counters; `overload.md`: its section alone); `raw-scale.jsonl`: "
-      "one per run of issue 16's contention benchmark; `micro-*.txt`: "
+      "one per run of issue 16's contention benchmark; `raw-realistic.jsonl`: one per run of "
+      "issue 16's realistic service (`realistic.md`: its section alone, `fig-realistic.svg`); `micro-*.txt`: "
       "spantrack-microbench output; `fig4.svg`, `fig5.svg`.\n")
     with open(os.path.join(d, "results.md"), "w") as f:
         f.write("\n".join(out))

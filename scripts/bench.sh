@@ -21,11 +21,19 @@
 # emulated wall clock, and host load shows in it): 1..64 threads making system calls inside
 # spans, module loaded vs not (results/bench/raw-scale.jsonl, section "On several vCPUs").
 #
-# Knobs (environment): BENCH_PARTS ("overload scale overhead": all; "overload" alone takes ~6
+# Issue 16's realistic service (BENCH_PARTS contains "realistic"), in a VM of its own (-icount
+# shift=0, one vCPU, like VM 1): the currency service with real work per request (JSON,
+# SQLite queries and a write transaction, computation, a JSON reply: bench/src/realistic.rs),
+# configurations none/otel/otelko/stdef/st1all/st1allsum interleaved, BENCH_REAL_N (5000)
+# requests, BENCH_REAL_REPS (3) (results/bench/raw-realistic.jsonl, section "A realistic
+# service"; ~25 minutes on a busy 2-core host, BENCH_REAL_TIMEOUT (3600) seconds).
+#
+# Knobs (environment): BENCH_PARTS ("overload scale realistic overhead": all; "overload" alone takes ~6
 # minutes); BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
 # BENCH_PEER_MAX_N, BENCH_PROFILE_RUNS, BENCH_OVL_* ... (see scripts/bench-guest.sh); BENCH_WALL=0 skips
 # the wall-clock VM; BENCH_WALL_N (10000) its N; BENCH_TIMEOUT (3600) seconds for the icount VM;
-# BENCH_OVL_TIMEOUT (2400) for the overload VM.
+# BENCH_OVL_TIMEOUT (2400) for the overload VM. KO: a spantrack.ko to use instead of building
+# one (scripts/build-module.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -35,8 +43,8 @@ VARIANT=release; export VARIANT
 t_all=$(now)
 
 "$here/setup.sh"
-ko=$("$here/build-module.sh")
-parts=${BENCH_PARTS:-overload scale overhead}
+ko=${KO:-$("$here/build-module.sh")}
+parts=${BENCH_PARTS:-overload scale realistic overhead}
 stage "building spantrack-bench, libspanhook.so, spantrack-microbench, spantrack-overload-bench"
 cargo build --release --quiet -p spantrack-bench -p spanhook -p spantrack-vmtest -p spantrack-rust-demo-svc
 BENCH_PY=$("$here/python-env.sh")/bin/python; export BENCH_PY
@@ -72,6 +80,14 @@ if [[ " $parts " == *" scale "* ]]; then
     "$(guest_env) BENCH_CLOCK=wall BENCH_PARTS=scale scripts/bench-guest.sh"
   stage "VM 3 done in $(elapsed "$t0")"
   cp "$root/build/bench/scale/scale.jsonl" "$res/raw-scale.jsonl"
+fi
+if [[ " $parts " == *" realistic "* ]]; then
+  stage "VM 4: -icount shift=0, issue 16's realistic service (JSON, SQLite, computation per request)"
+  t0=$(now)
+  "$here/vm-run.sh" --variant release --icount --smp 1 --timeout "${BENCH_REAL_TIMEOUT:-3600}" --keep "$root/build/bench/realistic" -- \
+    "$(guest_env) BENCH_CLOCK=icount BENCH_PARTS=realistic BENCH_REAL_N=${BENCH_REAL_N:-5000} scripts/bench-guest.sh"
+  stage "VM 4 done in $(elapsed "$t0")"
+  cp "$root/build/bench/realistic/realistic.jsonl" "$res/raw-realistic.jsonl"
 fi
 [[ " $parts " == *" overhead "* ]] || { stage "report"; python3 "$here/bench-report.py" "$res"
   stage "make bench done in $(elapsed "$t_all"): $res/results.md"; exit 0; }

@@ -3,7 +3,8 @@
 //! ```text
 //! spantrack-bench serve  --port-file P [--trace none|otel|spantrack] [--getpid K]
 //!                        [--sink HOST:PORT] [--sampling 0.1] [--min-child-us 0]
-//! spantrack-bench client --port-file P --n N [--warmup W]
+//!                        [--app tiny|realistic] [--db FILE]
+//! spantrack-bench client --port-file P --n N [--warmup W] [--app tiny|realistic]
 //! spantrack-bench sink   --port-file P
 //! spantrack-bench spin   --calls N --mode plain|tracked|in-span|pairs
 //! spantrack-bench scale  --threads T --seconds S --mode plain|in-span [--calls-per-span K]
@@ -19,10 +20,14 @@
 //!   `SpantrackProcessor` at the head of the pipeline (needs `LD_PRELOAD=libspanhook.so`
 //!   and spantrack.ko loaded, refuses to run otherwise); `--min-child-us U` sets its
 //!   `Config::min_child_call` (child spans only for calls of at least U µs).
+//!   `--app realistic` (issue 16): the same service also answers JSON requests with real work
+//!   per request (JSON parsing, SQLite queries and an insert into the database `--db`,
+//!   computation, a JSON reply; see `realistic.rs`), in the same server span.
 //! * `client`: sends `W` unmeasured and then `N` measured requests one after the other
 //!   (closed loop, one connection), then asks the service to flush and stop; prints one JSON
 //!   line: total time, mean and p50/p90/p99 latency (guest CLOCK_MONOTONIC) and the
-//!   service's counters.
+//!   service's counters; `stop_ns`: the time of the stop request (the provider's shutdown
+//!   and final export). `--app realistic`: JSON requests for the realistic service.
 //! * `sink`: the OTLP/HTTP receiver: accepts `POST /v1/traces`, counts, answers 200.
 //! * `spin`: a `getpid()` loop, untracked / tracked / inside one open span, to profile the
 //!   probe path with `perf record` (see `spin.rs`).
@@ -31,6 +36,7 @@
 
 mod client;
 mod otlp;
+mod realistic;
 mod scale;
 mod service;
 mod sink;

@@ -79,6 +79,8 @@ struct Shared {
     getpid: u32,
     requests: AtomicU64,
     sampled: AtomicU64,
+    /// `--app realistic`: the database of the realistic service (see `realistic.rs`).
+    db: Option<std::sync::Mutex<crate::realistic::Db>>,
 }
 
 fn provider(
@@ -137,6 +139,11 @@ pub fn run(opts: &Opts) {
     let sampling: f64 = opts.num("sampling", 0.1);
     let min_child_us: u64 = opts.num("min-child-us", 0);
     let counts = Arc::new(Counts::default());
+    let db = match opts.get("app").unwrap_or("tiny") {
+        "tiny" => None,
+        "realistic" => Some(crate::realistic::open(opts.get("db").unwrap_or("/tmp/spantrack-bench-currency.db"))),
+        other => die(&format!("unknown --app {other:?} (tiny|realistic)")),
+    };
     let (provider, st) = if mode == "none" {
         (None, None)
     } else {
@@ -164,6 +171,7 @@ pub fn run(opts: &Opts) {
         getpid,
         requests: AtomicU64::new(0),
         sampled: AtomicU64::new(0),
+        db,
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| die(&format!("bind: {e}")));
     let port = listener
@@ -205,6 +213,12 @@ fn serve_conn(stream: TcpStream, sh: &Shared) {
         match r.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+        if line.starts_with('{') {
+            if convert_realistic(sh, &line, &mut out, &mut reply).is_err() {
+                return;
+            }
+            continue;
         }
         let mut f = line.split_ascii_whitespace();
         match f.next() {
@@ -268,6 +282,53 @@ fn convert(
     for _ in 0..sh.getpid {
         // SAFETY: plain system call without arguments (libc's getpid() is not cached, but
         // this makes sure it is a real system call).
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    let r = out.write_all(reply.as_bytes());
+    if let Some(mut s) = span {
+        s.end();
+    }
+    r
+}
+
+/// One request of the realistic service (`--app realistic`, a JSON line): the same server
+/// span as [`convert`] around the parsing, the SQLite queries and write, the computation,
+/// the rendering and the reply's `write`.
+fn convert_realistic(
+    sh: &Shared,
+    line: &str,
+    out: &mut TcpStream,
+    reply: &mut String,
+) -> std::io::Result<()> {
+    let Some(db) = sh.db.as_ref() else {
+        return out.write_all(b"{\"error\":\"serve without --app realistic\"}\n");
+    };
+    sh.requests.fetch_add(1, Ordering::Relaxed);
+    let mut span = sh.tracer.as_ref().map(|t| {
+        t.span_builder("CurrencyService/Convert")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("rpc.system", "spantrack-bench"),
+                KeyValue::new("rpc.service", "CurrencyService"),
+                KeyValue::new("rpc.method", "Convert"),
+            ])
+            .start(t)
+    });
+    if span.as_ref().is_some_and(|s| s.span_context().is_sampled()) {
+        sh.sampled.fetch_add(1, Ordering::Relaxed);
+    }
+    reply.clear();
+    let o = crate::realistic::handle(db, line, reply);
+    if let Some(s) = span.as_mut() {
+        if o.ok {
+            s.set_attribute(KeyValue::new("app.currency.amount_nanos", o.amount_nanos));
+            s.set_attribute(KeyValue::new("app.conversion.flagged", o.flagged));
+        } else {
+            s.set_status(opentelemetry::trace::Status::error("bad request"));
+        }
+    }
+    for _ in 0..sh.getpid {
+        // SAFETY: plain system call without arguments.
         unsafe { libc::syscall(libc::SYS_getpid) };
     }
     let r = out.write_all(reply.as_bytes());
