@@ -709,6 +709,49 @@ def realistic_report(d):
             per = dm * srv.get("requests", 1) / srv["sampled"] if srv.get("sampled") and a != "otel" else float("nan")
             w(f"| {b} - {a}: {what} | {dm:+,.0f} | {'–' if per != per else f'{per:+,.0f}'} |")
     w("")
+    # In-window CPU time per thread (the service's threads from their schedstat since the
+    # client's mark; the client's own; the rest of the guest as the remainder).
+    if any((o["result"].get("server") or {}).get("threads_ns") for o in runs["otel"]):
+        names = []
+        for c in cfgs:
+            for o in runs[c]:
+                for t in ((o["result"].get("server") or {}).get("threads_ns") or {}):
+                    if t not in names:
+                        names.append(t)
+        label = {"conn": "service thread (conn)", "OpenTelemetry.T": "OTel batch exporter",
+                 "spantrack-otel": "spantrack worker", "spanhook-reader": "spanhook reader",
+                 "spantrack-syms": "symbol loader", "currency-svc": "service main thread"}
+        names.sort(key=lambda t: list(label).index(t) if t in label else 99)
+
+        def cpu(c, t):
+            xs = []
+            for o in runs[c]:
+                r = o["result"]
+                tn = (r.get("server") or {}).get("threads_ns") or {}
+                if t == "client":
+                    xs.append(r.get("client_cpu_ns", 0) / r["n"])
+                elif t == "rest":
+                    xs.append((r["total_ns"] - sum(tn.values()) - r.get("client_cpu_ns", 0)) / r["n"])
+                else:
+                    xs.append(tn.get(t, 0) / r["n"])
+            return med(xs)
+        cols = names + ["client", "rest"]
+        w("**In-window CPU time by thread** (instructions per request; the service's threads from "
+          "`/proc/self/task/*/schedstat` between the client's mark after the warm-up and its stop "
+          "request; *client*: the client's own; *rest*: the remainder of the window: the OTLP sink, "
+          "kernel threads, interrupts outside these threads; medians):\n")
+        w("| configuration | " + " | ".join(label.get(t, t) for t in cols) + " | total |")
+        w("| --- | " + " | ".join("---:" for _ in cols) + " | ---: |")
+        for c in cfgs:
+            vals = [cpu(c, t) for t in cols]
+            w(f"| {CFG_SHORT.get(c, c)} | " + " | ".join(f"{v:,.0f}" for v in vals) + f" | {sum(vals):,.0f} |")
+        if "otel" in runs:
+            for c in cfgs:
+                if c in ("none", "otel"):
+                    continue
+                vals = [cpu(c, t) - cpu("otel", t) for t in cols]
+                w(f"| {CFG_SHORT.get(c, c)} minus OTel only | " + " | ".join(f"{v:+,.0f}" for v in vals) + f" | {sum(vals):+,.0f} |")
+        w("")
     st = runs.get(every or "", []) or runs.get("stdef", [])
     if st:
         ms = st[0].get("module_stats") or {}

@@ -52,7 +52,7 @@ pub fn run(opts: &Opts) {
             .collect()
     };
     let mut lat = Vec::with_capacity(n);
-    let mut call = |i: usize, line: &mut String| {
+    let call = |i: usize, line: &mut String, out: &mut TcpStream, r: &mut BufReader<TcpStream>| {
         out.write_all(reqs[i % reqs.len()].as_bytes())
             .unwrap_or_else(|e| die(&format!("send: {e}")));
         line.clear();
@@ -61,15 +61,32 @@ pub fn run(opts: &Opts) {
         }
     };
     for i in 0..warmup {
-        call(i, &mut line);
+        call(i, &mut line, &mut out, &mut r);
     }
+    // The realistic service: mark the start of the measured requests (the service reports
+    // its threads' CPU time since the mark); the client's own CPU time too.
+    let self_ns = || {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    if realistic {
+        out.write_all(b"M\n").unwrap_or_else(|e| die(&format!("send: {e}")));
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            die("no reply to the mark");
+        }
+    }
+    let c0 = self_ns();
     let t0 = mono_ns();
     for i in 0..n {
         let a = mono_ns();
-        call(i, &mut line);
+        call(i, &mut line, &mut out, &mut r);
         lat.push(mono_ns() - a);
     }
     let total = mono_ns() - t0;
+    let client_cpu = self_ns() - c0;
     // The stop (the provider's shutdown: what is still queued is exported, spantrack's
     // worker drained) is timed apart: `total_ns + stop_ns` holds every deferred cost.
     let s0 = mono_ns();
@@ -85,7 +102,7 @@ pub fn run(opts: &Opts) {
     };
     lat.sort_unstable();
     println!(
-        "{{\"n\":{n},\"total_ns\":{total},\"stop_ns\":{stop},\"mean_ns\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"max_ns\":{},\"server\":{server}}}",
+        "{{\"n\":{n},\"total_ns\":{total},\"stop_ns\":{stop},\"client_cpu_ns\":{client_cpu},\"mean_ns\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"max_ns\":{},\"server\":{server}}}",
         total / n.max(1) as u64,
         pct(&lat, 50.0),
         pct(&lat, 90.0),

@@ -81,6 +81,29 @@ struct Shared {
     sampled: AtomicU64,
     /// `--app realistic`: the database of the realistic service (see `realistic.rs`).
     db: Option<std::sync::Mutex<crate::realistic::Db>>,
+    /// The threads' CPU times when the client marked the start of its measured requests
+    /// (`M`): the stop reports each thread's CPU time since then.
+    mark: std::sync::Mutex<Option<Vec<(u64, String, u64)>>>,
+}
+
+/// (tid, name, CPU time in ns) of each thread of this process, from
+/// /proc/self/task/*/schedstat (the scheduler's exact run time; under -icount,
+/// instructions) and comm.
+pub(crate) fn thread_times() -> Vec<(u64, String, u64)> {
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return v };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
+        let p = e.path();
+        let ns = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()));
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if let Some(ns) = ns {
+            v.push((tid, comm.trim().replace(['"', '\\'], "_"), ns));
+        }
+    }
+    v
 }
 
 fn provider(
@@ -172,6 +195,7 @@ pub fn run(opts: &Opts) {
         requests: AtomicU64::new(0),
         sampled: AtomicU64::new(0),
         db,
+        mark: std::sync::Mutex::new(None),
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| die(&format!("bind: {e}")));
     let port = listener
@@ -230,6 +254,12 @@ fn serve_conn(stream: TcpStream, sh: &Shared) {
                 }
             }
             Some("S") => stop(sh, &mut out),
+            Some("M") => {
+                *sh.mark.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread_times());
+                if out.write_all(b"ok\n").is_err() {
+                    return;
+                }
+            }
             _ => return,
         }
     }
@@ -340,6 +370,19 @@ fn convert_realistic(
 
 /// Exports what is left, replies the counters, exits.
 fn stop(sh: &Shared, out: &mut TcpStream) -> ! {
+    // CPU time of each thread (by name) since the client's mark, before the shutdown.
+    let threads = sh.mark.lock().unwrap_or_else(|e| e.into_inner()).take().map(|m| {
+        let mut by_name: Vec<(String, u64)> = Vec::new();
+        for (tid, name, ns) in thread_times() {
+            let before = m.iter().find(|(t, _, _)| *t == tid).map_or(0, |(_, _, b)| *b);
+            let d = ns.saturating_sub(before);
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, x)) => *x += d,
+                None => by_name.push((name, d)),
+            }
+        }
+        by_name
+    });
     let shutdown_ok = sh.provider.as_ref().is_none_or(|p| p.shutdown().is_ok());
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut j = format!(
@@ -357,6 +400,13 @@ fn stop(sh: &Shared, out: &mut TcpStream) -> ! {
             ",\"st_begin_errors\":{},\"st_end_errors\":{},\"st_passed_fast\":{},\"st_queued\":{},\"st_queue_full\":{},\"st_annotated\":{},\"st_no_record\":{},\"st_bad_records\":{},\"st_children\":{}",
             s.begin_errors, s.end_errors, s.passed_fast, s.queued, s.queue_full, s.annotated, s.no_record, s.bad_records, s.children
         ));
+    }
+    if let Some(t) = threads {
+        j.push_str(",\"threads_ns\":{");
+        for (i, (name, ns)) in t.iter().enumerate() {
+            j.push_str(&format!("{}\"{name}\":{ns}", if i > 0 { "," } else { "" }));
+        }
+        j.push('}');
     }
     j.push_str("}\n");
     let _ = out.write_all(j.as_bytes());
