@@ -2388,6 +2388,19 @@ fn sched_of_an_activated_span_follows_the_slot() {
 
 // ---- the lock-free system-call path (hot.rs, issue 16) --------------------------------
 
+/// A tracker with process 10 registered and its thread 100 tracked.
+fn one_thread(mem: &mut Mem) -> Tracker<'_> {
+    let mut tr = mem.tracker();
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr
+}
+
+/// The (number, tid) of each call of the record `end` produced.
+fn calls_of(out: &[u8], r: EndOutcome) -> Vec<(u32, u32)> {
+    decode(out, r).1.iter().map(|e| (e.nr, e.tid)).collect()
+}
+
 /// Calls on the lock-free path, as the kernel makes them (falling back to the lock).
 fn hot_call(tr: &mut Tracker<'_>, tid: u32, nr: u32, ret: i64, start: u64, end: u64) {
     enter(tr, true, tid, nr, start);
@@ -2397,9 +2410,7 @@ fn hot_call(tr: &mut Tracker<'_>, tid: u32, nr: u32, ret: i64, start: u64, end: 
 #[test]
 fn hot_calls_go_to_the_span_innermost_when_made() {
     let mut mem = Mem::new(CAPS);
-    let mut tr = mem.tracker();
-    tr.register_process(10, 0).unwrap();
-    tr.add_thread(10, 100).unwrap();
+    let mut tr = one_thread(&mut mem);
     let (ka, kb) = (key(1), key(2));
     let mut out = vec![0u8; BIG];
     tr.begin(100, ka, 10, 0).unwrap();
@@ -2431,9 +2442,7 @@ fn hot_calls_go_to_the_span_innermost_when_made() {
 #[test]
 fn hot_ring_full_takes_the_lock_and_keeps_the_order() {
     let mut mem = Mem::new(CAPS);
-    let mut tr = mem.tracker();
-    tr.register_process(10, 0).unwrap();
-    tr.add_thread(10, 100).unwrap();
+    let mut tr = one_thread(&mut mem);
     let k = key(1);
     let mut out = vec![0u8; BIG];
     tr.begin(100, k, 10, 0).unwrap();
@@ -2480,7 +2489,7 @@ fn hot_hint_misses_and_reuse_never_misattribute() {
     exit(&mut tr, true, a, 0, 12);
     exit(&mut tr, true, b, 0, 13);
     let r = tr.end(a, ka, 20, 0, 1, &mut out).unwrap();
-    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(1, a)]);
+    assert_eq!(calls_of(&out, r), [(1, a)]);
     // A call of a noted in a's old slot after the slot went to c (a racing producer) is
     // counted as stale and charged to nobody.
     let ti = tr.thread_index.get(&a).unwrap();
@@ -2497,10 +2506,10 @@ fn hot_hint_misses_and_reuse_never_misattribute() {
     assert!(tr.hot.slot(ti).unwrap().push(stale));
     hot_call(&mut tr, c, 9, 0, 43, 44);
     let r = tr.end(c, kc, 50, 0, 1, &mut out).unwrap();
-    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(9, c)]);
+    assert_eq!(calls_of(&out, r), [(9, c)]);
     assert_eq!(tr.stats().calls_stale, 1);
     let r = tr.end(b, kb, 60, 0, 1, &mut out).unwrap();
-    assert_eq!(decode(&out, r).1.iter().map(|e| (e.nr, e.tid)).collect::<Vec<_>>(), [(2, b)]);
+    assert_eq!(calls_of(&out, r), [(2, b)]);
     tr.unregister_process(10).unwrap();
     assert_empty(&tr);
 }
@@ -2508,9 +2517,7 @@ fn hot_hint_misses_and_reuse_never_misattribute() {
 #[test]
 fn hot_call_state_is_read_by_the_scheduler_and_excluded_by_spantrack() {
     let mut mem = Mem::new(CAPS);
-    let mut tr = mem.tracker();
-    tr.register_process(10, 0).unwrap();
-    tr.add_thread(10, 100).unwrap();
+    let mut tr = one_thread(&mut mem);
     let k = key(1);
     let mut out = vec![0u8; BIG];
     // The end write enters on the lock-free path; the end (under the lock) excludes it.
@@ -2606,9 +2613,7 @@ fn hot_path_under_concurrency() {
 #[test]
 fn hot_call_ending_after_a_span_end_written_elsewhere_goes_to_the_parent() {
     let mut mem = Mem::new(CAPS);
-    let mut tr = mem.tracker();
-    tr.register_process(10, 0).unwrap();
-    tr.add_thread(10, 100).unwrap();
+    let mut tr = one_thread(&mut mem);
     tr.add_thread(10, 101).unwrap();
     let (ka, kb) = (key(1), key(2));
     let mut out = vec![0u8; BIG];
