@@ -234,8 +234,11 @@ def main():
     def spawn():
         r, wfd = os.pipe()
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-        proc["p"] = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.03; echo x >&{wfd}"],
-                                     pass_fds=(wfd,), env=env)
+        # The pipe is the child's stdout: a `>&N` redirection would fail in dash for N > 9,
+        # and with 4 vCPUs the hook's relay descriptors push the pipe's number past 9 (the
+        # child then exits without writing, and the read is woken by its exit).
+        proc["p"] = subprocess.Popen(["/bin/sh", "-c", "sleep 0.03; echo x"],
+                                     stdout=wfd, env=env)
         os.close(wfd)
         proc["r"] = r
     span, _ = run("pipe", lambda: os.read(proc["r"], 16), before=spawn,
