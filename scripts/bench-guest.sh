@@ -274,6 +274,11 @@ run() {
         perf report -i "$work/run.data" --stdio -n --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
         echo "## samples by process, object and symbol"
         perf report -i "$work/run.data" --stdio -n --sort comm,dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150
+        local c
+        for c in conn spantrack-otel OpenTelemetry.T spanhook-reader; do
+          echo "## samples of thread $c by object and symbol"
+          perf report -i "$work/run.data" --stdio -n --comms "$c" --sort dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+        done
       fi
     } > "$pf"
     rm -f "$work/run.data" "$peer_out"

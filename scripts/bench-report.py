@@ -586,7 +586,7 @@ def fig_realistic(rows, path, title):
     rows = [r for r in rows if r[0] != "otel"]
     if not rows:
         return
-    W, H, L, R, T, B = 760, 70 + 34 * len(rows), 300, 30, 40, 40
+    W, H, L, R, T, B = 760, 90 + 34 * len(rows), 300, 30, 40, 60
     hi = max([PAPER_PCT + 1] + [r[3] for r in rows]) * 1.08
     lo = min([0.0] + [r[2] for r in rows])
     sx = lambda v: L + (v - lo) / (hi - lo) * (W - L - R)  # noqa: E731
