@@ -26,7 +26,8 @@
 # SQLite queries and a write transaction, computation, a JSON reply: bench/src/realistic.rs),
 # configurations none/otel/otelko/stdef/st1all/st1allsum interleaved, BENCH_REAL_N (5000)
 # requests, BENCH_REAL_REPS (3) (results/bench/raw-realistic.jsonl, section "A realistic
-# service"; ~25 minutes on a busy 2-core host, BENCH_REAL_TIMEOUT (3600) seconds).
+# service"; 12.5 minutes with the build on a loaded 2-core host, 2026-12-03; BENCH_REAL_TIMEOUT
+# (3600) seconds).
 #
 # Knobs (environment): BENCH_PARTS ("overload scale realistic overhead": all; "overload" alone takes ~6
 # minutes); BENCH_NS, BENCH_REPS, BENCH_KS, BENCH_K_REPS, BENCH_CONFIGS,
