@@ -47,16 +47,16 @@ run_stage "host: spantrack command tests" env PYTHONDONTWRITEBYTECODE=1 \
 
 # The 7.3 subset: the entry points of the module. ioctl (register, info, unregister, thread
 # unregister), /proc begin/end, stats, sysfs tunables, debugfs relay reads and the control
-# file's poll: t_vmtest; the relay-descriptor ioctl: t_users; the active-slot ioctl
-# (IOCTL_SET_ACTIVE_SLOT) is reached for certain only by t_async and t_fuzz, which are not in
-# the list (whether t_preload_rust's services set a slot was not checked); unload with every kind of user busy:
+# file's poll: t_vmtest; the relay-descriptor ioctl: t_users; every 0xB9 ioctl with bad
+# arguments, the active-slot ioctl (IOCTL_SET_ACTIVE_SLOT) among them, and bad writes:
+# t_fuzz (4 s; a slot that is set and read at system calls: t_async, not in the list); unload with every kind of user busy:
 # t_unload_busy, t_unload_poll; thread creation and exit, process exit (task_newtask,
 # sched_process_exit): t_process_exit, t_vmtest; exec (sched_process_exec): t_stress's forkexec
 # mode; the scheduler probes (sched_switch, sched_waking, sched_stat_runtime, softirq, timer
 # and hrtimer entry/exit) and the wait stacks: t_sched; the preloaded library and the Rust
 # processor end to end: t_preload_rust; permissions and relay descriptors across users:
 # t_users; 20 load/unload cycles: t_load_unload.
-VM_TESTS_7_DEFAULT="t_load_unload t_vmtest t_process_exit t_sched t_preload_rust t_unload_busy t_unload_poll t_users t_stress"
+VM_TESTS_7_DEFAULT="t_load_unload t_vmtest t_process_exit t_sched t_preload_rust t_unload_busy t_unload_poll t_users t_stress t_fuzz"
 VM_STRESS_MODES_7=${VM_STRESS_MODES_7:-forkexec}
 
 for v in ${VARIANTS-release debug}; do
