@@ -29,6 +29,7 @@ mod uapi;
 #[path = "logic/hot.rs"]
 mod hot;
 
+#[allow(dead_code)]
 #[path = "logic/key.rs"]
 mod key;
 #[allow(dead_code)]
@@ -38,6 +39,7 @@ mod record;
 #[path = "logic/sched.rs"]
 mod sched;
 
+#[allow(dead_code)]
 #[path = "logic/table.rs"]
 mod table;
 #[allow(dead_code)]
