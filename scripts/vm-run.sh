@@ -11,7 +11,7 @@
 # kmemleak or other kernel report, even if the command succeeded; 98 when the guest never
 # finished (timeout, panic).
 #
-# Usage: scripts/vm-run.sh [--variant release|debug|release-7|debug-7] [--icount] [--timeout SECONDS]
+# Usage: scripts/vm-run.sh [--variant release|debug|release-7|debug-7|distro-7] [--icount] [--timeout SECONDS]
 #                          [--smp N] [--mem MB] [--keep DIR] -- COMMAND...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
