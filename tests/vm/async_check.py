@@ -103,7 +103,11 @@ def main():
             wrong.append(f"{r['name']}: markers {dict(got)}, want {dict(want)}")
         others = sorted({c["name"] for c in mine} - markers - allowed)
         if others:
-            strays.append(f"{r['name']}: {others}")
+            # Which threads made them, and when (for a diagnosis: the loop's, a pool's?).
+            where = sorted({(c["name"], c["attributes"].get("thread.id"), c["attributes"].get("spantrack.syscall.ret"))
+                            for c in mine if c["name"] in others}, key=str)
+            strays.append(f"{r['name']}: {others} (name, thread, ret: {where[:4]}; "
+                          f"request began on thread {r['attributes'].get('thread.id')})")
         for child in spans:
             if child["parent"] == r["span_id"] and child["name"] in CHILD_EXPECT:
                 cg = collections.Counter(c["name"] for c in calls.get(child["span_id"], [])
