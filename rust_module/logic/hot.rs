@@ -244,12 +244,18 @@ impl<'a> HotPath<'a> {
         self.hints.get(tid as usize % n)
     }
 
+    /// The index of the slot of `tid`, if its hint names a slot `tid` owns.
+    #[inline(always)]
+    pub(crate) fn find_index(&self, tid: u32) -> Option<u32> {
+        let ti = self.hint(tid)?.load(Ordering::Relaxed).checked_sub(1)?;
+        let t = self.threads.get(ti as usize)?;
+        (tid != 0 && t.owner.load(Ordering::Acquire) == tid).then_some(ti)
+    }
+
     /// The slot of `tid`, if its hint names a slot `tid` owns.
     #[inline(always)]
     fn find(&self, tid: u32) -> Option<&'a HotThread> {
-        let ti = self.hint(tid)?.load(Ordering::Relaxed).checked_sub(1)?;
-        let t = self.threads.get(ti as usize)?;
-        (tid != 0 && t.owner.load(Ordering::Acquire) == tid).then_some(t)
+        self.slot(self.find_index(tid)?)
     }
 
     /// Points `tid`'s hint at slot `ti` (under the lock).

@@ -809,10 +809,6 @@ pub struct Tracker<'a> {
     filter: SyscallFilter,
     max_calls: u32,
     max_procs_per_uid: u32,
-    /// The system-call probes' shortcut to a thread's slot: `hints[tid % HINTS]` is the
-    /// slot last found for a tid with those low bits (checked before use, so never wrong,
-    /// only sometimes missing). Saves the seeded hash and the probe loop on both probes.
-    hints: [u32; HINTS],
     stats: Stats,
     /// Scheduler accounting on, and a counter of its switches (a span begun in another
     /// epoch has partial figures).
@@ -824,8 +820,6 @@ pub struct Tracker<'a> {
     hot: HotPath<'a>,
 }
 
-/// Entries of [`Tracker`]'s direct-mapped thread-slot hints.
-const HINTS: usize = 64;
 
 impl<'a> Tracker<'a> {
     /// Builds an empty tracker over `storage`, initialising all of it (O(size), at load).
@@ -918,7 +912,6 @@ impl<'a> Tracker<'a> {
             filter: SyscallFilter::ALLOW_ALL,
             max_calls: DEFAULT_MAX_CALLS,
             max_procs_per_uid: DEFAULT_MAX_PROCS_PER_UID,
-            hints: [NIL; HINTS],
             stats: Stats::default(),
             sched_on: false,
             sched_epoch: 0,
@@ -1890,21 +1883,16 @@ impl<'a> Tracker<'a> {
 
     // ---- system calls (hot path) ------------------------------------------------------
 
-    /// Slot of tracked thread `tid`, through the hints first.
+    /// Slot of tracked thread `tid`, through the lock-free path's hints first (confirmed
+    /// by the slot's owner, so never wrong, only sometimes missing; a miss points the hint
+    /// at the slot found).
     #[inline(always)]
     fn hot_thread(&mut self, tid: u32) -> Option<u32> {
-        let h = (tid as usize) % HINTS;
-        let hint = self.hints.get(h).copied().unwrap_or(NIL);
-        // A freed slot is EMPTY (proc NIL), and a live slot holds one tid: exact.
-        if let Some(t) = self.threads.get(hint as usize) {
-            if t.tid == tid && t.proc != NIL {
-                return Some(hint);
-            }
+        if let Some(ti) = self.hot.find_index(tid) {
+            return Some(ti);
         }
         let ti = self.thread_index.get(&tid)?;
-        if let Some(x) = self.hints.get_mut(h) {
-            *x = ti;
-        }
+        self.hot.set_hint(tid, ti);
         Some(ti)
     }
 
@@ -1943,8 +1931,7 @@ impl<'a> Tracker<'a> {
         };
         if t.slot_addr == 0 {
             // The thread-per-request path: the span is chosen at exit. The call is noted
-            // where the lock-free path notes it (hot.rs), which finds this thread next time.
-            self.hot.set_hint(tid, ti);
+            // where the lock-free path notes it (hot.rs).
             if let Some(h) = self.hot.slot(ti) {
                 h.enter(nr, now_mono);
             }
@@ -1988,7 +1975,6 @@ impl<'a> Tracker<'a> {
         if t.slot_addr == 0 {
             // The thread-per-request path (hot.rs): the calls the lock-free path noted come
             // first, then this one.
-            self.hot.set_hint(tid, ti);
             let e = self.hot.slot(ti).and_then(|h| h.take_call(tid, ret, now_mono));
             self.fold(ti);
             if let Some(e) = e {
