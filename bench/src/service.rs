@@ -262,22 +262,13 @@ fn convert(
     out: &mut TcpStream,
     reply: &mut String,
 ) -> std::io::Result<()> {
-    sh.requests.fetch_add(1, Ordering::Relaxed);
-    let mut span = sh.tracer.as_ref().map(|t| {
-        t.span_builder("CurrencyService/Convert")
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("rpc.system", "spantrack-bench"),
-                KeyValue::new("rpc.service", "CurrencyService"),
-                KeyValue::new("rpc.method", "Convert"),
-                KeyValue::new("app.currency.from", from.to_string()),
-                KeyValue::new("app.currency.to", to.to_string()),
-            ])
-            .start(t)
-    });
-    if span.as_ref().is_some_and(|s| s.span_context().is_sampled()) {
-        sh.sampled.fetch_add(1, Ordering::Relaxed);
-    }
+    let mut span = server_span(
+        sh,
+        [
+            KeyValue::new("app.currency.from", from.to_string()),
+            KeyValue::new("app.currency.to", to.to_string()),
+        ],
+    );
     reply.clear();
     match (rate(from), rate(to)) {
         (Some(a), Some(b)) => {
@@ -297,6 +288,40 @@ fn convert(
             }
         }
     }
+    finish(sh, span, out, reply)
+}
+
+/// Counts a request and starts its server span `CurrencyService/Convert` (with `extra`
+/// attributes), counting it if sampled; `None` without a tracer.
+fn server_span<const N: usize>(sh: &Shared, extra: [KeyValue; N]) -> Option<opentelemetry_sdk::trace::Span> {
+    sh.requests.fetch_add(1, Ordering::Relaxed);
+    let span = sh.tracer.as_ref().map(|t| {
+        t.span_builder("CurrencyService/Convert")
+            .with_kind(SpanKind::Server)
+            .with_attributes(
+                [
+                    KeyValue::new("rpc.system", "spantrack-bench"),
+                    KeyValue::new("rpc.service", "CurrencyService"),
+                    KeyValue::new("rpc.method", "Convert"),
+                ]
+                .into_iter()
+                .chain(extra),
+            )
+            .start(t)
+    });
+    if span.as_ref().is_some_and(|s| s.span_context().is_sampled()) {
+        sh.sampled.fetch_add(1, Ordering::Relaxed);
+    }
+    span
+}
+
+/// Ends a request: `getpid` extra system calls, the reply, then the span's end.
+fn finish(
+    sh: &Shared,
+    span: Option<opentelemetry_sdk::trace::Span>,
+    out: &mut TcpStream,
+    reply: &str,
+) -> std::io::Result<()> {
     for _ in 0..sh.getpid {
         // SAFETY: plain system call without arguments (libc's getpid() is not cached, but
         // this makes sure it is a real system call).
@@ -321,20 +346,7 @@ fn convert_realistic(
     let Some(db) = sh.db.as_ref() else {
         return out.write_all(b"{\"error\":\"serve without --app realistic\"}\n");
     };
-    sh.requests.fetch_add(1, Ordering::Relaxed);
-    let mut span = sh.tracer.as_ref().map(|t| {
-        t.span_builder("CurrencyService/Convert")
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("rpc.system", "spantrack-bench"),
-                KeyValue::new("rpc.service", "CurrencyService"),
-                KeyValue::new("rpc.method", "Convert"),
-            ])
-            .start(t)
-    });
-    if span.as_ref().is_some_and(|s| s.span_context().is_sampled()) {
-        sh.sampled.fetch_add(1, Ordering::Relaxed);
-    }
+    let mut span = server_span(sh, []);
     reply.clear();
     let o = crate::realistic::handle(db, line, reply);
     if let Some(s) = span.as_mut() {
@@ -345,15 +357,7 @@ fn convert_realistic(
             s.set_status(opentelemetry::trace::Status::error("bad request"));
         }
     }
-    for _ in 0..sh.getpid {
-        // SAFETY: plain system call without arguments.
-        unsafe { libc::syscall(libc::SYS_getpid) };
-    }
-    let r = out.write_all(reply.as_bytes());
-    if let Some(mut s) = span {
-        s.end();
-    }
-    r
+    finish(sh, span, out, reply)
 }
 
 /// Exports what is left, replies the counters, exits.
