@@ -23,7 +23,7 @@ WARMUP = 80
 
 PLAN = [
     ("/fast", "fast"),
-    ("/receipt?lines=24", "own fsync: journals a receipt, fsync per line"),
+    ("/receipt?lines=48", "own fsync: journals a receipt, fsync per line"),
     ("/fast", "fast"),
     ("/report?sleep_ms=60", "sleep: waits 60 ms before rendering"),
     ("/inventory", "fast: inventory lock free"),
@@ -33,7 +33,7 @@ PLAN = [
     ("/fast", "fast"),
     ("/checkout?sleep_ms=50", "slow downstream: currency sleeps 50 ms"),
     ("/checkout?lock=1", "slow downstream: currency waits for its rates lock"),
-    ("/receipt?lines=12", "own fsync: journals a shorter receipt"),
+    ("/receipt?lines=24", "own fsync: journals a shorter receipt"),
     ("/report?sleep_ms=30", "sleep: waits 30 ms before rendering"),
     ("/inventory?refresh=1&hold_ms=40", "lock: a refresh thread holds the inventory lock 40 ms"),
     ("/fast", "fast"),

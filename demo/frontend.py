@@ -3,7 +3,7 @@
 (no spantrack code). Some of its endpoints are slow, each for its own reason:
 
   /fast                     nothing to wait for
-  /receipt?lines=24         saves a receipt, fsyncing every line (its own disk I/O)
+  /receipt?lines=48         saves a receipt, fsyncing every line (its own disk I/O)
   /report?sleep_ms=60       renders a report after a sleep (think: a retry back-off)
   /inventory?refresh=1      reads the inventory; a refresh on another thread holds its lock
   /checkout?fsync=N|sleep_ms=N|lock=1

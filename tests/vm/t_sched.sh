@@ -17,7 +17,9 @@ mark=$(dmesg_mark)
 insmod "$ko" || { nok "insmod"; finish; exit; }
 echo 5000000 > /sys/kernel/spantrack/threshold_ns
 absorb() { echo "$1"; ST_PASS=$((ST_PASS + $(grep -c '^ok - ' <<<"$1"))); ST_FAIL=$((ST_FAIL + $(grep -c '^not ok - ' <<<"$1"))); }
-run() { env LD_PRELOAD="$lib" PYTHONPATH="$root/preload/python" SPANTRACK_THRESHOLD=fixed "$@"; }
+# The Python frames of the waits are opt-in (README: "Python frames of the waits"); this test
+# checks them.
+run() { env LD_PRELOAD="$lib" PYTHONPATH="$root/preload/python" SPANTRACK_THRESHOLD=fixed SPANTRACK_PY_STACK_INTERVAL_MS=5 "$@"; }
 
 check "sysfs sched is 1 at load" [ "$(cat $sched)" = 1 ]
 check "stats: sched_enabled 1" grep -qx 'sched_enabled 1' /proc/spantrack/stats

@@ -7,17 +7,21 @@
 # Each mode runs against a fresh load of the module and must leave the kernel log clean.
 # Counts are smaller on the debug kernel (STRESS_SCALE overrides the factor, RELOAD_CYCLES
 # the reload cycles);
-# STRESS_MODES selects modes; STRESS_BUDGET is the time budget in seconds.
+# STRESS_MODES selects modes; STRESS_BUDGET is each mode's hang guard in seconds. The times are
+# printed, never judged: how long a mode takes depends on the host's load (a second VM, a
+# kernel build), and a timed test that fails on a busy host hides nothing but the load. A
+# mode that does not finish within its guard is killed and fails as a hang.
 . "$(dirname "$0")/lib.sh"
 ko=$1
 bin=target/release/spantrack-stress
 [ -x "$bin" ] || { nok "stress binary built ($bin missing: cargo build --release -p spantrack-vmtest)"; finish; exit; }
 lsmod | grep -q '^spantrack' && rmmod spantrack
-# Budgets: make test runs this on both kernels within CI's 90 minutes (the debug kernel,
-# ~5x slower, gets scaled-down counts and 3 reload cycles: 6-10 minutes with t_fuzz.sh,
-# most of it insmod/rmmod and thread creation, depending on the load of the host).
-if [ -e /sys/kernel/debug/kmemleak ]; then kernel=debug; budget=${STRESS_BUDGET:-600}; cycles=${RELOAD_CYCLES:-3}
-else kernel=release; budget=${STRESS_BUDGET:-300}; cycles=${RELOAD_CYCLES:-10}; fi
+# make test runs this on both kernels within CI's 90 minutes (the debug kernel, ~5x slower,
+# gets scaled-down counts and 3 reload cycles: 6-10 minutes with t_fuzz.sh, most of it
+# insmod/rmmod and thread creation, depending on the load of the host). The hang guard is
+# per mode, well above a whole run's time on a loaded host.
+if [ -e /sys/kernel/debug/kmemleak ]; then kernel=debug; budget=${STRESS_BUDGET:-900}; cycles=${RELOAD_CYCLES:-3}
+else kernel=release; budget=${STRESS_BUDGET:-600}; cycles=${RELOAD_CYCLES:-10}; fi
 modes=${STRESS_MODES:-threads procs forkexec tables capacity relayfull unload reload}
 reports='WARNING: |BUG: |Oops|general protection fault|KASAN:|UBSAN:|possible recursive locking|possible circular locking|inconsistent lock state|suspicious RCU usage|sleeping function called from invalid context|scheduling while atomic|Call Trace:|refcount_t: |list_add corruption|list_del corruption|ODEBUG: '
 t_all=$(date +%s.%N)
@@ -35,6 +39,7 @@ for mode in $modes; do
   fi
   out=$(timeout -k 5 "$budget" "$bin" "$mode" "${args[@]}" 2>&1); rc=$?
   echo "$out"
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && nok "$mode: still running after its ${budget} s hang guard (killed)"
   ST_PASS=$((ST_PASS + $(grep -c '^ok - ' <<<"$out")))
   ST_FAIL=$((ST_FAIL + $(grep -c '^not ok - ' <<<"$out")))
   grep -q '^# spantrack-stress .*passed, .*failed' <<<"$out" || nok "$mode: spantrack-stress ended without a summary (exit $rc)"
@@ -47,6 +52,5 @@ for mode in $modes; do
   times+=" $mode=${took%.*}s"
 done
 total=$(echo "$(date +%s.%N) - $t_all" | bc)
-echo "# t_stress.sh ($kernel kernel): times:$times; total ${total%.*}s"
-check "t_stress.sh finished within its budget on the $kernel kernel (${total%.*} s <= $budget s)" [ "${total%.*}" -le "$budget" ]
+echo "# t_stress.sh ($kernel kernel): times:$times; total ${total%.*}s (printed, not judged)"
 finish

@@ -4,8 +4,8 @@ Python function).
 
 A daemon thread of the hook (untracked by the module, as the annotator) samples every
 thread's frames (`sys._current_frames()`) every SPANTRACK_PY_STACK_INTERVAL_MS milliseconds
-(default 5; 0: no sampler, no Python stacks) while spans are open, and for a second after the
-last one; then it only looks for open spans every 100 ms, and after 10 s without any it sleeps
+(default 0: no sampler, no Python stacks; the README suggests 5) while spans are open, and for
+a second after the last one; then it only looks for open spans every 100 ms, and after 10 s without any it sleeps
 until a span starts (waking it at every span's start would make the sampler compete for the
 GIL with the span's first steps). It keeps, per native thread id
 (Thread.native_id), a ring of the last RING distinct stacks, each with the first and last
@@ -19,6 +19,16 @@ What it costs: one wake-up of the sampler per interval while spans are open; eac
 holds the GIL for `sys._current_frames()` and, per thread whose innermost frame moved since the
 last sample, a walk of at most DEPTH frames (README: "What it costs"). A thread that runs
 Python code when the sampler wants the GIL hands it over (a futex system call in its span).
+
+Why it is off unless asked for: reading another thread's frames from Python
+(`sys._current_frames()`, then `f_back`, `f_lineno`) is how in-process samplers have crashed
+CPython 3.11 services with a segmentation fault under concurrent load (sentry-python #6119,
+2026, its thread-sampling profiler; dd-trace-py #13567, 2025, on Debian 12's 3.11), and one of
+our demo's Python services died of one once, between two requests, with the sampler on (not
+reproduced since). The hook must never harm the service: a user who wants the Python frames
+of the waits turns the sampler on, knowing that. When on, a sample takes the frames and
+walks them before it takes any lock (a blocked lock would hand the GIL over while it holds
+other threads' frames), and drops them at once.
 """
 
 import collections
@@ -57,11 +67,11 @@ def next_interval_ns(cur_ns: int, base_ns: int, delay_ns: int) -> int:
 
 
 def interval_ms_from_env() -> float:
-    """SPANTRACK_PY_STACK_INTERVAL_MS (default 5; 0 or invalid below 0: off)."""
+    """SPANTRACK_PY_STACK_INTERVAL_MS (default 0: off; 0, below 0 or not a number: off)."""
     try:
-        v = float(os.environ.get("SPANTRACK_PY_STACK_INTERVAL_MS", "5"))
+        v = float(os.environ.get("SPANTRACK_PY_STACK_INTERVAL_MS", "0"))
     except ValueError:
-        return 5.0
+        return 0.0
     return v if v > 0 else 0.0
 
 
@@ -179,17 +189,29 @@ class Sampler:
             threads = getattr(threading, "_active", None)
             if threads is None:
                 threads = {t.ident: t for t in threading.enumerate()}
+        # Everything read from the frames is read here, before the lock (which may block and
+        # hand the GIL over while this thread holds other threads' frames): the key of each
+        # thread's innermost frame, and its walk when the key moved since the last sample.
+        # The rings' keys hold no frame: (id, code, instruction) of the innermost frame.
+        # Only this thread changes the rings, so it may read them without the lock here.
+        seen = []
+        rings = self._rings
+        for ident, top in frames.items():
+            t = threads.get(ident)
+            tid = getattr(t, "native_id", None) if t is not None else None
+            if tid is None or tid in HOOK_THREADS:
+                continue
+            key = (id(top), top.f_code, top.f_lasti)
+            ring = rings.get(tid)
+            same = ring is not None and ring.runs and ring.runs[-1][3] == key
+            seen.append((tid, key, None if same else walk(top)))
+        frames = top = None
         with self._lock:
-            rings = self._rings
-            for ident, top in frames.items():
-                t = threads.get(ident)
-                tid = getattr(t, "native_id", None) if t is not None else None
-                if tid is None or tid in HOOK_THREADS:
-                    continue
+            for tid, key, walked in seen:
                 ring = rings.get(tid)
                 if ring is None:
                     ring = rings[tid] = StackRing()
-                ring.add(now_ns, (id(top), top.f_code, top.f_lasti), lambda: walk(top))
+                ring.add(now_ns, key, lambda w=walked: w)
             if now_ns - self.forgotten_at >= 1_000_000_000:
                 self.forgotten_at = now_ns
                 for tid in [k for k, r in rings.items() if now_ns - r.seen_ns > FORGET_NS]:

@@ -203,6 +203,41 @@ class StackRingMatching(unittest.TestCase):
         self.assertEqual(r.find(4 * MS, 4 * MS), (4,))
 
 
+class SamplerOptIn(unittest.TestCase):
+    """The sampler reads other threads' frames, which has crashed CPython 3.11 services in
+    other samplers (pystacks.py): it runs only when the user sets an interval."""
+
+    def interval(self, value):
+        old = os.environ.pop("SPANTRACK_PY_STACK_INTERVAL_MS", None)
+        try:
+            if value is not None:
+                os.environ["SPANTRACK_PY_STACK_INTERVAL_MS"] = value
+            return pystacks.interval_ms_from_env()
+        finally:
+            os.environ.pop("SPANTRACK_PY_STACK_INTERVAL_MS", None)
+            if old is not None:
+                os.environ["SPANTRACK_PY_STACK_INTERVAL_MS"] = old
+
+    def test_off_unless_set(self):
+        self.assertEqual(self.interval(None), 0.0)
+        self.assertEqual(self.interval("0"), 0.0)
+        self.assertEqual(self.interval("-3"), 0.0)
+        self.assertEqual(self.interval("five"), 0.0)
+        self.assertEqual(self.interval("5"), 5.0)
+        self.assertEqual(self.interval("0.5"), 0.5)
+
+    def test_no_sampler_thread_by_default(self):
+        old = os.environ.pop("SPANTRACK_PY_STACK_INTERVAL_MS", None)
+        saved, pystacks._SAMPLER = pystacks._SAMPLER, None
+        try:
+            self.assertIsNone(pystacks.start(None, object()))
+            self.assertIsNone(pystacks._SAMPLER)
+        finally:
+            pystacks._SAMPLER = saved
+            if old is not None:
+                os.environ["SPANTRACK_PY_STACK_INTERVAL_MS"] = old
+
+
 class SamplerBackOff(unittest.TestCase):
     def test_a_busy_interpreter_stretches_the_interval_and_a_quiet_one_restores_it(self):
         ms = 1_000_000
