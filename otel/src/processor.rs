@@ -125,6 +125,9 @@ pub struct ProcessorStats {
     /// The same for the system-call child spans spantrack made (not the service's spans:
     /// apart, so that `after_shutdown` + exported = spans the service made).
     pub children_after_shutdown: AtomicU64,
+    /// Annotations the worker finished after a flush or shutdown out of time had passed
+    /// their span on without its calls (it was stuck with it): dropped, the span went once.
+    pub late_dropped: AtomicU64,
     /// Slow spans past their operation's annotations per second
     /// (`Config::threshold.annotations_per_s`): summary only, `over_budget`.
     pub op_capped: AtomicU64,
@@ -150,6 +153,7 @@ pub struct StatsSnapshot {
     pub missing_inactive: u64,
     pub after_shutdown: u64,
     pub children_after_shutdown: u64,
+    pub late_dropped: u64,
     pub op_capped: u64,
 }
 
@@ -186,6 +190,7 @@ impl ProcessorStats {
             missing_inactive: g(&self.missing_inactive),
             after_shutdown: g(&self.after_shutdown),
             children_after_shutdown: g(&self.children_after_shutdown),
+            late_dropped: g(&self.late_dropped),
             op_capped: g(&self.op_capped),
         }
     }
@@ -287,6 +292,49 @@ struct Waiting<P> {
     why: Why,
 }
 
+impl<P> Waiting<P> {
+    /// A copy to pass on without calls, should the worker be stuck with the original.
+    fn backup(&self) -> Waiting<P> {
+        Waiting {
+            span: self.span.clone(),
+            inner: Arc::clone(&self.inner),
+            deadline: self.deadline,
+            slow: self.slow,
+            ratio: self.ratio,
+            why: self.why.clone(),
+        }
+    }
+}
+
+/// The spans the worker holds, shared with a flush or shutdown that runs out of time
+/// ([`SpantrackProcessor::worker_barrier`]), which passes them on itself: a worker kept off
+/// the CPU, or stuck loading symbol tables or in a slow exporter, must not take them past
+/// the inner processor's shutdown (nor the process's exit). Each span is in exactly one
+/// place; taking it out is under the lock, so it is passed on once.
+struct Held<P> {
+    /// Waiting for their records.
+    waiting: VecDeque<Waiting<P>>,
+    /// With their records, to annotate (slowest first).
+    ready: VecDeque<(Waiting<P>, Vec<u8>)>,
+    /// A copy of the span being annotated: whoever takes it hands the span on (the worker
+    /// its annotated span, a barrier out of time the copy without calls).
+    in_hand: Option<Waiting<P>>,
+}
+
+impl<P> Held<P> {
+    fn new() -> Self {
+        Held {
+            waiting: VecDeque::new(),
+            ready: VecDeque::new(),
+            in_hand: None,
+        }
+    }
+}
+
+fn lock_held<P>(held: &Mutex<Held<P>>) -> std::sync::MutexGuard<'_, Held<P>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The threshold a span was judged by, where it came from, and its operation.
 #[derive(Clone, Debug)]
 struct Why {
@@ -321,6 +369,7 @@ struct Worker<P> {
     /// the worker is stuck or starved (a busy host, a slow exporter) takes what is still
     /// queued and passes it on itself.
     rx: Arc<Mutex<Receiver<Msg<P>>>>,
+    held: Arc<Mutex<Held<P>>>,
     join: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -415,13 +464,15 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let wrx = Arc::clone(&rx);
+        let held = Arc::new(Mutex::new(Held::new()));
+        let wheld = Arc::clone(&held);
         let ops = Arc::new(OpTable::new(config.threshold.clone()));
         let (wstats, wconfig, wshared) = (Arc::clone(&stats), config.clone(), Arc::clone(&shared));
         let join = std::thread::Builder::new()
             .name("spantrack-otel".into())
             .spawn({
                 let ops = Arc::clone(&ops);
-                move || run_worker(hook, &wrx, wconfig, wstats, wshared, ops)
+                move || run_worker(hook, &wrx, &wheld, wconfig, wstats, wshared, ops)
             });
         match join {
             Ok(join) => SpantrackProcessor {
@@ -431,6 +482,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 worker: Some(Worker {
                     tx,
                     rx,
+                    held,
                     join: Mutex::new(Some(join)),
                 }),
                 stats,
@@ -538,7 +590,9 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
             }
         }
         if !acked {
-            // The worker did not get through in time: what is still queued goes on from here.
+            // The worker did not get through in time: what it holds and what is still queued
+            // go on from here.
+            self.pass_held(w, shutdown, start + timeout.mul_f64(0.95));
             self.drain_queue(w, shutdown, start + timeout.mul_f64(0.95));
         }
         if shutdown {
@@ -556,6 +610,28 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
             Ok(())
         } else {
             Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+
+    /// Passes on, unannotated (`shutdown`), the spans the worker holds (see [`Held`]), until
+    /// `until`; past it, as in [`Self::drain_queue`], a flush leaves the rest to the worker
+    /// and a shutdown counts them as held back (`after_shutdown`).
+    fn pass_held(&self, w: &Worker<P>, shutdown: bool, until: Instant) {
+        loop {
+            let late = Instant::now() >= until;
+            if late && !shutdown {
+                return;
+            }
+            let next = {
+                let mut h = lock_held(&w.held);
+                h.in_hand.take().or_else(|| h.ready.pop_front().map(|r| r.0)).or_else(|| h.waiting.pop_front())
+            };
+            let Some(x) = next else { return };
+            if late {
+                bump(&self.stats.after_shutdown);
+            } else {
+                pass_without_calls(&self.shared, &self.stats, &*x.inner, x.span, x.slow, &x.why, missing::SHUTDOWN);
+            }
         }
     }
 
@@ -846,22 +922,38 @@ impl Ctx<'_> {
     }
 
     /// Passes on everything waiting, unannotated (a flush or shutdown out of time).
-    fn pass_all<P: SpanProcessor>(&self, waiting: &mut VecDeque<Waiting<P>>) {
-        for w in waiting.drain(..) {
+    fn pass_all<P: SpanProcessor>(&self, held: &Mutex<Held<P>>) {
+        let mut h = lock_held(held);
+        while let Some((w, _)) = h.ready.pop_front() {
+            self.pass(w, missing::SHUTDOWN);
+        }
+        while let Some(w) = h.waiting.pop_front() {
             self.pass(w, missing::SHUTDOWN);
         }
     }
 
-    /// Annotates the span with its record (within the budget), or summarises it.
-    fn annotate<P: SpanProcessor>(&mut self, w: Waiting<P>, bytes: &[u8]) {
+    /// Annotates the span with its record (within the budget), or summarises it. The caller
+    /// took `w` out of [`Held`] and left a copy in `in_hand` in the same step; the span is
+    /// handed on only if that copy is still there (else a barrier out of time passed it on).
+    fn annotate<P: SpanProcessor>(&mut self, held: &Mutex<Held<P>>, w: Waiting<P>, bytes: &[u8]) {
         let Waiting { mut span, inner, why: reason, .. } = w;
         explain(&mut span, &reason);
+        let claim = |stats: &ProcessorStats| {
+            let mine = lock_held(held).in_hand.take().is_some();
+            if !mine {
+                bump(&stats.late_dropped);
+            }
+            mine
+        };
         let rec = match Record::decode(bytes) {
             Ok(r) => r,
             Err(_) => {
                 bump(&self.stats.bad_records);
                 mark_missing(&mut span, true, missing::WORKER_ERROR, self.stats);
-                return self.shared.deliver(&*inner, span, self.stats);
+                if claim(self.stats) {
+                    self.shared.deliver(&*inner, span, self.stats);
+                }
+                return;
             }
         };
         let capped = reason.op.as_ref().is_some_and(|op| !op.allow_annotation(self.annotations_per_s, now_ns()));
@@ -877,25 +969,33 @@ impl Ctx<'_> {
                 }
             };
             mark_missing(&mut span, true, why, self.stats);
-            return self.shared.deliver(&*inner, span, self.stats);
+            if claim(self.stats) {
+                self.shared.deliver(&*inner, span, self.stats);
+            }
+            return;
         }
         // The symbol tables the waits' stacks need, loaded once: not the budget's (it is for
         // building and handing on the child spans; naming a frame then takes microseconds).
         crate::stacks::host().prepare(&rec.header);
         let t0 = thread_cpu_s();
-        match annotate_with(&mut span, &rec, self.new_id, self.min_child_ns) {
-            Ok(children) => {
-                bump(&self.stats.annotated);
-                if let Some(op) = &reason.op {
-                    op.annotated.fetch_add(1, Ordering::Relaxed);
-                }
-                self.stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
-                self.shared.deliver_children(&*inner, children, self.stats);
-            }
+        let children = match annotate_with(&mut span, &rec, self.new_id, self.min_child_ns) {
+            Ok(children) => Some(children),
             Err(_) => {
                 bump(&self.stats.bad_records);
                 mark_missing(&mut span, true, missing::WORKER_ERROR, self.stats);
+                None
             }
+        };
+        if !claim(self.stats) {
+            return;
+        }
+        if let Some(children) = children {
+            bump(&self.stats.annotated);
+            if let Some(op) = &reason.op {
+                op.annotated.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.children.fetch_add(children.len() as u64, Ordering::Relaxed);
+            self.shared.deliver_children(&*inner, children, self.stats);
         }
         // What annotating cost beyond passing the span on: the children, built and handed on.
         self.budget.credit -= thread_cpu_s() - t0;
@@ -904,56 +1004,99 @@ impl Ctx<'_> {
 
     /// Takes every record that is there; passes on the spans whose wait is over; annotates
     /// those with a record, slowest (relative to the threshold) first.
-    fn resolve<P: SpanProcessor>(&mut self, waiting: &mut VecDeque<Waiting<P>>) {
+    fn resolve<P: SpanProcessor>(&mut self, held: &Mutex<Held<P>>) {
         let now = Instant::now();
-        let mut ready: Vec<(Waiting<P>, Vec<u8>)> = Vec::new();
-        let mut i = 0;
-        while i < waiting.len() {
-            let sc = &waiting[i].span.span_context;
-            let got = self.hook.take_record(
-                &sc.trace_id().to_bytes(),
-                &sc.span_id().to_bytes(),
-                &mut self.buf,
-                Duration::ZERO,
-            );
-            match got {
-                Ok(false) if now < waiting[i].deadline => i += 1,
-                _ => {
-                    let Some(w) = waiting.remove(i) else { break };
-                    match got {
-                        Ok(true) => ready.push((w, self.buf.clone())),
-                        Ok(false) => {
-                            bump(&self.stats.no_record);
-                            self.pass(w, missing::NO_RECORD);
-                        }
-                        Err(_) => {
-                            bump(&self.stats.bad_records);
-                            let why = if self.hook.is_active() {
-                                missing::WORKER_ERROR
-                            } else {
-                                missing::INACTIVE
-                            };
-                            self.pass(w, why);
-                        }
-                    }
+        // The records are taken without the lock (the worker may be kept off the CPU in
+        // there: a barrier out of time must not wait for it), the spans moved with it, so
+        // that a barrier finds each span in one place.
+        let ids: Vec<(TraceIdBytes, SpanIdBytes, Instant)> = lock_held(held)
+            .waiting
+            .iter()
+            .map(|w| (w.span.span_context.trace_id().to_bytes(), w.span.span_context.span_id().to_bytes(), w.deadline))
+            .collect();
+        let mut done: Vec<(TraceIdBytes, SpanIdBytes, Result<Vec<u8>, &'static str>)> = Vec::new();
+        for (t, s, deadline) in ids {
+            match self.hook.take_record(&t, &s, &mut self.buf, Duration::ZERO) {
+                Ok(false) if now < deadline => {}
+                Ok(true) => done.push((t, s, Ok(self.buf.clone()))),
+                Ok(false) => done.push((t, s, Err(missing::NO_RECORD))),
+                Err(_) => {
+                    let why = if self.hook.is_active() {
+                        missing::WORKER_ERROR
+                    } else {
+                        missing::INACTIVE
+                    };
+                    done.push((t, s, Err(why)));
                 }
             }
         }
-        ready.sort_by_key(|r| std::cmp::Reverse(r.0.ratio));
-        for (w, rec) in ready {
+        if done.is_empty() {
+            return self.annotate_ready(held);
+        }
+        {
+            let mut h = lock_held(held);
+            let mut ready: Vec<(Waiting<P>, Vec<u8>)> = Vec::new();
+            for (t, s, got) in done {
+                // Gone: a barrier out of time passed it on meanwhile (its record goes too).
+                let Some(pos) = h.waiting.iter().position(|w| {
+                    let sc = &w.span.span_context;
+                    sc.trace_id().to_bytes() == t && sc.span_id().to_bytes() == s
+                }) else {
+                    bump(&self.stats.late_dropped);
+                    continue;
+                };
+                let Some(w) = h.waiting.remove(pos) else { continue };
+                match got {
+                    Ok(rec) => ready.push((w, rec)),
+                    Err(why) => {
+                        if why == missing::NO_RECORD {
+                            bump(&self.stats.no_record);
+                        } else {
+                            bump(&self.stats.bad_records);
+                        }
+                        self.pass(w, why);
+                    }
+                }
+            }
+            ready.sort_by_key(|r| std::cmp::Reverse(r.0.ratio));
+            h.ready.extend(ready);
+        }
+        self.annotate_ready(held);
+    }
+
+    /// Annotates the spans with a record, slowest first (all passed on unannotated when a
+    /// barrier hurries).
+    fn annotate_ready<P: SpanProcessor>(&mut self, held: &Mutex<Held<P>>) {
+        while let Some((w, rec)) = take_ready(held) {
             if self.shared.hurrying() {
-                self.pass(w, missing::SHUTDOWN);
+                if lock_held(held).in_hand.take().is_some() {
+                    self.pass(w, missing::SHUTDOWN);
+                } else {
+                    bump(&self.stats.late_dropped);
+                }
             } else {
-                self.annotate(w, &rec);
+                self.annotate(held, w, &rec);
             }
         }
     }
+}
+
+type TraceIdBytes = [u8; 16];
+type SpanIdBytes = [u8; 8];
+
+/// The next span with a record, leaving a copy in `in_hand` (one step under the lock).
+fn take_ready<P>(held: &Mutex<Held<P>>) -> Option<(Waiting<P>, Vec<u8>)> {
+    let mut h = lock_held(held);
+    let r = h.ready.pop_front()?;
+    h.in_hand = Some(r.0.backup());
+    Some(r)
 }
 
 /// The worker: resolves queued spans as their records arrive or their wait expires.
 fn run_worker<P: SpanProcessor>(
     hook: SpanHook,
     rx: &Mutex<Receiver<Msg<P>>>,
+    held: &Mutex<Held<P>>,
     config: Config,
     stats: Arc<ProcessorStats>,
     shared: Arc<Shared>,
@@ -987,13 +1130,13 @@ fn run_worker<P: SpanProcessor>(
         budget: Budget::new(config.budget),
         annotations_per_s: config.threshold.annotations_per_s,
     };
-    let mut waiting: VecDeque<Waiting<P>> = VecDeque::new();
     let cap = config.queue_capacity.max(1);
+    let waiting_len = || lock_held(held).waiting.len();
     loop {
         // Take what the service threads queued (never blocking: they never wake us).
         let mut barrier: Option<(SyncSender<()>, bool)> = None;
         let mut gone = false;
-        while barrier.is_none() && (waiting.len() < cap || shared.hurrying()) {
+        while barrier.is_none() && (waiting_len() < cap || shared.hurrying()) {
             match take_msg(rx) {
                 Ok(Msg::Span(q)) => {
                     let w = Waiting {
@@ -1007,7 +1150,7 @@ fn run_worker<P: SpanProcessor>(
                     if shared.hurrying() {
                         cx.pass(w, missing::SHUTDOWN);
                     } else {
-                        waiting.push_back(w);
+                        lock_held(held).waiting.push_back(w);
                     }
                 }
                 Ok(Msg::Flush(a)) => barrier = Some((a, false)),
@@ -1023,25 +1166,39 @@ fn run_worker<P: SpanProcessor>(
         // them again; before a barrier, until none is left.
         loop {
             if shared.hurrying() {
-                cx.pass_all(&mut waiting);
+                cx.pass_all(held);
             }
-            cx.resolve(&mut waiting);
-            if waiting.is_empty() {
+            cx.resolve(held);
+            // The oldest span's ids and deadline (the lock is not held while waiting).
+            let first = lock_held(held).waiting.front().map(|f| {
+                let sc = &f.span.span_context;
+                (sc.trace_id().to_bytes(), sc.span_id().to_bytes(), f.deadline)
+            });
+            let Some((t, s, deadline)) = first else {
                 break;
-            }
-            if let Some(first) = waiting.front() {
-                let left = first.deadline.saturating_duration_since(Instant::now());
-                let wait = left.min(config.recheck);
-                if !wait.is_zero() {
-                    let sc = &first.span.span_context;
-                    let (t, s) = (sc.trace_id().to_bytes(), sc.span_id().to_bytes());
-                    if hook.take_record(&t, &s, &mut cx.buf, wait) == Ok(true) {
-                        if let Some(w) = waiting.pop_front() {
-                            let rec = std::mem::take(&mut cx.buf);
-                            cx.annotate(w, &rec);
-                            cx.buf = rec;
-                        }
+            };
+            let wait = deadline.saturating_duration_since(Instant::now()).min(config.recheck);
+            if !wait.is_zero() && hook.take_record(&t, &s, &mut cx.buf, wait) == Ok(true) {
+                // Still the oldest, unless a barrier out of time passed it on meanwhile
+                // (then its record is dropped with it).
+                let w = {
+                    let mut h = lock_held(held);
+                    let same = h.waiting.front().is_some_and(|f| {
+                        let sc = &f.span.span_context;
+                        sc.trace_id().to_bytes() == t && sc.span_id().to_bytes() == s
+                    });
+                    let w = if same { h.waiting.pop_front() } else { None };
+                    if let Some(w) = &w {
+                        h.in_hand = Some(w.backup());
                     }
+                    w
+                };
+                if let Some(w) = w {
+                    let rec = std::mem::take(&mut cx.buf);
+                    cx.annotate(held, w, &rec);
+                    cx.buf = rec;
+                } else {
+                    bump(&stats.late_dropped);
                 }
             }
             if barrier.is_none() {
@@ -1077,7 +1234,7 @@ fn run_worker<P: SpanProcessor>(
             publish(&stats);
             published = Instant::now();
         }
-        if waiting.is_empty() {
+        if waiting_len() == 0 {
             if gone {
                 unpublish();
                 return;

@@ -64,7 +64,7 @@ def _env_float(name: str, default: float) -> float:
 
 class _Item:
     """A span waiting for the worker."""
-    __slots__ = ("span", "thread_name", "borderline", "deadline", "ratio", "why")
+    __slots__ = ("span", "thread_name", "borderline", "deadline", "ratio", "why", "claimed")
 
     def __init__(self, span, thread_name, borderline, deadline, ratio, why=None):
         self.span = span
@@ -73,6 +73,7 @@ class _Item:
         self.deadline = deadline  # monotonic: wait for the record until then
         self.ratio = ratio  # duration / threshold: the slowest go first within the budget
         self.why = why  # (threshold ns, source, operation or None): why it is slow
+        self.claimed = False  # passed on (or being): by the worker or by _finish, once
 
 
 # OpenTelemetry's SpanKind values (operation keys) by name, for `spantrack top`.
@@ -399,9 +400,21 @@ class SpantrackSpanProcessor(SpanProcessor):
         else:
             self._inner.on_end(span)
 
+    def _claim(self, item: _Item) -> bool:
+        """True for the one caller that may pass `item` on: the worker, or _finish when the
+        worker is stuck with it in hand (then the worker's late result is dropped)."""
+        with self._qlock:
+            if item.claimed:
+                return False
+            item.claimed = True
+            return True
+
     def _forward_unannotated(self, item: _Item, why: str) -> None:
         """Passes a queued span on without its calls; a slow one says why (a borderline one
-        probably had no record: it goes on unchanged)."""
+        probably had no record: it goes on unchanged). Once: see _claim."""
+        if not self._claim(item):
+            self.counters["late_dropped"] += 1  # passed on already by _finish
+            return
         if item.borderline:
             self._inner.on_end(item.span)
         else:
@@ -424,6 +437,12 @@ class SpantrackSpanProcessor(SpanProcessor):
         self._busy = False  # the worker holds spans taken from the queue
         self._batch = collections.deque()  # those it holds: spans, then (span, record)s
         self._ready = collections.deque()
+        # The item the worker took from _batch or _ready and has not passed on yet. Taking
+        # and noting it are one step under _qlock (as is _pass_rest's taking), so that a
+        # held span is always in a queue or in hand: _finish passes it on when the worker is
+        # stuck with it, before the exporters stop.
+        self._qlock = threading.Lock()
+        self._in_hand = None
         self._progress = 0  # spans it has passed on
         self._closed = False  # shut down: new spans pass straight on
         self._hurry_at = None  # monotonic: from then on queued spans go on unannotated
@@ -486,6 +505,7 @@ class SpantrackSpanProcessor(SpanProcessor):
                     break
                 self._idle.wait(0.05)
             drained = not self._pending and not self._busy
+            in_hand = None if drained else self._in_hand
             leftover = list(self._pending)
             self._pending.clear()
             worker = self._worker
@@ -498,6 +518,10 @@ class SpantrackSpanProcessor(SpanProcessor):
             self._forward_unannotated(item, annotate.MISSING_SHUTDOWN)
         if not drained:
             self._pass_rest(annotate.MISSING_SHUTDOWN)  # the worker is stuck
+            if in_hand is not None:
+                # With this span: if the worker ever finishes it, the exporters may be shut
+                # down by then (or the process gone), and the span would be lost.
+                self._forward_safely(in_hand, annotate.MISSING_SHUTDOWN)
         elif stop and worker is not None and worker is not threading.current_thread():
             worker.join(max(0.1, deadline - time.monotonic()))  # it stops at once
         return drained
@@ -555,7 +579,8 @@ class SpantrackSpanProcessor(SpanProcessor):
         try:
             while not self._hurry():
                 try:
-                    item = batch.popleft()
+                    with self._qlock:
+                        item = self._in_hand = batch.popleft()
                 except IndexError:
                     break
                 raw, why = self._take(item)
@@ -569,7 +594,9 @@ class SpantrackSpanProcessor(SpanProcessor):
             ready = self._ready = collections.deque(ready)
             while not self._hurry():
                 try:
-                    item, raw = ready.popleft()
+                    with self._qlock:
+                        item, raw = ready.popleft()
+                        self._in_hand = item
                 except IndexError:
                     break
                 self._annotate_and_forward(item, raw)
@@ -583,7 +610,8 @@ class SpantrackSpanProcessor(SpanProcessor):
         for q, pick in ((self._ready, lambda r: r[0]), (self._batch, lambda r: r)):
             while True:
                 try:
-                    item = pick(q.popleft())
+                    with self._qlock:
+                        item = pick(q.popleft())
                 except IndexError:
                     break
                 self._forward_safely(item, why)
@@ -639,8 +667,13 @@ class SpantrackSpanProcessor(SpanProcessor):
         except Exception:  # never lose the span because of us
             self.counters["worker_error"] += 1
             log.exception("spantrack: annotating a span failed; exported without its calls")
-            self._hand_on(annotate.mark(span, annotate.MISSING_WORKER_ERROR),
-                          annotate.MISSING_WORKER_ERROR)
+            if self._claim(item):
+                self._hand_on(annotate.mark(span, annotate.MISSING_WORKER_ERROR),
+                              annotate.MISSING_WORKER_ERROR)
+            return
+        if not self._claim(item):
+            # _finish passed it on already, unannotated (this worker was stuck too long).
+            self.counters["late_dropped"] += 1
             return
         # Handed on once each: an inner processor's exception is its own, never a retry.
         t1 = time.thread_time()

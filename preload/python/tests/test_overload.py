@@ -228,6 +228,36 @@ class OverloadTest(unittest.TestCase):
         self.assertGreater(len(late), 0)
         self.assertEqual(silent(parents), [])
 
+    def test_shutdown_with_the_worker_stuck_on_a_span_passes_that_span_too(self):
+        # The worker holds s0 (waiting for its record, or loading symbol tables on a busy
+        # host) past the deadline and STALL_S: shutdown must pass s0 on before the exporter
+        # stops, and the worker's late result must not follow it.
+        self.head.SHUTDOWN_TIMEOUT_MS = 300
+        self.head.STALL_S = 0.2
+        gate, entered = threading.Event(), threading.Event()
+        orig = self.fake.take_record
+
+        def take(*a):
+            entered.set()
+            gate.wait(10)
+            return orig(*a)
+        self.fake.take_record = take
+        for i in range(3):
+            self.p.span(f"s{i}", 5 * MS, CALLS)
+        self.assertTrue(entered.wait(5))
+        worker = self.head._worker
+        self.p.provider.shutdown()
+        parents = self.p.rec.parents()
+        self.assertEqual(sorted(s.name for s in parents), ["s0", "s1", "s2"])
+        self.assertEqual([s.attributes.get(MISSING) for s in parents], ["shutdown"] * 3)
+        self.assertEqual(self.p.rec.after_shutdown, 0)
+        gate.set()
+        worker.join(5)
+        self.assertFalse(worker.is_alive())
+        self.assertEqual(self.p.rec.after_shutdown, 0)
+        self.assertEqual(len(self.p.rec.spans), 3)
+        self.assertEqual(self.head.counters["late_dropped"], 1)
+
     def test_flush_out_of_time_then_annotating_resumes(self):
         gate = threading.Event()
         orig = self.fake.take_record
