@@ -383,7 +383,18 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 
 static void st_probe_process_exit(void *data, ST_TP_PROCESS_EXIT_ARGS)
 {
-	if (likely(!st_tracked(p->pid)))
+	/* A registration walking this thread group may have read our flags just before
+	 * exit_signals() set PF_EXITING, and not have added us yet: our tracked bit is then
+	 * still clear, and a fast return here would leave us tracked for ever once the walk
+	 * adds us (the process never loses its last thread: still registered after its exit,
+	 * seen once in 20 loaded runs of t_stress's procs mode). The group's registered bit
+	 * is set before that walk. Pairs with the smp_mb() in st_for_each_thread_of_current():
+	 * either the walk sees PF_EXITING (set by this task before this barrier) and skips us,
+	 * or we see the registered bit and take the lock, which the walk holds; after it we
+	 * are tracked (and removed now) or were never added. Any other exit on the machine
+	 * costs this barrier and two bit tests. */
+	smp_mb();
+	if (likely(!st_tracked(p->pid) && !st_bit(st_registered_bits, p->tgid)))
 		return;
 	st_rs_task_exit(p->pid, p->tgid);
 }
