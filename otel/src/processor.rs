@@ -293,6 +293,12 @@ struct Waiting<P> {
 }
 
 impl<P> Waiting<P> {
+    /// The span's ids, as the library takes them.
+    fn ids(&self) -> (TraceIdBytes, SpanIdBytes) {
+        let sc = &self.span.span_context;
+        (sc.trace_id().to_bytes(), sc.span_id().to_bytes())
+    }
+
     /// A copy to pass on without calls, should the worker be stuck with the original.
     fn backup(&self) -> Waiting<P> {
         Waiting {
@@ -1012,7 +1018,10 @@ impl Ctx<'_> {
         let ids: Vec<(TraceIdBytes, SpanIdBytes, Instant)> = lock_held(held)
             .waiting
             .iter()
-            .map(|w| (w.span.span_context.trace_id().to_bytes(), w.span.span_context.span_id().to_bytes(), w.deadline))
+            .map(|w| {
+                let (t, s) = w.ids();
+                (t, s, w.deadline)
+            })
             .collect();
         let mut done: Vec<(TraceIdBytes, SpanIdBytes, Result<Vec<u8>, &'static str>)> = Vec::new();
         for (t, s, deadline) in ids {
@@ -1038,10 +1047,7 @@ impl Ctx<'_> {
             let mut ready: Vec<(Waiting<P>, Vec<u8>)> = Vec::new();
             for (t, s, got) in done {
                 // Gone: a barrier out of time passed it on meanwhile (its record goes too).
-                let Some(pos) = h.waiting.iter().position(|w| {
-                    let sc = &w.span.span_context;
-                    sc.trace_id().to_bytes() == t && sc.span_id().to_bytes() == s
-                }) else {
+                let Some(pos) = h.waiting.iter().position(|w| w.ids() == (t, s)) else {
                     bump(&self.stats.late_dropped);
                     continue;
                 };
@@ -1171,8 +1177,8 @@ fn run_worker<P: SpanProcessor>(
             cx.resolve(held);
             // The oldest span's ids and deadline (the lock is not held while waiting).
             let first = lock_held(held).waiting.front().map(|f| {
-                let sc = &f.span.span_context;
-                (sc.trace_id().to_bytes(), sc.span_id().to_bytes(), f.deadline)
+                let (t, s) = f.ids();
+                (t, s, f.deadline)
             });
             let Some((t, s, deadline)) = first else {
                 break;
@@ -1183,10 +1189,7 @@ fn run_worker<P: SpanProcessor>(
                 // (then its record is dropped with it).
                 let w = {
                     let mut h = lock_held(held);
-                    let same = h.waiting.front().is_some_and(|f| {
-                        let sc = &f.span.span_context;
-                        sc.trace_id().to_bytes() == t && sc.span_id().to_bytes() == s
-                    });
+                    let same = h.waiting.front().is_some_and(|f| f.ids() == (t, s));
                     let w = if same { h.waiting.pop_front() } else { None };
                     if let Some(w) = &w {
                         h.in_hand = Some(w.backup());
