@@ -131,21 +131,29 @@ def mode_checks():
     spans, parent = run("getpid3-sleep", getpid_sleep)
     kids = children_of(spans, parent) if parent else []
     names = [k.name for k in kids]
+    # As for write + fsync below: on a loaded host the thread may wait for the GIL (futex)
+    # while one of the other Python threads (the SDK's, spantrack's worker) holds it. That is
+    # a real wait of this thread inside the span, so it is shown; every other call is exact.
+    futexes = names.count("futex")
+    own = [k for k in kids if k.name != "futex"]
     check("span around getpid x3 + sleep(5 ms): children are exactly getpid, getpid, getpid, "
-          "clock_nanosleep", names == ["getpid"] * 3 + ["clock_nanosleep"], names)
+          "clock_nanosleep (GIL futexes aside)",
+          [k.name for k in own] == ["getpid"] * 3 + ["clock_nanosleep"], names)
     if parent is not None:
         a = parent.attributes
-        check("its attributes: 4 calls counted, none dropped, top names clock_nanosleep",
-              a.get("spantrack.syscalls.count") == 4 + clock_calls(spans, parent)
+        top = str(a.get("spantrack.syscalls.top", ""))
+        check("its attributes: 4 calls counted (plus any GIL futexes), none dropped, top names "
+              "clock_nanosleep (or futex when the GIL wait was longer)",
+              a.get("spantrack.syscalls.count") == 4 + futexes + clock_calls(spans, parent)
               and a.get("spantrack.dropped.unitemised_calls") == 0
-              and str(a.get("spantrack.syscalls.top", "")).startswith("clock_nanosleep:")
+              and (top.startswith("clock_nanosleep:") or (futexes and top.startswith("futex:")))
               and a.get("thread.id") == threading.get_native_id(), dict(a))
         check("children: INTERNAL, same trace, inside the parent, getpid returns the pid",
               all(k.kind.name == "INTERNAL" and k.context.trace_id == parent.context.trace_id
                   and parent.start_time <= k.start_time <= k.end_time <= parent.end_time
                   for k in kids)
-              and [k.attributes["spantrack.syscall.ret"] for k in kids[:3]] == [os.getpid()] * 3
-              and kids and kids[-1].end_time - kids[-1].start_time >= 4 * MS,
+              and [k.attributes["spantrack.syscall.ret"] for k in own[:3]] == [os.getpid()] * 3
+              and own and own[-1].end_time - own[-1].start_time >= 4 * MS,
               [(k.name, k.start_time - parent.start_time, k.end_time - k.start_time) for k in kids])
 
     # 2. A file written and fsynced.
