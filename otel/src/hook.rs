@@ -33,6 +33,9 @@ pub struct SpanHook {
     unregister: UnregisterFn,
     stats: StatsFn,
     slot: SlotFn,
+    /// `spanhook_forget`: added to ABI 5 later, so optional (absent: records of spans passed
+    /// on unannotated stay in the library's store until evicted).
+    forget: Option<SpanFn>,
 }
 
 /// Why [`SpanHook::find`] found nothing usable.
@@ -105,6 +108,10 @@ impl SpanHook {
             unregister: lookup!(c"spanhook_unregister_thread", UnregisterFn),
             stats: lookup!(c"spanhook_stats", StatsFn),
             slot: lookup!(c"spanhook_active_slot", SlotFn),
+            forget: sym(c"spanhook_forget").map(|p| {
+                // SAFETY: the library's `spanhook_forget`, whose C signature is `SpanFn`.
+                unsafe { std::mem::transmute::<*mut libc::c_void, SpanFn>(p) }
+            }),
         })
     }
 
@@ -133,6 +140,7 @@ impl SpanHook {
             unregister,
             stats,
             slot: no_slot,
+            forget: Some(crate::processor_tests::forget_fn()),
         }
     }
 
@@ -161,6 +169,17 @@ impl SpanHook {
     pub fn end(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> Result<(), i32> {
         // SAFETY: as in `begin`.
         errno_result(unsafe { (self.end)(trace_id.as_ptr(), span_id.as_ptr()) })
+    }
+
+    /// Nobody will take the span's record (it was passed on without it): the library drops
+    /// it, held or when it arrives, instead of letting it push wanted records out of its
+    /// store. A no-op with a library that lacks the call.
+    #[inline]
+    pub fn forget(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) {
+        if let Some(f) = self.forget {
+            // SAFETY: as in `begin`.
+            let _ = unsafe { f(trace_id.as_ptr(), span_id.as_ptr()) };
+        }
     }
 
     /// The module's threshold (`u64::MAX` when inactive).

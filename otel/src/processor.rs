@@ -227,6 +227,8 @@ fn pass_without_calls<P: SpanProcessor>(
     reason: &Why,
     why: &'static str,
 ) {
+    // Its record, if one comes, is nobody's now.
+    shared.forget(&span);
     if slow {
         explain(&mut span, reason);
     }
@@ -246,9 +248,19 @@ struct Shared {
     gate: Mutex<bool>,
     /// The last threshold an active library reported (u64::MAX: none yet).
     last_threshold: AtomicU64,
+    /// The library, to forget the records of spans passed on without them.
+    hook: Option<SpanHook>,
 }
 
 impl Shared {
+    /// The span goes on without its record: the library drops it (held, or on arrival).
+    fn forget(&self, span: &SpanData) {
+        if let Some(h) = &self.hook {
+            let sc = &span.span_context;
+            h.forget(&sc.trace_id().to_bytes(), &sc.span_id().to_bytes());
+        }
+    }
+
     fn hurrying(&self) -> bool {
         self.hurry.load(Ordering::Acquire) > 0
     }
@@ -408,12 +420,13 @@ pub struct SpantrackProcessor<P: SpanProcessor + 'static> {
     ops: Arc<OpTable>,
 }
 
-fn new_shared() -> Arc<Shared> {
+fn new_shared(hook: Option<SpanHook>) -> Arc<Shared> {
     Arc::new(Shared {
         hurry: AtomicU32::new(0),
         shut: AtomicBool::new(false),
         gate: Mutex::new(true),
         last_threshold: AtomicU64::new(u64::MAX),
+        hook,
     })
 }
 
@@ -455,7 +468,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
                 absent: Some(why),
                 worker: None,
                 stats: Arc::default(),
-                shared: new_shared(),
+                shared: new_shared(None),
                 ops: Arc::new(OpTable::new(config.threshold.clone())),
                 config,
             },
@@ -465,7 +478,7 @@ impl<P: SpanProcessor + 'static> SpantrackProcessor<P> {
     /// Wraps `inner` using `hook` (the library's functions, or test doubles).
     pub(crate) fn with_hook(inner: P, config: Config, hook: SpanHook) -> Self {
         let stats = Arc::new(ProcessorStats::default());
-        let shared = new_shared();
+        let shared = new_shared(Some(hook));
         shared.last_threshold.store(hook.threshold_ns(), Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
@@ -812,6 +825,7 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
             Ok(()) => bump(&self.stats.queued),
             Err(TrySendError::Full(Msg::Span(mut m))) => {
                 bump(&self.stats.queue_full);
+                self.shared.forget(&m.span);
                 if m.slow {
                     explain(&mut m.span, &m.why);
                 }
@@ -819,6 +833,7 @@ impl<P: SpanProcessor + 'static> SpanProcessor for SpantrackProcessor<P> {
                 self.inner.on_end(m.span);
             }
             Err(TrySendError::Disconnected(Msg::Span(mut m))) => {
+                self.shared.forget(&m.span);
                 if m.slow {
                     explain(&mut m.span, &m.why);
                 }

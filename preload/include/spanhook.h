@@ -118,6 +118,15 @@ uint64_t *spanhook_active_slot(void);
 long spanhook_take_record(const uint8_t trace_id[16], const uint8_t span_id[8],
                           uint8_t *buf, size_t len, uint32_t timeout_ms);
 
+/*
+ * Nobody will take the record of that span (the tracer passed the span on without waiting
+ * for it, e.g. its queue was full): the record is dropped now if it is held, or when it
+ * arrives, instead of pushing wanted records out of the bounded store. Counted in
+ * SPANHOOK_STAT_FORGOTTEN. 0, -ENODEV when inactive, -EINVAL for null pointers. Added after
+ * ABI version 5 without a bump: look it up with dlsym and treat its absence as a no-op.
+ */
+int spanhook_forget(const uint8_t trace_id[16], const uint8_t span_id[8]);
+
 /* The calling thread is no longer traced: 0 or -errno (-ENOENT it was not, -ENODEV). */
 int spanhook_unregister_thread(void);
 
@@ -131,7 +140,8 @@ int spanhook_unregister_thread(void);
 #define SPANHOOK_STAT_TAKE_TIMEOUTS 6 /* spanhook_take_record calls with timeout_ms > 0 that returned 0 */
 #define SPANHOOK_STAT_STORED        7 /* records held in the store now (a gauge) */
 #define SPANHOOK_STAT_SLOTS         8 /* threads whose active-span slot was registered */
-#define SPANHOOK_STAT_COUNT         9
+#define SPANHOOK_STAT_FORGOTTEN     9 /* records dropped by spanhook_forget, held or on arrival */
+#define SPANHOOK_STAT_COUNT         10
 
 /* Writes the first min(n, SPANHOOK_STAT_COUNT) counters to out; returns how many. */
 size_t spanhook_stats(uint64_t *out, size_t n);

@@ -37,8 +37,11 @@ pub mod stat {
     pub const STORED: usize = 7;
     /// Threads whose active-span slot was registered with the module.
     pub const SLOTS: usize = 8;
+    /// Records dropped because the tracer forgot their span (`spanhook_forget`), held or on
+    /// arrival: not evictions, nobody wanted them.
+    pub const FORGOTTEN: usize = 9;
     /// Number of values.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 }
 
 /// How long the reader's poll() waits before looking at the files and the clock anyway.
@@ -228,6 +231,15 @@ impl Hook {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Nobody will take the record of this span: drop it now if it is held, or when it
+    /// arrives. A short map operation under the store's mutex; never waits for a record.
+    pub fn forget(&self, ids: &([u8; 16], [u8; 8])) {
+        let mut store = self.lock_store();
+        store.forget(*ids);
+        self.counters[stat::STORED].store(store.len() as u64, Ordering::Relaxed);
+        self.counters[stat::FORGOTTEN].store(store.forgotten_records(), Ordering::Relaxed);
     }
 
     fn log(&self, msg: &str) {
@@ -437,6 +449,7 @@ fn reader(hook: &'static Hook, mut relay: RelayReader) {
                     evicted += store.insert(ids, bytes);
                 }
                 hook.counters[stat::STORED].store(store.len() as u64, Ordering::Relaxed);
+                hook.counters[stat::FORGOTTEN].store(store.forgotten_records(), Ordering::Relaxed);
             }
             hook.arrived.notify_all();
             hook.bump(stat::RECEIVED, n);

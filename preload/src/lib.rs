@@ -169,6 +169,29 @@ pub unsafe extern "C" fn spanhook_take_record(
     }
 }
 
+/// Nobody will take the record of this span (the tracer passed it on without waiting, e.g.
+/// its queue was full): the record is dropped now if it is held, or when it arrives, so that
+/// it does not push records that are still wanted out of the bounded store. Counted in
+/// `SPANHOOK_STAT_FORGOTTEN`. Returns 0, `-ENODEV` when inactive, `-EINVAL` for null
+/// pointers. Never blocks on the kernel.
+///
+/// # Safety
+/// Ids as in [`spanhook_span_begin`].
+#[no_mangle]
+pub unsafe extern "C" fn spanhook_forget(trace_id: *const u8, span_id: *const u8) -> libc::c_int {
+    let Some(h) = hook::active() else {
+        return -libc::ENODEV;
+    };
+    // SAFETY: forwarded caller guarantee.
+    match unsafe { read_ids(trace_id, span_id) } {
+        Some(ids) => {
+            h.forget(&ids);
+            0
+        }
+        None => -libc::EINVAL,
+    }
+}
+
 /// The calling thread is no longer traced (for a tracer's own threads): 0 or `-errno`
 /// (`-ENOENT` if it was not traced, `-ENODEV` when inactive).
 #[no_mangle]
@@ -180,7 +203,7 @@ pub extern "C" fn spanhook_unregister_thread() -> libc::c_int {
 }
 
 /// Writes up to `n` counters (see `stat`: received, evicted, taken, begin errors, end
-/// errors, stream errors, take timeouts, stored) to `out`; returns how many.
+/// errors, stream errors, take timeouts, stored, slots, forgotten) to `out`; returns how many.
 ///
 /// # Safety
 /// `out` is valid for writes of `n` `u64`s (or null with `n == 0`).
@@ -214,11 +237,12 @@ mod tests {
         unsafe {
             assert_eq!(spanhook_span_begin(t.as_ptr(), s.as_ptr()), -libc::ENODEV);
             assert_eq!(spanhook_span_end(t.as_ptr(), s.as_ptr()), -libc::ENODEV);
+            assert_eq!(spanhook_forget(t.as_ptr(), s.as_ptr()), -libc::ENODEV);
             let t0 = std::time::Instant::now();
             let r = spanhook_take_record(t.as_ptr(), s.as_ptr(), buf.as_mut_ptr(), buf.len(), 500);
             assert_eq!(r, -libc::ENODEV as libc::c_long);
             assert!(t0.elapsed() < std::time::Duration::from_millis(100));
-            let mut out = [7u64; 10];
+            let mut out = [7u64; stat::COUNT + 1];
             assert_eq!(spanhook_stats(out.as_mut_ptr(), out.len()), stat::COUNT);
             assert_eq!(&out[..stat::COUNT], &[0; stat::COUNT]);
             assert_eq!(out[stat::COUNT], 7);

@@ -36,6 +36,13 @@ pub struct RecordStore {
     bytes: usize,
     max_records: usize,
     max_bytes: usize,
+    /// Spans whose record nobody will take ([`RecordStore::forget`]) and whose record has
+    /// not arrived yet: it is dropped on arrival instead of being stored, where it would push
+    /// out records that are still wanted. At most `max_records`, oldest dropped first.
+    forgotten: HashMap<SpanIds, u64, IdHashState>,
+    forgotten_order: VecDeque<(u64, SpanIds)>,
+    /// Records dropped because their span was forgotten (held, or on arrival).
+    forgotten_records: u64,
 }
 
 /// What taking a record found.
@@ -58,7 +65,53 @@ impl RecordStore {
             bytes: 0,
             max_records: max_records.max(1),
             max_bytes: max_bytes.max(1),
+            forgotten: HashMap::with_hasher(IdHashState::new()),
+            forgotten_order: VecDeque::new(),
+            forgotten_records: 0,
         }
+    }
+
+    /// Records dropped so far because their span was forgotten.
+    pub fn forgotten_records(&self) -> u64 {
+        self.forgotten_records
+    }
+
+    /// Spans forgotten whose record has not arrived (bounded by the record capacity).
+    pub fn forgotten_pending(&self) -> usize {
+        self.forgotten.len()
+    }
+
+    /// Nobody will take the record of `ids` (the tracer passed its span on without waiting
+    /// for it, e.g. its queue was full): drops the record if it is held, or else drops it
+    /// when it arrives. Returns true if a held record was dropped.
+    pub fn forget(&mut self, ids: SpanIds) -> bool {
+        if let Some(h) = self.map.remove(&ids) {
+            self.bytes -= h.bytes.len();
+            self.forgotten_records += 1;
+            return true;
+        }
+        if self.forgotten.contains_key(&ids) {
+            return false;
+        }
+        while self.forgotten.len() >= self.max_records {
+            match self.forgotten_order.pop_front() {
+                Some((seq, old)) => {
+                    if self.forgotten.get(&old) == Some(&seq) {
+                        self.forgotten.remove(&old);
+                    }
+                }
+                None => break,
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.forgotten.insert(ids, seq);
+        self.forgotten_order.push_back((seq, ids));
+        if self.forgotten_order.len() > 2 * self.forgotten.len() + 64 {
+            let f = &self.forgotten;
+            self.forgotten_order.retain(|(seq, ids)| f.get(ids) == Some(seq));
+        }
+        false
     }
 
     /// Records held.
@@ -77,7 +130,13 @@ impl RecordStore {
 
     /// Stores `record` under `ids`; returns how many records were evicted to make room
     /// (a record already stored under the same ids counts as evicted: it was never taken).
+    /// The record of a forgotten span is dropped instead (counted in
+    /// [`RecordStore::forgotten_records`], not as evicted).
     pub fn insert(&mut self, ids: SpanIds, record: Vec<u8>) -> u64 {
+        if self.forgotten.remove(&ids).is_some() {
+            self.forgotten_records += 1;
+            return 0;
+        }
         let mut evicted = 0;
         if let Some(old) = self.map.remove(&ids) {
             self.bytes -= old.bytes.len();
@@ -232,5 +291,62 @@ mod tests {
             assert_eq!(s.take(&k, 8), Take::Taken(vec![0; 8]));
         }
         assert!(s.order.len() <= 2 * s.map.len() + 65);
+    }
+
+    #[test]
+    fn forget_drops_a_held_record_or_the_one_to_come() {
+        let mut s = RecordStore::new(4, 1 << 20);
+        s.insert(ids(1), vec![1; 10]);
+        assert!(s.forget(ids(1)));
+        assert_eq!((s.len(), s.bytes(), s.forgotten_records()), (0, 0, 1));
+        // Not arrived yet: dropped on arrival, neither stored nor counted as evicted.
+        assert!(!s.forget(ids(2)));
+        assert!(!s.forget(ids(2)));
+        assert_eq!(s.forgotten_pending(), 1);
+        assert_eq!(s.insert(ids(2), vec![2; 10]), 0);
+        assert_eq!((s.len(), s.forgotten_records(), s.forgotten_pending()), (0, 2, 0));
+        assert_eq!(s.take(&ids(2), 100), Take::Absent);
+        // Only once: a later record under the same ids is stored.
+        assert_eq!(s.insert(ids(2), vec![3; 10]), 0);
+        assert_eq!(s.take(&ids(2), 100), Take::Taken(vec![3; 10]));
+    }
+
+    /// Why forget exists: records of spans passed on unannotated (a full queue) used to stay
+    /// until evicted, and pushed out records still wanted: those spans then said `no_record`.
+    #[test]
+    fn forgotten_spans_do_not_evict_wanted_records() {
+        let mut s = RecordStore::new(4, 1 << 20);
+        for i in 1..=4 {
+            s.insert(ids(i), vec![i; 10]); // wanted
+        }
+        for i in 10..=40 {
+            s.forget(ids(i)); // passed on unannotated, record still on its way
+            assert_eq!(s.insert(ids(i), vec![i; 10]), 0);
+        }
+        for i in 1..=4 {
+            assert_eq!(s.take(&ids(i), 100), Take::Taken(vec![i; 10]));
+        }
+        assert_eq!(s.forgotten_records(), 31);
+    }
+
+    #[test]
+    fn forgotten_ids_stay_bounded() {
+        let mut s = RecordStore::new(8, 1 << 20);
+        for i in 0..10_000u32 {
+            let mut k = ids(0);
+            k.1 = u64::from(i).to_le_bytes();
+            s.forget(k);
+            assert!(s.forgotten_pending() <= 8);
+        }
+        assert!(s.forgotten_order.len() <= 2 * 8 + 65);
+        // The newest are still remembered, the oldest are not.
+        let mut last = ids(0);
+        last.1 = 9_999u64.to_le_bytes();
+        assert_eq!(s.insert(last, vec![1]), 0);
+        assert!(s.is_empty());
+        let mut first = ids(0);
+        first.1 = 0u64.to_le_bytes();
+        s.insert(first, vec![1]);
+        assert_eq!(s.len(), 1);
     }
 }

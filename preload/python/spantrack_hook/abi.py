@@ -39,7 +39,17 @@ class SpanHookLibrary:
         self.active_slot = fn("spanhook_active_slot", ctypes.c_void_p)
         self._stats = fn("spanhook_stats", ctypes.c_size_t,
                          ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
+        # Added to ABI 5 later: a library without it keeps such records until evicted.
+        self._forget = fn("spanhook_forget", ctypes.c_int, p, p) \
+            if hasattr(lib, "spanhook_forget") else None
         self._buf = None
+
+    def forget(self, trace_id: bytes, span_id: bytes) -> None:
+        """Nobody will take the span's record (it went on without it): the library drops
+        it, held or when it arrives, instead of letting it push wanted records out of its
+        store. Never blocks on the kernel."""
+        if self._forget is not None:
+            self._forget(trace_id, span_id)
 
     def take_record(self, trace_id: bytes, span_id: bytes, timeout_ms: int):
         """The record of a slow span as bytes, None when there is none within timeout_ms.

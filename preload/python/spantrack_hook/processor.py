@@ -415,6 +415,9 @@ class SpantrackSpanProcessor(SpanProcessor):
         if not self._claim(item):
             self.counters["late_dropped"] += 1  # passed on already by _finish
             return
+        # Its record, if one comes, is nobody's now (as in Rust: Shared::forget).
+        ctx = item.span.context
+        self._lib.forget(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"))
         if item.borderline:
             self._inner.on_end(item.span)
         else:

@@ -16,6 +16,7 @@ class FakeSpanHook:
         self.records = {}        # (trace_id, span_id) -> bytes
         self.unregistered = []   # thread idents
         self.take_calls = []     # (trace_id, span_id, timeout_ms, thread ident)
+        self.forgotten = []      # (trace_id, span_id) passed to forget, in order
         self.begin_rc = 0
         self.thresholds = {}     # (trace_id, span_id) -> own threshold or None
         self.publishes = False   # no `spantrack top` publisher thread in host tests
@@ -48,6 +49,11 @@ class FakeSpanHook:
         self.take_calls.append((trace_id, span_id, timeout_ms, threading.get_ident()))
         with self.lock:
             return self.records.pop((trace_id, span_id), None)
+
+    def forget(self, trace_id, span_id):
+        with self.lock:
+            self.records.pop((trace_id, span_id), None)
+            self.forgotten.append((trace_id, span_id))
 
     def unregister_thread(self):
         self.unregistered.append(threading.get_ident())

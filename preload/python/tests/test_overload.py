@@ -61,6 +61,11 @@ class RecPipeline(Pipeline):
         self.provider.add_span_processor(SimpleSpanProcessor(self.rec))
 
 
+def ids_of(span):
+    c = span.context
+    return (c.trace_id.to_bytes(16, "big"), c.span_id.to_bytes(8, "big"))
+
+
 def silent(parents, threshold=1 * MS):
     """Slow spans exported with neither children's summary nor a reason."""
     return [s for s in parents if s.end_time - s.start_time >= threshold
@@ -82,6 +87,8 @@ class OverloadTest(unittest.TestCase):
         [s] = self.p.rec.spans
         self.assertEqual(s.attributes[MISSING], "no_record")
         self.assertEqual(self.head.counters["missing_no_record"], 1)
+        # Its record, were it to come late, is forgotten (as in Rust).
+        self.assertEqual(self.fake.forgotten, [ids_of(s)])
 
     def test_queue_full_is_said_and_nothing_is_lost(self):
         gate = threading.Event()
@@ -99,6 +106,9 @@ class OverloadTest(unittest.TestCase):
         self.assertEqual(len(full), self.head.counters["queue_overflow"])
         self.assertEqual(len(full), self.head.counters["missing_queue_full"])
         self.assertEqual(silent(parents), [])
+        # Each span passed on without its record had it forgotten, once; the annotated ones
+        # (record taken) were not.
+        self.assertEqual(sorted(self.fake.forgotten), sorted(ids_of(s) for s in full))
 
     def test_over_budget_spans_get_the_summary(self):
         self.head.BUDGET_PCT = 0.0
