@@ -32,6 +32,11 @@ pub fn ioctl_plain(control: RawFd, req: u32) -> Result<(), i32> {
 
 /// `IOCTL_SET_ACTIVE_SLOT` on the control file for the calling thread: `slot` is the
 /// address of its 8-aligned active-span slot, or null to clear it.
+///
+/// Safe although it takes a raw pointer: this process never dereferences `slot`. Only the
+/// kernel reads it, with user-copy accessors that fault safely (an unreadable slot is
+/// counted in `slot_faults`, never a crash), so no value of `slot` is unsound.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn set_active_slot(control: RawFd, slot: *const u64) -> Result<(), i32> {
     // SAFETY: the request takes the slot's address as its argument; the kernel only reads
     // 8 bytes there (and later reads them again without faulting).
