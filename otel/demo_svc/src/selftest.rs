@@ -564,6 +564,20 @@ pub fn run(expect: Expect) -> bool {
 
     if expect == Expect::Active {
         if let Some(h) = &loaded {
+            // The fast span passed on at once may still have a record: the kernel's span ends
+            // at the end write, which comes after the SDK took the span's end time, so a vCPU
+            // stall between the two (seen once on 7.3, quiet host) makes it slow to the kernel
+            // alone. Such a record waits in the library's bounded store until evicted; it is
+            // the only one that may be left here, and it is taken (and said) before the check.
+            if after.passed_fast > before.passed_fast {
+                if let Some((_, c)) = ctxs.iter().find(|(n, _)| *n == FAST) {
+                    let mut buf = Vec::new();
+                    let (tid, sid) = (c.trace_id().to_bytes(), c.span_id().to_bytes());
+                    if h.take_record(&tid, &sid, &mut buf, Duration::ZERO) == Ok(true) {
+                        println!("# selftest.fast: the kernel judged it slow (a stall after the SDK's end time); its record taken here");
+                    }
+                }
+            }
             // spanhook stats: received, evicted, taken, begin errors, end errors, stream errors.
             let s = h.stats();
             t.check(
