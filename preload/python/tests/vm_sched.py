@@ -85,6 +85,13 @@ def summary(span):
             "waits": [w.get("spantrack.wait.summary") for w in waits(span)]}
 
 
+def sched_parts(a):
+    """{part: ns} of the scheduler parts in the span's attributes (spantrack.sched.<part>_ns
+    for each of annotate.SCHED_PARTS, in that order), 0 for a part not there."""
+    from spantrack_hook.annotate import SCHED_PARTS
+    return {p: a.get(f"spantrack.sched.{p}_ns", 0) for p in SCHED_PARTS}
+
+
 def parts_sum_to_duration(name, span):
     """The parts and the inactive rest add up to the span. Stated tolerance: the parts may
     exceed the duration by two scheduler ticks (4 ms each: an activated span's on-CPU time
@@ -94,9 +101,7 @@ def parts_sum_to_duration(name, span):
     kernel's span (begin to end write) is a little shorter than the SDK's, which times its
     own work around those writes too: inactive_ns is taken from the kernel's."""
     a, dur = parts(span)
-    keys = ["on_cpu_ns", "runqueue_ns", "blocked.io_ns", "blocked.lock_ns", "blocked.net_ns",
-            "blocked.timer_ns", "blocked.other_ns"]
-    total = sum(a.get("spantrack.sched." + k, 0) for k in keys)
+    total = sum(ns for p, ns in sched_parts(a).items() if p != "inactive")
     inactive = a.get("spantrack.sched.inactive_ns", -1)
     tick = 4 * MS
     check(f"{name}: the parts sum to the duration within a tick "
@@ -166,21 +171,14 @@ def main():
     tick = 4 * MS
     check("spin 100 ms: annotated with the scheduler part (spantrack.sched.*)",
           "spantrack.sched.on_cpu_ns" in a, dict(a))
-    on_cpu = a.get("spantrack.sched.on_cpu_ns", 0)
-    blocked = sum(a.get("spantrack.sched.blocked." + k, 0)
-                  for k in ("io_ns", "lock_ns", "net_ns", "timer_ns", "other_ns"))
+    named = sched_parts(a)
+    on_cpu = named["on_cpu"]
+    blocked = sum(ns for p, ns in named.items() if p.startswith("blocked."))
     check(f"spin 100 ms CPU: on_cpu_ns agrees with the thread's CPU clock (on CPU "
           f"{ms(on_cpu)}, body {ms(cpu['body'] * 1e9)}, whole span at most "
           f"{ms(cpu['span'] * 1e9)}), blocked {ms(blocked)} < 10 ms",
           cpu["body"] * 1e9 - tick <= on_cpu <= cpu["span"] * 1e9 + 2 * tick
           and blocked < 10 * MS, summary(span))
-    named = {"on_cpu": on_cpu, "runqueue": a.get("spantrack.sched.runqueue_ns", 0),
-             "blocked.io": a.get("spantrack.sched.blocked.io_ns", 0),
-             "blocked.lock": a.get("spantrack.sched.blocked.lock_ns", 0),
-             "blocked.net": a.get("spantrack.sched.blocked.net_ns", 0),
-             "blocked.timer": a.get("spantrack.sched.blocked.timer_ns", 0),
-             "blocked.other": a.get("spantrack.sched.blocked.other_ns", 0),
-             "inactive": a.get("spantrack.sched.inactive_ns", 0)}
     check("spin: dominant names the largest part (on_cpu on a quiet vCPU, runqueue when "
           "another task held it)",
           a.get("spantrack.sched.dominant") == max(named, key=named.get), summary(span))
