@@ -93,7 +93,8 @@ long st_rs_ioctl(unsigned int cmd, int tid, int tgid, unsigned int uid, void *ou
 long st_rs_span_write(int is_end, int tid, int tgid, const u8 *buf, size_t len);
 int st_rs_poll(int tgid);
 void st_rs_sys_enter(int tid, long nr, u64 mono, int have_slot, u64 slot);
-void st_rs_sys_exit(int tid, long ret, u64 mono);
+void st_rs_sys_enter_slot(int tid, long nr, u64 mono, u64 v);
+void st_rs_sys_exit_slot(int tid, long ret, u64 mono);
 void st_rs_sys_enter_stacked(int tid, long nr, u64 mono);
 void st_rs_sys_exit_stacked(int tid, long ret, u64 mono);
 void st_rs_task_exit(int tid, int tgid);
@@ -337,14 +338,18 @@ static noinline void st_sys_enter_slotted(pid_t pid, long id)
 	}
 	if (test_bit(pid, skip))
 		clear_bit(pid, skip);
-	st_rs_sys_enter(pid, id, ktime_get_ns(), have, v);
+	/* The call is noted in the thread's own slot, without the lock (logic/hot.rs). */
+	if (have)
+		st_rs_sys_enter_slot(pid, id, ktime_get_ns(), v);
+	else
+		st_rs_sys_enter(pid, id, ktime_get_ns(), 0, 0);
 }
 
 /*
  * Untracked threads and threads outside any span: one bit test. A thread with spans on
- * its stack notes its call in its own slot, without the tracker's lock (logic/hot.rs); a
- * thread with an active-span slot (while its process has open spans) goes through its slot
- * to the tracker.
+ * its stack notes its call in its own slot, without the tracker's lock (logic/hot.rs); so
+ * does a thread with an active-span slot (while its process has open spans), with the
+ * slot's value, read here.
  */
 static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
@@ -366,7 +371,7 @@ static noinline void st_sys_exit_slotted(pid_t pid, long ret)
 		clear_bit(pid, skip);
 		return;
 	}
-	st_rs_sys_exit(pid, ret, ktime_get_ns());
+	st_rs_sys_exit_slot(pid, ret, ktime_get_ns());
 }
 
 static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)

@@ -5,9 +5,10 @@
 //! with interrupts off (`st_lock_irqsave`), so probes, the expiry timer (softirq) and the
 //! proc/sysfs handlers can all reach it; nothing under the lock allocates or sleeps. The
 //! "is this thread tracked?" test of every system call on the machine is a bit test done
-//! in C before any Rust is reached. The system calls of a thread stacking its spans do not
+//! in C before any Rust is reached. The system calls of a tracked thread in a span do not
 //! take the lock: the thread notes them in its own slot, and the tracker charges them when
-//! the thread's stack next changes (`logic/hot.rs`, issue 16). Relay channels are created and closed in sleeping
+//! its stack next changes, or (a thread with an active-span slot) when a span of its
+//! process ends (`logic/hot.rs`, issue 16). Relay channels are created and closed in sleeping
 //! context only: registration holds a mutex, and channels of processes that exit (probe
 //! context) are parked and closed by a work item.
 
@@ -250,6 +251,27 @@ extern "C" fn st_rs_sys_enter_stacked(tid: c_int, nr: c_long, mono: u64) {
     }
 }
 
+/// `sys_enter` of a tracked thread with an active-span slot, whose slot the probe read as
+/// `v` (not 0): on the lock-free path (hot.rs) when its hint finds it, else under the lock.
+/// The span `v` names is looked up when the call is charged.
+#[no_mangle]
+extern "C" fn st_rs_sys_enter_slot(tid: c_int, nr: c_long, mono: u64, v: u64) {
+    let Some(g) = global() else { return };
+    if !g.hot.sys_enter_slot(tid as u32, nr as u32, mono, v) {
+        st_rs_sys_enter(tid, nr, mono, 1, v);
+    }
+}
+
+/// `sys_exit` of a tracked thread with an active-span slot: as the stacked one's, except
+/// that an exit without an enter is normal there (not counted).
+#[no_mangle]
+extern "C" fn st_rs_sys_exit_slot(tid: c_int, ret: c_long, mono: u64) {
+    let Some(g) = global() else { return };
+    if g.hot.sys_exit_slot(tid as u32, ret as i64, mono) != HotExit::Done {
+        g.lock().tracker().sys_exit(tid as u32, ret as i64, mono);
+    }
+}
+
 /// `sys_exit` of a tracked thread with spans on its stack: on the lock-free path unless its
 /// hint misses or its ring is full.
 #[no_mangle]
@@ -356,12 +378,6 @@ extern "C" fn st_rs_sched_runtime(tid: c_int, delta: u64, current: c_int, have_s
 extern "C" fn st_rs_sched_enable(on: c_int) {
     let Some(g) = global() else { return };
     g.lock().tracker().set_sched(on != 0);
-}
-
-#[no_mangle]
-extern "C" fn st_rs_sys_exit(tid: c_int, ret: c_long, mono: u64) {
-    let Some(g) = global() else { return };
-    g.lock().tracker().sys_exit(tid as u32, ret as i64, mono);
 }
 
 #[no_mangle]

@@ -1,10 +1,13 @@
-//! `spantrack-bench scale --threads T --seconds S --mode plain|in-span [--calls-per-span K]`:
-//! issue 16's contention benchmark. T threads run for S seconds (wall clock), each in a loop
-//! of spans of its own: (`in-span`: write the span's begin) K timed `getpid()` calls (`in-span`:
-//! write its end). `plain`: no registration, no begin/end (the module need not be loaded);
-//! `in-span`: the process registers first, so that its threads are tracked from birth (the
-//! thread-creation probe), and every call is a tracked call inside an open span (the caller
-//! sets threshold_ns high: no record is written). Prints one JSON line: calls and spans done,
+//! `spantrack-bench scale --threads T --seconds S --mode plain|in-span|in-slot
+//! [--calls-per-span K]`: issue 16's contention benchmark. T threads run for S seconds (wall
+//! clock), each in a loop of spans of its own: (`in-span`: write the span's begin) K timed
+//! `getpid()` calls (`in-span`: write its end). `plain`: no registration, no begin/end (the
+//! module need not be loaded); `in-span`: the process registers first, so that its threads
+//! are tracked from birth (the thread-creation probe), and every call is a tracked call
+//! inside an open span (the caller sets threshold_ns high: no record is written).
+//! `in-slot`: the same, as an async runtime does it: each thread has an active-span slot
+//! (`IOCTL_SET_ACTIVE_SLOT`) and stores the span's id in it after the begin and 0 before
+//! the end, so every call is charged through the slot. Prints one JSON line: calls and spans done,
 //! calls per second, p50/p99 per call and per span (guest CLOCK_MONOTONIC, every call timed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +36,16 @@ fn write_line(fd: i32, line: &[u8]) {
     }
 }
 
-fn worker(idx: usize, k: u32, fds: Option<(i32, i32)>, stop: &AtomicBool, start: &Barrier) -> Out {
+/// How the worker's calls are put in its spans.
+#[derive(Clone, Copy)]
+struct Spans {
+    begin: i32,
+    end: i32,
+    /// The control file, to set each thread's active-span slot (`in-slot`).
+    slot_ctl: Option<i32>,
+}
+
+fn worker(idx: usize, k: u32, fds: Option<Spans>, stop: &AtomicBool, start: &Barrier) -> Out {
     let mut out = Out {
         call_ns: Vec::with_capacity(MAX_SAMPLES),
         span_ns: Vec::with_capacity(MAX_SAMPLES / 8),
@@ -42,15 +54,24 @@ fn worker(idx: usize, k: u32, fds: Option<(i32, i32)>, stop: &AtomicBool, start:
     let mut line = *b"00000000000000000000000000000000 0000000000000000\n";
     let trace = format!("{:032x}", 0x5ca1e000_0000_0000_0000_0000_0000_0000u128 + idx as u128 + 1);
     line[..32].copy_from_slice(trace.as_bytes());
+    // The thread's active-span slot (`in-slot`): read by the kernel at each call.
+    let slot = Box::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(ctl) = fds.and_then(|f| f.slot_ctl) {
+        if spantrack_sys::set_active_slot(ctl, slot.as_ptr()).is_err() {
+            die("IOCTL_SET_ACTIVE_SLOT failed");
+        }
+    }
     start.wait();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let t_span = mono_ns();
-        if let Some((begin, _)) = fds {
-            let id = format!("{:016x}", n);
-            line[33..49].copy_from_slice(id.as_bytes());
-            write_line(begin, &line);
+        if let Some(f) = fds {
+            // Span ids unique across threads (the activation index is keyed by span id).
+            let id = ((idx as u64 + 1) << 40) | n;
+            line[33..49].copy_from_slice(format!("{id:016x}").as_bytes());
+            write_line(f.begin, &line);
+            slot.store(id, Ordering::Relaxed);
         }
         for _ in 0..k {
             let t0 = mono_ns();
@@ -61,8 +82,9 @@ fn worker(idx: usize, k: u32, fds: Option<(i32, i32)>, stop: &AtomicBool, start:
                 out.call_ns.push(u32::try_from(dt).unwrap_or(u32::MAX));
             }
         }
-        if let Some((_, end)) = fds {
-            write_line(end, &line);
+        if let Some(f) = fds {
+            slot.store(0, Ordering::Relaxed);
+            write_line(f.end, &line);
         }
         let ds = mono_ns() - t_span;
         if out.span_ns.len() < out.span_ns.capacity() {
@@ -93,14 +115,18 @@ pub fn run(opts: &Opts) {
     }
     let fds = match mode.as_str() {
         "plain" => None,
-        "in-span" => {
+        "in-span" | "in-slot" => {
             let ctl = open(uapi::PROC_CONTROL, libc::O_RDONLY);
             if spantrack_sys::ioctl_plain(ctl, uapi::IOCTL_REGISTER).is_err() {
                 die("REGISTER failed");
             }
-            Some((open(uapi::PROC_BEGIN, libc::O_WRONLY), open(uapi::PROC_END, libc::O_WRONLY)))
+            Some(Spans {
+                begin: open(uapi::PROC_BEGIN, libc::O_WRONLY),
+                end: open(uapi::PROC_END, libc::O_WRONLY),
+                slot_ctl: (mode == "in-slot").then_some(ctl),
+            })
         }
-        m => die(&format!("--mode {m:?}: plain or in-span")),
+        m => die(&format!("--mode {m:?}: plain, in-span or in-slot")),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(threads + 1));

@@ -9,6 +9,14 @@
 //! made. Then an in-span system call touches only its own thread's state (two cache lines):
 //! no lock, no shared counter, no shared pool.
 //!
+//! A thread with an active-span slot (asyncio, tokio) notes its calls the same way, each with
+//! the slot value it was made under (read by the probe at enter). The tracker looks the span
+//! up when it charges the call: the open span of that id in the process, if it was begun by
+//! the call's start. A span end folds the pending calls of every slotted thread of its
+//! process first (merged in the order they ended), so a span's record holds exactly the
+//! calls that were made while its slot named it and ended before it did: what charging each
+//! call at its exit under the lock gave.
+//!
 //! - **Enter** writes the call in progress (`call_state`, `call_nr`, `call_start_ns`).
 //!   Only the thread itself writes these, from its own system-call probes or from an entry
 //!   point it is itself inside (a begin/end write, an ioctl: "exclude the call I am in").
@@ -73,7 +81,12 @@ pub struct HotThread {
     /// Consumer index (entries folded so far, wrapping).
     tail: AtomicU32,
     _pad: u32,
+    /// The active-span slot value the call in progress was made under (0: a thread
+    /// stacking its spans).
+    call_slot: AtomicU64,
     ring: [UnsafeCell<SyscallEntry>; HOT_RING],
+    /// Each ring entry's slot value (`call_slot` when it was made), published with it.
+    ring_slot: [AtomicU64; HOT_RING],
 }
 
 // SAFETY: the ring's cells are accessed under the single-producer single-consumer protocol
@@ -92,15 +105,33 @@ impl HotThread {
         without_enter: AtomicU64::new(0),
         tail: AtomicU32::new(0),
         _pad: 0,
+        call_slot: AtomicU64::new(0),
         ring: [const { UnsafeCell::new(EMPTY) }; HOT_RING],
+        ring_slot: [const { AtomicU64::new(0) }; HOT_RING],
     };
 
     /// The thread enters system call `nr` at `now`.
     #[inline(always)]
     pub(crate) fn enter(&self, nr: u32, now: u64) {
+        self.enter_slot(nr, now, 0);
+    }
+
+    /// The thread (with an active-span slot holding `v`) enters system call `nr` at `now`.
+    #[inline(always)]
+    pub(crate) fn enter_slot(&self, nr: u32, now: u64, v: u64) {
         self.call_nr.store(nr, Ordering::Relaxed);
         self.call_start_ns.store(now, Ordering::Relaxed);
+        self.call_slot.store(v, Ordering::Relaxed);
         self.call_state.store(CALL_ACTIVE, Ordering::Relaxed);
+    }
+
+    /// The thread enters call `nr`, to be charged to no span (its slot unreadable or
+    /// naming none): known as the call in progress, not charged at its exit.
+    #[inline]
+    pub(crate) fn enter_uncharged(&self, nr: u32, now: u64) {
+        self.call_nr.store(nr, Ordering::Relaxed);
+        self.call_start_ns.store(now, Ordering::Relaxed);
+        self.call_state.store(CALL_EXCLUDED, Ordering::Relaxed);
     }
 
     /// The call in progress is spantrack's own: not charged.
@@ -115,29 +146,42 @@ impl HotThread {
         (self.call_state.load(Ordering::Relaxed) != CALL_NONE).then(|| self.call_nr.load(Ordering::Relaxed))
     }
 
-    /// Ends the call in progress: `Some(entry)` for a call to charge, `None` for none (an
-    /// excluded call, or an exit without an enter, counted).
+    /// Ends the call in progress: `Some((entry, slot value))` for a call to charge, `None`
+    /// for none (an excluded call, or an exit without an enter, counted when
+    /// `count_missing`: a thread with an active-span slot is switched on and off by other
+    /// threads' spans, so an exit without an enter is normal there).
     #[inline(always)]
-    pub(crate) fn take_call(&self, tid: u32, ret: i64, now: u64) -> Option<SyscallEntry> {
+    pub(crate) fn take_call(&self, tid: u32, ret: i64, now: u64, count_missing: bool) -> Option<(SyscallEntry, u64)> {
         let state = self.call_state.swap(CALL_NONE, Ordering::Relaxed);
         if state != CALL_ACTIVE {
-            if state == CALL_NONE {
+            if state == CALL_NONE && count_missing {
                 self.without_enter.fetch_add(1, Ordering::Relaxed);
             }
             return None;
         }
-        Some(SyscallEntry {
+        let e = SyscallEntry {
             nr: self.call_nr.load(Ordering::Relaxed),
             tid,
             ret,
             start_mono_ns: self.call_start_ns.load(Ordering::Relaxed),
             end_mono_ns: now,
-        })
+        };
+        Some((e, self.call_slot.load(Ordering::Relaxed)))
     }
 
-    /// Appends a finished call (producer side). False if the ring is full (nothing changed).
+    /// Puts a call taken by [`HotThread::take_call`] back in progress.
+    #[inline]
+    fn untake(&self, e: SyscallEntry, v: u64) {
+        self.call_nr.store(e.nr, Ordering::Relaxed);
+        self.call_start_ns.store(e.start_mono_ns, Ordering::Relaxed);
+        self.call_slot.store(v, Ordering::Relaxed);
+        self.call_state.store(CALL_ACTIVE, Ordering::Relaxed);
+    }
+
+    /// Appends a finished call made under slot value `v` (producer side). False if the
+    /// ring is full (nothing changed).
     #[inline(always)]
-    pub(crate) fn push(&self, e: SyscallEntry) -> bool {
+    pub(crate) fn push(&self, e: SyscallEntry, v: u64) -> bool {
         let h = self.head.load(Ordering::Relaxed);
         let t = self.tail.load(Ordering::Acquire);
         if h.wrapping_sub(t) as usize >= HOT_RING {
@@ -150,31 +194,51 @@ impl HotThread {
         // acquire load of `tail` orders its reads of this slot before our write. Only the
         // owning thread produces (see the module note for the one race with slot reuse).
         unsafe { *cell.get() = e };
+        if let Some(sv) = self.ring_slot.get(h as usize % HOT_RING) {
+            sv.store(v, Ordering::Relaxed);
+        }
         self.head.store(h.wrapping_add(1), Ordering::Release);
         true
     }
 
-    /// Takes the pending entries that ended by `cutoff`, oldest first, and stops at the
-    /// first that did not (the consumer side: the caller holds the tracker's lock, so there
-    /// is one consumer). The thread's entries are in time order.
+    /// The oldest pending entry and its slot value, if any (the consumer side: the caller
+    /// holds the tracker's lock, so there is one consumer).
     #[inline]
-    pub(crate) fn drain(&self, cutoff: u64, mut f: impl FnMut(SyscallEntry)) {
+    pub(crate) fn peek(&self) -> Option<(SyscallEntry, u64)> {
         let h = self.head.load(Ordering::Acquire);
-        let mut t = self.tail.load(Ordering::Relaxed);
-        while t != h {
-            let Some(cell) = self.ring.get(t as usize % HOT_RING) else {
-                break;
-            };
-            // SAFETY: slot `t` is in `[tail, head)`: published by the producer (acquire
-            // load of `head` above) and not reused until we advance `tail` past it.
-            let e = unsafe { *cell.get() };
+        let t = self.tail.load(Ordering::Relaxed);
+        if t == h {
+            return None;
+        }
+        let cell = self.ring.get(t as usize % HOT_RING)?;
+        // SAFETY: slot `t` is in `[tail, head)`: published by the producer (acquire load of
+        // `head` above) and not reused until the consumer advances `tail` past it.
+        let e = unsafe { *cell.get() };
+        let v = self.ring_slot.get(t as usize % HOT_RING).map_or(0, |s| s.load(Ordering::Relaxed));
+        Some((e, v))
+    }
+
+    /// Drops the oldest pending entry (after [`HotThread::peek`] found one; the consumer).
+    #[inline]
+    pub(crate) fn pop(&self) {
+        let t = self.tail.load(Ordering::Relaxed);
+        if t != self.head.load(Ordering::Acquire) {
+            self.tail.store(t.wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    /// Takes the pending entries that ended by `cutoff`, oldest first, and stops at the
+    /// first that did not (the consumer side, see [`HotThread::peek`]). The thread's
+    /// entries are in time order.
+    #[inline]
+    pub(crate) fn drain(&self, cutoff: u64, mut f: impl FnMut(SyscallEntry, u64)) {
+        while let Some((e, v)) = self.peek() {
             if e.end_mono_ns > cutoff {
                 break;
             }
-            f(e);
-            t = t.wrapping_add(1);
+            f(e, v);
+            self.pop();
         }
-        self.tail.store(t, Ordering::Release);
     }
 
     /// Pending entries (a snapshot).
@@ -187,6 +251,7 @@ impl HotThread {
     /// Gives the slot to `tid` (under the lock; the ring was drained when it was freed).
     pub(crate) fn give(&self, tid: u32) {
         self.call_state.store(CALL_NONE, Ordering::Relaxed);
+        self.call_slot.store(0, Ordering::Relaxed);
         let h = self.head.load(Ordering::Acquire);
         self.tail.store(h, Ordering::Release);
         self.owner.store(tid, Ordering::Release);
@@ -287,9 +352,35 @@ impl<'a> HotPath<'a> {
         }
     }
 
-    /// Thread `tid` leaves its call with `ret` at `now`.
+    /// Thread `tid` (with an active-span slot holding `v`, not 0) enters call `nr`. False:
+    /// no hint, take the lock and call `Tracker::sys_enter_with`.
+    #[inline(always)]
+    pub fn sys_enter_slot(&self, tid: u32, nr: u32, now: u64, v: u64) -> bool {
+        match self.find(tid) {
+            Some(t) => {
+                t.enter_slot(nr, now, v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Thread `tid` (stacking its spans) leaves its call with `ret` at `now`.
     #[inline(always)]
     pub fn sys_exit(&self, tid: u32, ret: i64, now: u64) -> HotExit {
+        self.exit(tid, ret, now, true)
+    }
+
+    /// Thread `tid` (with an active-span slot) leaves its call with `ret` at `now`. An exit
+    /// without an enter is not counted: such a thread is switched on and off by other
+    /// threads' spans.
+    #[inline(always)]
+    pub fn sys_exit_slot(&self, tid: u32, ret: i64, now: u64) -> HotExit {
+        self.exit(tid, ret, now, false)
+    }
+
+    #[inline(always)]
+    fn exit(&self, tid: u32, ret: i64, now: u64, count_missing: bool) -> HotExit {
         let Some(t) = self.find(tid) else {
             return HotExit::Miss;
         };
@@ -297,13 +388,11 @@ impl<'a> HotPath<'a> {
         if t.pending() as usize >= HOT_RING && t.call_state.load(Ordering::Relaxed) == CALL_ACTIVE {
             return HotExit::Full;
         }
-        if let Some(e) = t.take_call(tid, ret, now) {
-            if !t.push(e) {
+        if let Some((e, v)) = t.take_call(tid, ret, now, count_missing) {
+            if !t.push(e, v) {
                 // (Cannot happen: only this thread produces, and it saw room.) Put the
                 // call back for the locked path.
-                t.call_nr.store(e.nr, Ordering::Relaxed);
-                t.call_start_ns.store(e.start_mono_ns, Ordering::Relaxed);
-                t.call_state.store(CALL_ACTIVE, Ordering::Relaxed);
+                t.untake(e, v);
                 return HotExit::Full;
             }
         }

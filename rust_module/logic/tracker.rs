@@ -13,7 +13,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::hot::{HotPath, HotThread, CALL_ACTIVE, CALL_EXCLUDED, CALL_NONE, HOT_HINTS};
+use crate::hot::{HotPath, HotThread, HOT_HINTS};
 
 use crate::key::SpanKey;
 use crate::record::{self, MAX_CALLS_LIMIT};
@@ -65,6 +65,8 @@ pub const PID_MAX_LIMIT: usize = 4 * 1024 * 1024;
 pub const TRACKED_WORDS: usize = PID_MAX_LIMIT / 64;
 /// Entries of the slot-address table the probes read without the lock ([`SlotHint`]).
 pub const SLOT_HINTS: usize = 4096;
+/// Threads one merge of [`Tracker::fold_slotted`] takes at a time (a stack array).
+pub const FOLD_BATCH: usize = 32;
 
 /// Where thread `tid`'s active-span slot is, for the `sys_enter` probe to read it without
 /// taking the tracker's lock (entry `tid % SLOT_HINTS`; `tid` 0: empty). Written only by the
@@ -84,10 +86,6 @@ pub struct SlotHint {
 const OPEN: u32 = 1;
 /// `SpanSlot::open`: open, and in the activation index.
 const OPEN_INDEXED: u32 = 3;
-
-/// A call of a thread with an active-span slot that is charged to no span (slot 0, an
-/// unknown span id, an unreadable slot).
-const CALL_UNCHARGED: u32 = 3;
 
 #[inline]
 fn bump(c: &mut u64) {
@@ -171,12 +169,6 @@ pub struct ThreadSlot {
     next: u32,
     /// Open spans: `stack[..depth]`, innermost last (span slot indices).
     depth: u32,
-    /// `CALL_*`: the call in progress, if any, and whether it is excluded.
-    call_state: u32,
-    call_nr: u32,
-    /// With an active-span slot: the span the call in progress is charged to.
-    call_span: u32,
-    call_start_ns: u64,
     stack: [u32; MAX_DEPTH],
     /// User address of the thread's active-span slot (`uapi::ActiveSlot`); 0: none, calls
     /// go to the innermost span of `stack`.
@@ -222,10 +214,6 @@ impl ThreadSlot {
         prev: NIL,
         next: NIL,
         depth: 0,
-        call_state: CALL_NONE,
-        call_nr: 0,
-        call_span: NIL,
-        call_start_ns: 0,
         stack: [NIL; MAX_DEPTH],
         slot_addr: 0,
         slot_value: 0,
@@ -1497,9 +1485,6 @@ impl<'a> Tracker<'a> {
 
     /// Marks the call `tid` is in (the write to a `/proc` file) as not to be recorded.
     fn exclude_current_call(&mut self, ti: u32) {
-        if let Some(t) = slot_mut(self.threads, ti) {
-            t.call_state = CALL_EXCLUDED;
-        }
         if let Some(h) = self.hot.slot(ti) {
             h.exclude();
         }
@@ -1515,21 +1500,124 @@ impl<'a> Tracker<'a> {
     /// [`Tracker::fold`] of the calls that ended by `cutoff`; later ones (a call of the
     /// thread that ended after a span end written by another thread) stay pending, for the
     /// stack as it is after that end.
+    ///
+    /// A thread with an active-span slot folds with its process's other such threads
+    /// ([`Tracker::fold_slotted`]).
     fn fold_until(&mut self, ti: u32, cutoff: u64) {
+        let Some(t) = self.threads.get(ti as usize) else {
+            return;
+        };
+        if t.slot_addr != 0 {
+            let pi = t.proc;
+            self.fold_slotted(pi, cutoff);
+            return;
+        }
         let Some(h) = self.hot.slot(ti) else {
             return;
         };
         if h.pending() == 0 {
             return;
         }
-        let tid = self.threads.get(ti as usize).map_or(0, |t| t.tid);
-        h.drain(cutoff, |e| {
-            if e.tid == tid {
-                self.charge_stacked(ti, e);
-            } else {
-                bump(&mut self.stats.calls_stale);
+        h.drain(cutoff, |e, v| self.charge_entry(ti, e, v));
+    }
+
+    /// Charges the pending calls that ended by `cutoff` of process `pi`'s threads with an
+    /// active-span slot, each to the span its slot named, in the order they ended across
+    /// those threads (a span's calls made on several threads are itemised as they
+    /// happened, as when they were charged at once). Cost: O(pending calls × threads with
+    /// some), in batches of [`FOLD_BATCH`] threads (beyond one batch the order across
+    /// batches is by batch: never the span a call goes to).
+    fn fold_slotted(&mut self, pi: u32, cutoff: u64) {
+        let Some(p) = self.processes.get(pi as usize) else {
+            return;
+        };
+        if p.slot_threads == 0 {
+            return;
+        }
+        let mut ti = p.first_thread;
+        // Bounded by the thread capacity: each step moves down the process's list.
+        let mut steps = self.threads.len();
+        while ti != NIL && steps != 0 {
+            let mut set = [NIL; FOLD_BATCH];
+            let mut n = 0usize;
+            while ti != NIL && steps != 0 && n < FOLD_BATCH {
+                steps -= 1;
+                let Some(t) = self.threads.get(ti as usize) else {
+                    break;
+                };
+                let next = t.next;
+                if t.slot_addr != 0 && self.hot.slot(ti).is_some_and(|h| h.pending() != 0) {
+                    if let Some(x) = set.get_mut(n) {
+                        *x = ti;
+                        n += 1;
+                    }
+                }
+                ti = next;
             }
-        });
+            let batch = set.get(..n).unwrap_or(&[]);
+            // Merge: the oldest pending call of the batch next, until none ended by cutoff.
+            loop {
+                let mut best: Option<(u32, u64)> = None;
+                for &x in batch {
+                    let Some((e, _)) = self.hot.slot(x).and_then(|h| h.peek()) else {
+                        continue;
+                    };
+                    if e.end_mono_ns <= cutoff && best.is_none_or(|(_, b)| e.end_mono_ns < b) {
+                        best = Some((x, e.end_mono_ns));
+                    }
+                }
+                let Some((x, _)) = best else {
+                    break;
+                };
+                let Some(h) = self.hot.slot(x) else {
+                    break;
+                };
+                let Some((e, v)) = h.peek() else {
+                    break;
+                };
+                h.pop();
+                self.charge_entry(x, e, v);
+            }
+        }
+    }
+
+    /// Charges the finished call `e` of thread slot `ti`, made under slot value `v` (0: the
+    /// thread stacked its spans): an entry another thread left in the slot (see hot.rs) is
+    /// counted in `calls_stale` and charged to nobody.
+    fn charge_entry(&mut self, ti: u32, e: SyscallEntry, v: u64) {
+        if self.threads.get(ti as usize).is_none_or(|t| t.tid != e.tid) {
+            bump(&mut self.stats.calls_stale);
+        } else if v == 0 {
+            self.charge_stacked(ti, e);
+        } else {
+            self.charge_slotted(ti, e, v);
+        }
+    }
+
+    /// Charges the finished call `e` of thread `ti`, made while its active-span slot held
+    /// `v`, to the span `v` named then: the open span of that id in the thread's process,
+    /// if it was begun by the call's start (open at the call's enter; a span that ended
+    /// before the call did has left the index). Otherwise the call is charged to no span:
+    /// `calls_span_ended` if this thread had found that span before (it ended during the
+    /// call), else `calls_unknown_active_span` (unsampled, remote, not yet begun).
+    fn charge_slotted(&mut self, ti: u32, e: SyscallEntry, v: u64) {
+        let Some(t) = self.threads.get(ti as usize) else {
+            return;
+        };
+        let (cached, cached_si, proc) = (t.slot_value, t.slot_span, t.proc);
+        let ended = cached == v && cached_si != NIL && !self.span_is(cached_si, v, proc);
+        let si = self.resolve_slot(ti, v);
+        let open_at_enter = self
+            .spans
+            .get(si as usize)
+            .is_some_and(|s| s.begin_mono_ns <= e.start_mono_ns);
+        if open_at_enter {
+            self.charge(si, e);
+        } else if si == NIL && ended {
+            bump(&mut self.stats.calls_span_ended);
+        } else {
+            bump(&mut self.stats.calls_unknown_active_span);
+        }
     }
 
     /// Charges the finished call `e` of thread `ti` (stacking its spans) to its innermost
@@ -1582,8 +1670,11 @@ impl<'a> Tracker<'a> {
             return Err(uapi::ERR_UNTRACKED);
         };
         self.exclude_current_call(ti);
-        // Calls so far go to the span innermost until now.
-        self.fold(ti);
+        // Calls so far go to the span innermost until now. (A thread with an active-span
+        // slot has no stack; its calls are checked against their span's begin when charged.)
+        if t.slot_addr == 0 {
+            self.fold(ti);
+        }
         let okey = OpenSpanKey { key, proc: t.proc };
         let akey = ActiveKey::of(&key, t.proc);
         let indexed = self
@@ -1718,6 +1809,9 @@ impl<'a> Tracker<'a> {
         // The span's own thread's pending calls, before its figures are read.
         let owner = self.spans.get(si as usize).map_or(NIL, |s| s.thread);
         self.fold_until(owner, now_mono);
+        // The calls of the process's threads with an active-span slot (hot.rs), to every
+        // open span they name, this one included.
+        self.fold_slotted(proc, now_mono);
         let Some(mut s) = self.spans.get(si as usize).copied() else {
             bump(&mut self.stats.ends_unknown);
             return Err(uapi::ERR_UNKNOWN_SPAN);
@@ -1870,8 +1964,9 @@ impl<'a> Tracker<'a> {
             if s.open == 0 || now_mono.saturating_sub(s.begin_mono_ns) <= timeout_ns {
                 continue;
             }
-            let thread = s.thread;
+            let (thread, proc) = (s.thread, s.proc);
             self.fold(thread);
+            self.fold_slotted(proc, now_mono);
             self.unstack(thread, si);
             if self.free_span(si) {
                 bump(&mut self.stats.spans_expired);
@@ -1937,27 +2032,22 @@ impl<'a> Tracker<'a> {
             }
             return;
         }
+        // The slot is read now; the span it names is looked up when the call is charged
+        // (`charge_slotted`), as for the lock-free path (`HotPath::sys_enter_slot`).
         let addr = t.slot_addr;
-        let mut state = CALL_UNCHARGED;
-        let mut span = NIL;
+        let Some(h) = self.hot.slot(ti) else {
+            return;
+        };
         match read_slot(addr) {
-            None => bump(&mut self.stats.slot_faults),
-            Some(0) => bump(&mut self.stats.calls_no_active_span),
-            Some(v) => {
-                let si = self.resolve_slot(ti, v);
-                if si == NIL {
-                    bump(&mut self.stats.calls_unknown_active_span);
-                } else {
-                    state = CALL_ACTIVE;
-                    span = si;
-                }
+            None => {
+                bump(&mut self.stats.slot_faults);
+                h.enter_uncharged(nr, now_mono);
             }
-        }
-        if let Some(t) = slot_mut(self.threads, ti) {
-            t.call_state = state;
-            t.call_nr = nr;
-            t.call_start_ns = now_mono;
-            t.call_span = span;
+            Some(0) => {
+                bump(&mut self.stats.calls_no_active_span);
+                h.enter_uncharged(nr, now_mono);
+            }
+            Some(v) => h.enter_slot(nr, now_mono, v),
         }
     }
 
@@ -1969,41 +2059,15 @@ impl<'a> Tracker<'a> {
         let Some(ti) = self.hot_thread(tid) else {
             return;
         };
-        let Some(t) = slot_mut(self.threads, ti) else {
-            return;
-        };
-        if t.slot_addr == 0 {
-            // The thread-per-request path (hot.rs): the calls the lock-free path noted come
-            // first, then this one.
-            let e = self.hot.slot(ti).and_then(|h| h.take_call(tid, ret, now_mono));
-            self.fold(ti);
-            if let Some(e) = e {
-                self.charge_stacked(ti, e);
-            }
-            return;
+        // A thread with a slot is switched on and off by other threads' spans, so an exit
+        // without an enter is normal there (not counted).
+        let slotted = self.threads.get(ti as usize).is_some_and(|t| t.slot_addr != 0);
+        // The calls the lock-free path noted come first, then this one (hot.rs).
+        let e = self.hot.slot(ti).and_then(|h| h.take_call(tid, ret, now_mono, !slotted));
+        self.fold(ti);
+        if let Some((e, v)) = e {
+            self.charge_entry(ti, e, v);
         }
-        let state = core::mem::replace(&mut t.call_state, CALL_NONE);
-        if state != CALL_ACTIVE {
-            // A thread with a slot is switched on and off by other threads' spans, so an
-            // exit without an enter is normal there.
-            return;
-        }
-        let (nr, start, tid) = (t.call_nr, t.call_start_ns, t.tid);
-        let (si, v, proc) = (t.call_span, t.slot_value, t.proc);
-        if !self.span_is(si, v, proc) {
-            bump(&mut self.stats.calls_span_ended);
-            return;
-        }
-        self.charge(
-            si,
-            SyscallEntry {
-                nr,
-                tid,
-                ret,
-                start_mono_ns: start,
-                end_mono_ns: now_mono,
-            },
-        );
     }
 
     /// Charges the finished call `e` to open span `si`: counted, and itemised unless
@@ -2287,9 +2351,8 @@ impl<'a> Tracker<'a> {
         self.charge_cpu(ti, si, now);
         let v = self.spans.get(si as usize).map_or(0, |s| uapi::slot_value(&s.key.span_id));
         let nr = match self.threads.get(ti as usize) {
-            Some(t) if t.slot_addr == 0 => self.hot.slot(ti).and_then(|h| h.call_in_progress()).unwrap_or(NO_CALL),
-            Some(t) if t.call_state != CALL_NONE => t.call_nr,
-            _ => NO_CALL,
+            Some(_) => self.hot.slot(ti).and_then(|h| h.call_in_progress()).unwrap_or(NO_CALL),
+            None => NO_CALL,
         };
         let Some(ts) = slot_mut(self.thread_sched, ti) else {
             return;
