@@ -1423,12 +1423,28 @@ static const struct proc_ops st_control_ops = {
 	.proc_lseek = noop_llseek,
 };
 
+/*
+ * The span files are streams (no file position). A regular file's write takes the file's
+ * f_pos_lock, a mutex, whenever the file is shared (fdget_pos: any descriptor of a
+ * multi-threaded process), so every thread of a service writing its begins and ends to
+ * one descriptor would queue on it, and sleep on it under contention: inside a span, a
+ * wait that no request made (issue 16). stream_open drops FMODE_ATOMIC_POS, and with it
+ * the lock (lseek and pwrite then fail with ESPIPE, as on a pipe: vfs_llseek checks
+ * FMODE_LSEEK first).
+ */
+static int st_span_open(struct inode *inode, struct file *f)
+{
+	return stream_open(inode, f);
+}
+
 static const struct proc_ops st_begin_ops = {
+	.proc_open = st_span_open,
 	.proc_write = st_begin_write,
 	.proc_lseek = noop_llseek,
 };
 
 static const struct proc_ops st_end_ops = {
+	.proc_open = st_span_open,
 	.proc_write = st_end_write,
 	.proc_lseek = noop_llseek,
 };

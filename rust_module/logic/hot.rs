@@ -84,9 +84,15 @@ pub struct HotThread {
     /// The active-span slot value the call in progress was made under (0: a thread
     /// stacking its spans).
     call_slot: AtomicU64,
-    ring: [UnsafeCell<SyscallEntry>; HOT_RING],
-    /// Each ring entry's slot value (`call_slot` when it was made), published with it.
-    ring_slot: [AtomicU64; HOT_RING],
+    ring: [UnsafeCell<HotEntry>; HOT_RING],
+}
+
+/// A finished call in the ring, with the slot value it was made under (0: stacked).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HotEntry {
+    e: SyscallEntry,
+    v: u64,
 }
 
 // SAFETY: the ring's cells are accessed under the single-producer single-consumer protocol
@@ -106,14 +112,22 @@ impl HotThread {
         tail: AtomicU32::new(0),
         _pad: 0,
         call_slot: AtomicU64::new(0),
-        ring: [const { UnsafeCell::new(EMPTY) }; HOT_RING],
-        ring_slot: [const { AtomicU64::new(0) }; HOT_RING],
+        ring: [const { UnsafeCell::new(HotEntry { e: EMPTY, v: 0 }) }; HOT_RING],
     };
 
     /// The thread enters system call `nr` at `now`.
     #[inline(always)]
     pub(crate) fn enter(&self, nr: u32, now: u64) {
-        self.enter_slot(nr, now, 0);
+        // (`call_slot` stays 0 while the thread stacks its spans: see `clear_slot`.)
+        self.call_nr.store(nr, Ordering::Relaxed);
+        self.call_start_ns.store(now, Ordering::Relaxed);
+        self.call_state.store(CALL_ACTIVE, Ordering::Relaxed);
+    }
+
+    /// The thread stops having an active-span slot (under the lock, from the thread's own
+    /// ioctl, so it is not producing): its calls are stacked ones again.
+    pub(crate) fn clear_slot(&self) {
+        self.call_slot.store(0, Ordering::Relaxed);
     }
 
     /// The thread (with an active-span slot holding `v`) enters system call `nr` at `now`.
@@ -193,10 +207,7 @@ impl HotThread {
         // SAFETY: slot `h` is outside `[tail, head)`, which the consumer alone reads; the
         // acquire load of `tail` orders its reads of this slot before our write. Only the
         // owning thread produces (see the module note for the one race with slot reuse).
-        unsafe { *cell.get() = e };
-        if let Some(sv) = self.ring_slot.get(h as usize % HOT_RING) {
-            sv.store(v, Ordering::Relaxed);
-        }
+        unsafe { *cell.get() = HotEntry { e, v } };
         self.head.store(h.wrapping_add(1), Ordering::Release);
         true
     }
@@ -213,9 +224,8 @@ impl HotThread {
         let cell = self.ring.get(t as usize % HOT_RING)?;
         // SAFETY: slot `t` is in `[tail, head)`: published by the producer (acquire load of
         // `head` above) and not reused until the consumer advances `tail` past it.
-        let e = unsafe { *cell.get() };
-        let v = self.ring_slot.get(t as usize % HOT_RING).map_or(0, |s| s.load(Ordering::Relaxed));
-        Some((e, v))
+        let x = unsafe { *cell.get() };
+        Some((x.e, x.v))
     }
 
     /// Drops the oldest pending entry (after [`HotThread::peek`] found one; the consumer).
@@ -227,18 +237,27 @@ impl HotThread {
         }
     }
 
-    /// Takes the pending entries that ended by `cutoff`, oldest first, and stops at the
-    /// first that did not (the consumer side, see [`HotThread::peek`]). The thread's
-    /// entries are in time order.
+    /// Takes the pending entries that ended by `cutoff`, oldest first, with their slot
+    /// values, and stops at the first that did not (the consumer side, see
+    /// [`HotThread::peek`]). The thread's entries are in time order.
     #[inline]
     pub(crate) fn drain(&self, cutoff: u64, mut f: impl FnMut(SyscallEntry, u64)) {
-        while let Some((e, v)) = self.peek() {
-            if e.end_mono_ns > cutoff {
+        let h = self.head.load(Ordering::Acquire);
+        let mut t = self.tail.load(Ordering::Relaxed);
+        while t != h {
+            let Some(cell) = self.ring.get(t as usize % HOT_RING) else {
+                break;
+            };
+            // SAFETY: slot `t` is in `[tail, head)`: published by the producer (acquire
+            // load of `head` above) and not reused until we advance `tail` past it.
+            let x = unsafe { *cell.get() };
+            if x.e.end_mono_ns > cutoff {
                 break;
             }
-            f(e, v);
-            self.pop();
+            f(x.e, x.v);
+            t = t.wrapping_add(1);
         }
+        self.tail.store(t, Ordering::Release);
     }
 
     /// Pending entries (a snapshot).

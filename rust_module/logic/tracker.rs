@@ -1355,6 +1355,11 @@ impl<'a> Tracker<'a> {
         t.slot_addr = addr;
         t.slot_value = 0;
         t.slot_span = NIL;
+        if addr == 0 {
+            if let Some(h) = self.hot.slot(ti) {
+                h.clear_slot();
+            }
+        }
         let (tid, proc) = (t.tid, t.proc);
         self.set_hint(tid, addr);
         if had != (addr != 0) {
@@ -1518,7 +1523,16 @@ impl<'a> Tracker<'a> {
         if h.pending() == 0 {
             return;
         }
-        h.drain(cutoff, |e, v| self.charge_entry(ti, e, v));
+        let tid = t.tid;
+        h.drain(cutoff, |e, v| {
+            if e.tid != tid {
+                bump(&mut self.stats.calls_stale);
+            } else if v == 0 {
+                self.charge_stacked(ti, e);
+            } else {
+                self.charge_slotted(ti, e, v);
+            }
+        });
     }
 
     /// Charges the pending calls that ended by `cutoff` of process `pi`'s threads with an

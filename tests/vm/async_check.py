@@ -90,7 +90,10 @@ def main():
     for r in requests:
         kind = r["attributes"]["req.kind"]
         if "spantrack.syscalls.count" not in r["attributes"]:
-            unannotated.append(f"{r['name']} ({r['span_id']})")
+            # What the processor left on it, and how long it lasted (for a diagnosis).
+            st = {k: v for k, v in r["attributes"].items() if k.startswith("spantrack.")}
+            dur = r["dur_ns"] / 1e6 if "dur_ns" in r else None
+            unannotated.append(f"{r['name']} ({r['span_id']}, {dur} ms, {st})")
             continue
         if "spantrack.annotation.missing" in r["attributes"]:
             unannotated.append(f"{r['name']} ({r['span_id']}): without its calls, "

@@ -208,10 +208,11 @@ fn dump(spans: &[SpanData], path: &str) {
         };
         let _ = write!(
             out,
-            "{{\"name\": {:?}, \"span_id\": \"{}\", \"parent\": {parent}, \"kind\": \"{:?}\", \"attributes\": {{",
+            "{{\"name\": {:?}, \"span_id\": \"{}\", \"parent\": {parent}, \"kind\": \"{:?}\", \"dur_ns\": {}, \"attributes\": {{",
             s.name.as_ref(),
             s.span_context.span_id(),
-            s.span_kind
+            s.span_kind,
+            s.end_time.duration_since(s.start_time).map_or(0, |d| d.as_nanos())
         );
         for (k, kv) in s.attributes.iter().enumerate() {
             if k > 0 {

@@ -86,6 +86,27 @@ pub fn span_errors(ctx: &mut Ctx) -> Result<(), String> {
     }
     f.check(counters(0, 0, "the malformed lines"));
 
+    // The span files are streams, without a file position: lseek and pwrite give ESPIPE
+    // and begin nothing. (A regular file's writes take its f_pos_lock, a mutex, whenever a
+    // multi-threaded process shares the descriptor: every thread's begin and end would
+    // queue on it. Issue 16.)
+    for (fd, which) in [(fds.begin, "begin"), (fds.end, "end")] {
+        // SAFETY: plain system call on our own descriptor.
+        let r = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if r != -1 || e != Some(libc::ESPIPE) {
+            f.push(format!("lseek on {which}: {r} (errno {e:?}), expected ESPIPE: not a stream"));
+        }
+        let l = new_key().line();
+        // SAFETY: `l` is a valid buffer of `l.len()` bytes.
+        let r = unsafe { libc::pwrite(fd, l.as_ptr().cast(), l.len(), 0) };
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if r != -1 || e != Some(libc::ESPIPE) {
+            f.push(format!("pwrite on {which}: {r} (errno {e:?}), expected ESPIPE"));
+        }
+    }
+    f.check(counters(0, 0, "lseek and pwrite"));
+
     // Accepted forms: no newline; upper-case hex (the same span as its lower-case form).
     let k = new_key();
     match span::write_line(fds.begin, &k.line()[..LINE_LEN - 1]) {
