@@ -157,19 +157,20 @@ fi
 # contention benchmark, meant for a multi-vCPU boot without -icount (wall clock).
 # spantrack-bench scale: BENCH_SCALE_THREADS ["1 4 8 32 64"] threads, each making
 # BENCH_SCALE_K [16] getpid() per span of its own for BENCH_SCALE_S [3] seconds; modes
-# "plain" (module not loaded) and "in-span" (module loaded, process registered, threshold_ns
-# 1 hour: every call tracked and itemised, no record), interleaved, BENCH_SCALE_REPS [3].
+# "plain" (module not loaded), "in-span" (module loaded, process registered, threshold_ns
+# 1 hour: every call tracked and itemised, no record) and "in-slot" (the same through each
+# thread's active-span slot, as asyncio and tokio), interleaved, BENCH_SCALE_REPS [3].
 if [[ " $parts " == *" scale "* ]]; then
   echo "{\"probe\":1,\"clock\":\"$clock\",\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc)}" >> "$out/scale.jsonl"
   for ((rep = 1; rep <= ${BENCH_SCALE_REPS:-3}; rep++)); do
     for t in ${BENCH_SCALE_THREADS:-1 4 8 32 64}; do
-      modes=(plain in-span); ((rep % 2 == 0)) && modes=(in-span plain)
+      modes=(plain in-span in-slot); ((rep % 2 == 0)) && modes=(in-slot in-span plain)
       for mode in "${modes[@]}"; do
         if [ "$mode" = plain ]; then module_off; else module_on; echo 3600000000000 > $sysfs/threshold_ns; fi
         line=$("$bench" scale --threads "$t" --seconds "${BENCH_SCALE_S:-3}" --calls-per-span "${BENCH_SCALE_K:-16}" --mode "$mode" 2>"$work/scale.err" | grep '^{' | tail -n 1)
         [ -n "$line" ] || { log "scale FAILED: $t $mode: $(tail -c 300 "$work/scale.err")"; line=null; }
         mstats=null
-        [ "$mode" = in-span ] && mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' /proc/spantrack/stats 2>/dev/null)
+        [ "$mode" != plain ] && mstats=$(awk 'BEGIN{printf "{"} NF==2{printf "%s\"%s\":%s", (n++?",":""), $1, $2} END{printf "}"}' /proc/spantrack/stats 2>/dev/null)
         echo "{\"clock\":\"$clock\",\"rep\":$rep,\"module_stats\":${mstats:-null},\"result\":$line}" >> "$out/scale.jsonl"
         log "scale rep=$rep threads=$t $mode: $(echo "$line" | cut -c1-200)"
         module_off

@@ -551,22 +551,29 @@ def scale_report(d):
       "(threshold_ns 1 hour, no record). Wall clock of an emulated machine on a shared 2-core host: "
       f"the figures move with the host's load, hence the spread; median of {reps} interleaved runs "
       "per row; compare the ratios within a row, not absolute times.\n")
-    w("| threads | module off: calls/s | in span: calls/s | in span / off | in span: scaling vs 1 thread | "
-      "off: call p50 / p99 (ns) | in span: call p50 / p99 (ns) | in span: span p50 / p99 (us) | spread (in span) |")
-    w("| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |")
-    one = None
-    for t in sorted({t for t, _ in runs}):
-        off, on = runs.get((t, "plain"), []), runs.get((t, "in-span"), [])
-        cps_off = med([r["calls_per_s"] for r in off]) if off else float("nan")
-        cps_on = med([r["calls_per_s"] for r in on]) if on else float("nan")
-        if t == 1:
-            one = cps_on
-        spread = ((max(r["calls_per_s"] for r in on) - min(r["calls_per_s"] for r in on)) / cps_on * 100) if on else float("nan")
-        g = lambda rs, key: med([r[key] for r in rs]) if rs else float("nan")  # noqa: E731
-        w(f"| {t} | {cps_off:,.0f} | {cps_on:,.0f} | {cps_on / cps_off:.2f} | "
-          f"{(cps_on / one) if one else float('nan'):.2f}x | {g(off, 'call_p50_ns'):,.0f} / {g(off, 'call_p99_ns'):,.0f} | "
-          f"{g(on, 'call_p50_ns'):,.0f} / {g(on, 'call_p99_ns'):,.0f} | "
-          f"{g(on, 'span_p50_ns') / 1000:,.1f} / {g(on, 'span_p99_ns') / 1000:,.1f} | {spread:.0f}% |")
+    for mode, lab in (("in-span", "in span"), ("in-slot", "in slot")):
+        if not any(m == mode for _, m in runs):
+            continue
+        if mode == "in-slot":
+            w("\n*in slot*: the same spans and calls, each thread with an active-span slot "
+              "(`IOCTL_SET_ACTIVE_SLOT`) holding its span's id while it makes its calls, as asyncio "
+              "and tokio do: every call is charged through the slot.\n")
+        w(f"| threads | module off: calls/s | {lab}: calls/s | {lab} / off | {lab}: scaling vs 1 thread | "
+          f"off: call p50 / p99 (ns) | {lab}: call p50 / p99 (ns) | {lab}: span p50 / p99 (us) | spread ({lab}) |")
+        w("| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |")
+        one = None
+        for t in sorted({t for t, _ in runs}):
+            off, on = runs.get((t, "plain"), []), runs.get((t, mode), [])
+            cps_off = med([r["calls_per_s"] for r in off]) if off else float("nan")
+            cps_on = med([r["calls_per_s"] for r in on]) if on else float("nan")
+            if t == 1:
+                one = cps_on
+            spread = ((max(r["calls_per_s"] for r in on) - min(r["calls_per_s"] for r in on)) / cps_on * 100) if on else float("nan")
+            g = lambda rs, key: med([r[key] for r in rs]) if rs else float("nan")  # noqa: E731
+            w(f"| {t} | {cps_off:,.0f} | {cps_on:,.0f} | {cps_on / cps_off:.2f} | "
+              f"{(cps_on / one) if one else float('nan'):.2f}x | {g(off, 'call_p50_ns'):,.0f} / {g(off, 'call_p99_ns'):,.0f} | "
+              f"{g(on, 'call_p50_ns'):,.0f} / {g(on, 'call_p99_ns'):,.0f} | "
+              f"{g(on, 'span_p50_ns') / 1000:,.1f} / {g(on, 'span_p99_ns') / 1000:,.1f} | {spread:.0f}% |")
     w("")
     if failed:
         w(f"{failed} run(s) failed (see the log of VM 3).\n")

@@ -93,6 +93,10 @@ fn worker(idx: usize, k: u32, fds: Option<Spans>, stop: &AtomicBool, start: &Bar
         out.calls += u64::from(k);
         out.spans += 1;
     }
+    // The kernel reads the slot until it is cleared: clear it before it is freed.
+    if let Some(ctl) = fds.and_then(|f| f.slot_ctl) {
+        let _ = spantrack_sys::set_active_slot(ctl, std::ptr::null());
+    }
     out
 }
 

@@ -287,6 +287,12 @@ fn main() {
         false,
         cases::spans::ended_elsewhere,
     );
+    runner.run(
+        &mut ctx,
+        "own end write never blocks in the span",
+        false,
+        cases::spans::own_end_never_blocks,
+    );
     runner.run(&mut ctx, "begin/end errors", false, cases::errors::span_errors);
     runner.run(
         &mut ctx,

@@ -280,3 +280,75 @@ pub fn ended_elsewhere(ctx: &mut Ctx) -> Result<(), String> {
     );
     entry_at_least(&rec, 1, 2 * MS)
 }
+
+/// Case 5b. Spantrack's own end write never waits inside the span (issue 16). Sixteen threads
+/// share the process's begin and end descriptors, as libspanhook's users do, and write empty
+/// spans (a begin, then at once the end) as fast as they can, every one reported (threshold
+/// 1 ns) with its scheduler part. Nothing in such a span can block but spantrack's own
+/// write, so no record may show a blocked stretch. (While the span files were regular
+/// files, each write took the shared descriptor's f_pos_lock mutex, and under contention
+/// the end write slept on it: a wait no request made, shown under the user's span.)
+pub fn own_end_never_blocks(ctx: &mut Ctx) -> Result<(), String> {
+    const THREADS: usize = 16;
+    const SPANS: usize = 40;
+    let _g = TunableGuard::save()?;
+    sysfs::set(sysfs::THRESHOLD, "1")?;
+    // (The reader strips the REC_SCHED flags; the switch says whether the part is there.)
+    ensure_eq!(Stats::read()?.get("sched_enabled")?, 1, "sched_enabled (the scheduler part)");
+    let fds = ctx.fds;
+    let go = AtomicBool::new(false);
+    let runs: Vec<Result<Vec<span::Key>, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let keys: Vec<span::Key> = (0..SPANS).map(|_| new_key()).collect();
+                    let lines: Vec<_> = keys.iter().map(|k| k.line()).collect();
+                    while !go.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                    for (i, l) in lines.iter().enumerate() {
+                        span::write_line(fds.begin, l).map_err(|e| format!("begin {i}: errno {e}"))?;
+                        if let Err(e) = span::write_line(fds.end, l) {
+                            span::end_all(fds, &keys[i..=i]);
+                            return Err(format!("end {i}: errno {e}"));
+                        }
+                    }
+                    Ok(keys)
+                })
+            })
+            .collect();
+        go.store(true, Ordering::Release);
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a writer panicked".into())))
+            .collect()
+    });
+    let mut keys = Vec::new();
+    for r in runs {
+        keys.extend(r?);
+    }
+    let recs = ctx.relay()?.wait_for(&keys)?;
+    let mut bad = Vec::new();
+    for r in &recs {
+        let sp = &r.h.sched;
+        let blocked: u64 = sp.blocked_ns.iter().sum();
+        if blocked != 0 || sp.blocks != 0 {
+            let w = sp.waits.first().filter(|_| sp.n_waits > 0);
+            bad.push(format!(
+                "{}: {} blocked {} ns ({:?}), longest in {}",
+                r.key().short(),
+                sp.blocks,
+                blocked,
+                sp.blocked_ns,
+                w.map_or("-".to_string(), |w| sys::syscall_name(w.nr).to_string())
+            ));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "{} of {} empty spans blocked inside spantrack's own end write: {}",
+        bad.len(),
+        recs.len(),
+        bad.iter().take(4).cloned().collect::<Vec<_>>().join("; ")
+    );
+    Ok(())
+}
