@@ -22,7 +22,7 @@ lsmod | grep -q '^spantrack' && rmmod spantrack
 # per mode, well above a whole run's time on a loaded host.
 if [ -e /sys/kernel/debug/kmemleak ]; then kernel=debug; budget=${STRESS_BUDGET:-900}; cycles=${RELOAD_CYCLES:-3}
 else kernel=release; budget=${STRESS_BUDGET:-600}; cycles=${RELOAD_CYCLES:-10}; fi
-modes=${STRESS_MODES:-threads procs forkexec tables capacity relayfull unload reload}
+modes=${STRESS_MODES:-threads slots procs forkexec tables capacity relayfull unload reload}
 reports='WARNING: |BUG: |Oops|general protection fault|KASAN:|UBSAN:|possible recursive locking|possible circular locking|inconsistent lock state|suspicious RCU usage|sleeping function called from invalid context|scheduling while atomic|Call Trace:|refcount_t: |list_add corruption|list_del corruption|ODEBUG: '
 t_all=$(date +%s.%N)
 times=""

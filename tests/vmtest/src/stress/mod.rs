@@ -10,6 +10,7 @@
 //! | `threads` | 64 threads x thousands of nested spans, threads born and exiting mid-span, cross-thread ends, every record checked |
 //! | `procs` | registered children killed with SIGKILL mid-span while their relay files are open |
 //! | `forkexec` | fork/exec of a registered process, exec from the main and from another thread |
+//! | `slots` | threads with active-span slots inside one another's spans, ending them, exiting: every record's calls exact |
 //! | `tables` | span table full (ENOSPC), duplicate begins, unknown ends, too deep: exact counts |
 //! | `capacity` | process table (64), thread table (4096) and call-chunk pool full: exact counts |
 //! | `relayfull` | a reader that stops reading: whole records dropped and counted, writer latency |
@@ -31,6 +32,7 @@ pub mod procs;
 pub mod reader;
 pub mod relayfull;
 pub mod reload;
+pub mod slots;
 pub mod tables;
 pub mod threads;
 pub mod users;
@@ -501,6 +503,7 @@ pub fn main() {
         "procs" => procs::run(&mut rep),
         "forkexec" => forkexec::run(&mut rep),
         "tables" => tables::run(&mut rep),
+        "slots" => slots::run(&mut rep),
         "capacity" => capacity::run(&mut rep),
         "relayfull" => relayfull::run(&mut rep),
         "unload" => reload::run_unload(&mut rep, rest.first().map(String::as_str).unwrap_or("")),
