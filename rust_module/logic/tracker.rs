@@ -1524,15 +1524,7 @@ impl<'a> Tracker<'a> {
             return;
         }
         let tid = t.tid;
-        h.drain(cutoff, |e, v| {
-            if e.tid != tid {
-                bump(&mut self.stats.calls_stale);
-            } else if v == 0 {
-                self.charge_stacked(ti, e);
-            } else {
-                self.charge_slotted(ti, e, v);
-            }
-        });
+        h.drain(cutoff, |e, v| self.charge_entry(ti, tid, e, v));
     }
 
     /// Charges the pending calls that ended by `cutoff` of process `pi`'s threads with an
@@ -1571,35 +1563,33 @@ impl<'a> Tracker<'a> {
             let batch = set.get(..n).unwrap_or(&[]);
             // Merge: the oldest pending call of the batch next, until none ended by cutoff.
             loop {
-                let mut best: Option<(u32, u64)> = None;
+                let mut best: Option<(u32, &HotThread, SyscallEntry, u64)> = None;
                 for &x in batch {
-                    let Some((e, _)) = self.hot.slot(x).and_then(|h| h.peek()) else {
+                    let Some(h) = self.hot.slot(x) else {
                         continue;
                     };
-                    if e.end_mono_ns <= cutoff && best.is_none_or(|(_, b)| e.end_mono_ns < b) {
-                        best = Some((x, e.end_mono_ns));
+                    let Some((e, v)) = h.peek() else {
+                        continue;
+                    };
+                    if e.end_mono_ns <= cutoff && best.is_none_or(|b| e.end_mono_ns < b.2.end_mono_ns) {
+                        best = Some((x, h, e, v));
                     }
                 }
-                let Some((x, _)) = best else {
-                    break;
-                };
-                let Some(h) = self.hot.slot(x) else {
-                    break;
-                };
-                let Some((e, v)) = h.peek() else {
+                let Some((x, h, e, v)) = best else {
                     break;
                 };
                 h.pop();
-                self.charge_entry(x, e, v);
+                let tid = self.threads.get(x as usize).map_or(0, |t| t.tid);
+                self.charge_entry(x, tid, e, v);
             }
         }
     }
 
-    /// Charges the finished call `e` of thread slot `ti`, made under slot value `v` (0: the
-    /// thread stacked its spans): an entry another thread left in the slot (see hot.rs) is
-    /// counted in `calls_stale` and charged to nobody.
-    fn charge_entry(&mut self, ti: u32, e: SyscallEntry, v: u64) {
-        if self.threads.get(ti as usize).is_none_or(|t| t.tid != e.tid) {
+    /// Charges the finished call `e` of thread slot `ti` (owned by `tid`), made under slot
+    /// value `v` (0: the thread stacked its spans): an entry another thread left in the slot
+    /// (see hot.rs) is counted in `calls_stale` and charged to nobody.
+    fn charge_entry(&mut self, ti: u32, tid: u32, e: SyscallEntry, v: u64) {
+        if e.tid != tid {
             bump(&mut self.stats.calls_stale);
         } else if v == 0 {
             self.charge_stacked(ti, e);
@@ -2080,7 +2070,7 @@ impl<'a> Tracker<'a> {
         let e = self.hot.slot(ti).and_then(|h| h.take_call(tid, ret, now_mono, !slotted));
         self.fold(ti);
         if let Some((e, v)) = e {
-            self.charge_entry(ti, e, v);
+            self.charge_entry(ti, tid, e, v);
         }
     }
 
