@@ -65,7 +65,10 @@
 # and renders a JSON reply (bench/src/realistic.rs). Configurations BENCH_REAL_CONFIGS
 # ["none otel otelko stdef st1all st1allsum"] (as above), N = BENCH_REAL_N [5000] requests after
 # BENCH_REAL_WARMUP [200], BENCH_REAL_REPS [3] repetitions, interleaved (the order rotates),
-# after one uncounted run. BENCH_REAL_PROFILE_RUNS [""]: "CONFIG:N ..." runs done once
+# after one uncounted run; repetition r under the service's memory layout r (--layout-seed).
+# Then BENCH_REAL_PHASE_CONFIGS ["otel otelko stdef st1allsum st1all"], one run each with
+# BENCH_PHASES=1 (the service thread's CPU time per phase of a request, to
+# $BENCH_OUT/realistic-phases.jsonl), and the same with glibc's malloc limited to one arena. BENCH_REAL_PROFILE_RUNS [""]: "CONFIG:N ..." runs done once
 # under `perf record -a` first (not counted; profile-realistic-CONFIG-nN-CLOCK.txt).
 set -uo pipefail
 root=$(pwd)
@@ -225,6 +228,8 @@ run() {
   if [ "$app" = realistic ]; then
     dst=$out/realistic.jsonl; app_json="\"app\":\"realistic\","
     extra+=(--app realistic --db "$work/currency.db"); client_app=(--app realistic)
+    # RUN_SEED: the service's memory layout (--layout-seed; 0: none), recorded in the line.
+    extra+=(--layout-seed "${RUN_SEED:-0}"); app_json+="\"layout_seed\":${RUN_SEED:-0},"
   fi
   dst=${RUN_DST:-$dst}
   case "$cfg" in
@@ -246,6 +251,9 @@ run() {
     perf) module_off; peer_out=$work/perf.out; pre=(perf trace -o "$peer_out" --);;
     *) log "unknown config $cfg"; return;;
   esac
+  [ "${BENCH_PHASES:-0}" = 1 ] && env+=(BENCH_PHASES=1)
+  # RUN_MALLOC: glibc malloc tunables for the service (GLIBC_TUNABLES), recorded in the line.
+  if [ -n "${RUN_MALLOC:-}" ]; then env+=(GLIBC_TUNABLES="$RUN_MALLOC"); app_json+="\"malloc\":\"$RUN_MALLOC\","; fi
   rm -f "$work/svc.port"
   if [ -n "$prof" ]; then
     perf record -q -a -e cpu-clock -c 5000 -o "$work/run.data" > /dev/null 2>&1 &
@@ -280,6 +288,8 @@ run() {
           echo "## samples of thread $c by object and symbol"
           perf report -i "$work/run.data" --stdio -n --comms "$c" --sort dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
         done
+        # The service thread's every symbol (for diffs between configurations).
+        perf report -i "$work/run.data" --stdio -n --comms conn --sort dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' > "${pf%.txt}-conn-all.txt"
       fi
     } > "$pf"
     rm -f "$work/run.data" "$peer_out"
@@ -351,9 +361,23 @@ if in_parts realistic; then
     IFS=: read -r pc pn <<< "$spec"
     [ "$have_perf" = 1 ] && RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$pc" 0 "$pn" 0 profile
   done
+  # Each repetition runs the service under another memory layout (RUN_SEED, the service's
+  # --layout-seed), the same for every configuration of that repetition.
   for ((rep = 1; rep <= ${BENCH_REAL_REPS:-3}; rep++)); do
     for cfg in $(rotate $((rep - 1)) $rconfigs); do
-      RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$cfg" 0 "${BENCH_REAL_N:-5000}" "$rep"
+      RUN_SEED=$rep RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$cfg" 0 "${BENCH_REAL_N:-5000}" "$rep"
+    done
+  done
+  # Then one run each with the service thread's CPU time read around the phases of every
+  # request (BENCH_PHASES=1: span start, work, reply, span end of the sampled requests; the
+  # unsampled ones whole): four more system calls per request, three inside a sampled span,
+  # so these runs are apart (realistic-phases.jsonl), never in the table above.
+  # Again with glibc's malloc limited to one arena: how much of a thread's figure is the
+  # allocator's handling of memory freed by other threads (the span data the worker and
+  # the exporter free).
+  for malloc in "" glibc.malloc.arena_max=1; do
+    for cfg in ${BENCH_REAL_PHASE_CONFIGS-"otel otelko stdef st1allsum st1all"}; do
+      RUN_MALLOC=$malloc BENCH_PHASES=1 RUN_DST=$out/realistic-phases.jsonl RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$cfg" 0 "${BENCH_REAL_N:-5000}" 0
     done
   done
   log "realistic done: $(grep -c '"config"' "$out/realistic.jsonl") runs"

@@ -769,6 +769,54 @@ def realistic_report(d):
               f"{srv.get('st_children', 0) / max(srv.get('st_annotated', 1), 1):.1f}.\n")
     if failed:
         w(f"{failed} run(s) failed (see the log of VM 4).\n")
+    out += realistic_phases(d)
+    return out
+
+
+def realistic_phases(d):
+    """The service thread's CPU time per phase of a request (raw-realistic-phases.jsonl: one
+    run per configuration with BENCH_PHASES=1), as markdown lines."""
+    _, lines = read_jsonl(os.path.join(d, "raw-realistic-phases.jsonl"))
+    rows = {}
+    for o in lines:
+        srv = (o.get("result") or {}).get("server") or {}
+        p, u, b = srv.get("phases_sampled"), srv.get("phases_unsampled"), srv.get("phases_between")
+        if p and p.get("n") and u and u.get("n") and b and b.get("n"):
+            rows.setdefault(o.get("malloc", ""), {})[o["config"]] = (p, u, b, srv)
+    out = []
+    for malloc, r in rows.items():
+        out += phases_table(r, malloc)
+    return out
+
+
+def phases_table(rows, malloc):
+    if "otel" not in rows:
+        return []
+    out = []
+    w = out.append
+    w("**The service thread, phase by phase** (one more run per configuration with the thread's "
+      "own CPU clock, `CLOCK_THREAD_CPUTIME_ID`, read around each phase of every request; under "
+      "`-icount` these are its instructions, kernel time included. The readings are four more "
+      "system calls per request, three inside a sampled span, so these runs are not in the tables "
+      "above. Means per request)" + (f", **with `GLIBC_TUNABLES={malloc}`** (one malloc arena for all "
+      "threads)" if malloc else "") + ":\n")
+    w("| configuration | sampled: span start | sampled: work (in-span calls) | sampled: reply write | sampled: span end | sampled: total | unsampled request | between requests (reading the next) |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def vals(c):
+        p, u, b, _ = rows[c]
+        n = p["n"]
+        v = [p["start_ns"] / n, p["work_ns"] / n, p["reply_ns"] / n, p["end_ns"] / n]
+        return v + [sum(v), u["total_ns"] / u["n"], b["total_ns"] / b["n"]]
+    order = [c for c in REAL_ORDER if c in rows]
+    for c in order:
+        w(f"| {CFG_SHORT.get(c, c)} | " + " | ".join(f"{x:,.0f}" for x in vals(c)) + " |")
+    for c in order:
+        if c == "otel":
+            continue
+        dv = [x - y for x, y in zip(vals(c), vals("otel"))]
+        w(f"| {CFG_SHORT.get(c, c)} minus OTel only | " + " | ".join(f"{x:+,.0f}" for x in dv) + " |")
+    w("")
     return out
 
 

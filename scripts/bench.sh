@@ -89,6 +89,7 @@ if [[ " $parts " == *" realistic "* ]]; then
     "$(guest_env) BENCH_CLOCK=icount BENCH_PARTS=realistic BENCH_REAL_N=${BENCH_REAL_N:-5000} scripts/bench-guest.sh"
   stage "VM 4 done in $(elapsed "$t0")"
   cp "$root/build/bench/realistic/realistic.jsonl" "$res/raw-realistic.jsonl"
+  cp "$root/build/bench/realistic/realistic-phases.jsonl" "$res/raw-realistic-phases.jsonl" 2>/dev/null || rm -f "$res/raw-realistic-phases.jsonl"
 fi
 [[ " $parts " == *" overhead "* ]] || { stage "report"; python3 "$here/bench-report.py" "$res"
   stage "make bench done in $(elapsed "$t_all"): $res/results.md"; exit 0; }

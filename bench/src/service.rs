@@ -74,6 +74,29 @@ struct Shared {
     mark: std::sync::Mutex<Option<Vec<(u64, String, u64)>>>,
 }
 
+/// Diagnostics (`BENCH_PHASES=1` in the service's environment): the service thread's CPU
+/// time (`CLOCK_THREAD_CPUTIME_ID`; under -icount, instructions, its kernel time included) in
+/// each phase of the sampled requests of the realistic app, summed: span start, the
+/// request's work, the reply's write, span end. Each reading is a system call, three of
+/// them inside the span: off by default, never in the figures.
+static PHASES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// Unsampled requests: count, CPU time from before the span's start to after its end; and
+/// every request: CPU time between the previous request's end and this one's start (reading it).
+static UNSAMPLED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+static BETWEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static PHASES_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn phases_on() -> bool {
+    *PHASES_ON.get_or_init(|| std::env::var_os("BENCH_PHASES").is_some_and(|v| v == "1"))
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// (tid, name, CPU time in ns) of each thread of this process, from
 /// /proc/self/task/*/schedstat (the scheduler's exact run time; under -icount,
 /// instructions) and comm.
@@ -143,7 +166,35 @@ fn provider(
     }
 }
 
+/// `--layout-seed S` (0: none): a heap pad in the main thread and, in each connection thread,
+/// a heap pad and a stack shift, all sized from `S`. The service's own instruction count
+/// depends on where its data lies (alignment paths of memcpy/memcmp, the allocator's bins):
+/// the realistic benchmark runs each repetition under another layout and reports the
+/// median, so that a configuration is not judged by one lucky or unlucky layout.
+fn layout_pad(seed: u64, what: u64) -> usize {
+    if seed == 0 {
+        return 0;
+    }
+    16 * (1 + (splitmix(seed.wrapping_mul(31).wrapping_add(what)) % 1024) as usize)
+}
+
+/// Runs `f` `depth` frames further down the stack.
+#[inline(never)]
+fn stack_shifted(depth: usize, f: &mut dyn FnMut()) {
+    let pad = std::hint::black_box([0u8; 48]);
+    if depth == 0 {
+        f();
+    } else {
+        stack_shifted(depth - 1, f);
+    }
+    std::hint::black_box(&pad);
+}
+
 pub fn run(opts: &Opts) {
+    let seed: u64 = opts.num("layout-seed", 0);
+    if seed != 0 {
+        std::mem::forget(std::hint::black_box(vec![1u8; layout_pad(seed, 1)]));
+    }
     let port_file = opts.req("port-file");
     let mode = opts.get("trace").unwrap_or("otel");
     let getpid: u32 = opts.num("getpid", 0);
@@ -208,7 +259,18 @@ pub fn run(opts: &Opts) {
         let sh = Arc::clone(&shared);
         let _ = std::thread::Builder::new()
             .name("conn".into())
-            .spawn(move || serve_conn(s, &sh));
+            .spawn(move || {
+                if seed == 0 {
+                    return serve_conn(s, &sh);
+                }
+                std::mem::forget(std::hint::black_box(vec![1u8; layout_pad(seed, 2)]));
+                let mut s = Some(s);
+                stack_shifted(layout_pad(seed, 3) / 16 % 64, &mut || {
+                    if let Some(s) = s.take() {
+                        serve_conn(s, &sh);
+                    }
+                });
+            });
     }
 }
 
@@ -346,7 +408,11 @@ fn convert_realistic(
     let Some(db) = sh.db.as_ref() else {
         return out.write_all(b"{\"error\":\"serve without --app realistic\"}\n");
     };
+    let ph = phases_on() && sh.tracer.is_some();
+    let t0 = if ph { thread_cpu_ns() } else { 0 };
     let mut span = server_span(sh, []);
+    let sampled = ph && span.as_ref().is_some_and(|s| s.span_context().is_sampled());
+    let t1 = if sampled { thread_cpu_ns() } else { 0 };
     reply.clear();
     let o = crate::realistic::handle(db, line, reply);
     if let Some(s) = span.as_mut() {
@@ -357,7 +423,37 @@ fn convert_realistic(
             s.set_status(opentelemetry::trace::Status::error("bad request"));
         }
     }
-    finish(sh, span, out, reply)
+    if ph && !sampled {
+        let r = finish(sh, span, out, reply);
+        let t = thread_cpu_ns();
+        UNSAMPLED[0].fetch_add(1, Ordering::Relaxed);
+        UNSAMPLED[1].fetch_add(t - t0, Ordering::Relaxed);
+        let last = BETWEEN[2].swap(t, Ordering::Relaxed);
+        if last != 0 {
+            BETWEEN[0].fetch_add(1, Ordering::Relaxed);
+            BETWEEN[1].fetch_add(t0 - last, Ordering::Relaxed);
+        }
+        return r;
+    }
+    if !sampled {
+        return finish(sh, span, out, reply);
+    }
+    let t2 = thread_cpu_ns();
+    let r = out.write_all(reply.as_bytes());
+    let t3 = thread_cpu_ns();
+    if let Some(mut s) = span {
+        s.end();
+    }
+    let t4 = thread_cpu_ns();
+    let last = BETWEEN[2].swap(t4, Ordering::Relaxed);
+    if last != 0 {
+        BETWEEN[0].fetch_add(1, Ordering::Relaxed);
+        BETWEEN[1].fetch_add(t0 - last, Ordering::Relaxed);
+    }
+    for (i, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, 1].into_iter().enumerate() {
+        PHASES[i].fetch_add(d, Ordering::Relaxed);
+    }
+    r
 }
 
 /// Exports what is left, replies the counters, exits.
@@ -392,6 +488,45 @@ fn stop(sh: &Shared, out: &mut TcpStream) -> ! {
             ",\"st_begin_errors\":{},\"st_end_errors\":{},\"st_passed_fast\":{},\"st_queued\":{},\"st_queue_full\":{},\"st_annotated\":{},\"st_no_record\":{},\"st_bad_records\":{},\"st_children\":{}",
             s.begin_errors, s.end_errors, s.passed_fast, s.queued, s.queue_full, s.annotated, s.no_record, s.bad_records, s.children
         ));
+    }
+    if phases_on() {
+        let p: Vec<u64> = PHASES.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        j.push_str(&format!(
+            ",\"phases_sampled\":{{\"n\":{},\"start_ns\":{},\"work_ns\":{},\"reply_ns\":{},\"end_ns\":{}}}",
+            p[4], p[0], p[1], p[2], p[3]
+        ));
+        let u = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        j.push_str(&format!(
+            ",\"phases_unsampled\":{{\"n\":{},\"total_ns\":{}}},\"phases_between\":{{\"n\":{},\"total_ns\":{}}}",
+            u(&UNSAMPLED[0]), u(&UNSAMPLED[1]), u(&BETWEEN[0]), u(&BETWEEN[1])
+        ));
+    }
+    if phases_on() {
+        // Context switches of each thread over the whole run (diagnostics).
+        j.push_str(",\"ctxsw\":{");
+        let mut first = true;
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for e in dir.flatten() {
+                let st = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let name = st.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().replace(['"', '\\'], "_");
+                let f = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+                // minflt, majflt: fields 10 and 12 of stat (after the comm's closing paren).
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+                let fl = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                j.push_str(&format!(
+                    "{}\"{}\":[{},{},{},{}]",
+                    if first { "" } else { "," },
+                    name,
+                    f("voluntary_ctxt_switches:"),
+                    f("nonvoluntary_ctxt_switches:"),
+                    fl(7),
+                    fl(9)
+                ));
+                first = false;
+            }
+        }
+        j.push('}');
     }
     if let Some(t) = threads {
         j.push_str(",\"threads_ns\":{");
