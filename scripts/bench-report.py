@@ -662,6 +662,16 @@ def realistic_report(d):
       f"{reps} repetitions per configuration, interleaved (the order rotates), after one uncounted "
       "run. Module default threshold_ns = "
       f"{(probe or {}).get('default_threshold_ns', '?')}.\n")
+    for name in ("build-info-realistic.txt", "build-info.txt"):
+        bi = os.path.join(d, name)
+        if os.path.exists(bi):
+            info = open(bi).read().splitlines()
+            kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
+            dirty = [l.strip() for l in info if l.startswith("  ")]
+            w(f"Measured {kv.get('date', '?')}, commit {kv.get('commit', '?')}"
+              + (f" plus uncommitted changes in {len(dirty)} file(s) of the measured code" if dirty else "")
+              + f" (`{name}`).\n")
+            break
     w("*µs/request* is the client's in-window mean (total time / N); *with stop* adds the "
       "service's stop (the provider's shutdown: the last batch export and spantrack's drain) to "
       "the total, so that no deferred work escapes the measure. Medians over the repetitions; "

@@ -51,13 +51,19 @@ cargo build --release --quiet -p spantrack-bench -p spanhook -p spantrack-vmtest
 BENCH_PY=$("$here/python-env.sh")/bin/python; export BENCH_PY
 res="$root/results/bench"
 mkdir -p "$res" "$root/build/bench"
-{ echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+# What was measured: build-info.txt for a run with the overhead part (results.md's main
+# figures); a partial run leaves it alone and writes build-info-PART.txt for each part it
+# runs, so that every section names the build it measured.
+build_info() {
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo none)"
   echo "kernel: $("$here/build-kernel.sh") ($VARIANT)"
   echo "module: $ko"
   echo "uncommitted changes in the measured code (git status --short rust_module uapi preload otel bench):"
   git -C "$root" status --short rust_module uapi preload otel bench 2>/dev/null | sed 's/^/  /'
-} > "$res/build-info.txt"
+}
+for p in $parts; do build_info > "$res/build-info-$p.txt"; done
+[[ " $parts " == *" overhead "* ]] && cp "$res/build-info-overhead.txt" "$res/build-info.txt" && rm -f "$res/build-info-overhead.txt"
 
 # Passes the BENCH_* knobs into the guest command.
 guest_env() {
