@@ -3,7 +3,6 @@
 //! links ([`crate::sched`]). Pure functions: host-tested with hand-encoded records.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -149,19 +148,28 @@ pub fn call_interval(
 /// `789ns`, `45.6us`, `12.3ms`, `1.23s`: the unit by the exact value, then rounded half up
 /// in integers (the README's spec; the Python hook's `fmt_ns` is the same).
 pub fn format_ns(ns: u64) -> String {
+    let mut s = String::with_capacity(12);
+    push_ns(&mut s, ns);
+    s
+}
+
+/// Appends [`format_ns`]`(ns)` to `out`.
+pub fn push_ns(out: &mut String, ns: u64) {
+    use std::fmt::Write;
     let ns = u128::from(ns);
-    if ns < 1_000 {
-        format!("{ns}ns")
+    // Writing to a String cannot fail.
+    let _ = if ns < 1_000 {
+        write!(out, "{ns}ns")
     } else if ns < 1_000_000 {
         let t = (ns + 50) / 100;
-        format!("{}.{}us", t / 10, t % 10)
+        write!(out, "{}.{}us", t / 10, t % 10)
     } else if ns < 1_000_000_000 {
         let t = (ns + 50_000) / 100_000;
-        format!("{}.{}ms", t / 10, t % 10)
+        write!(out, "{}.{}ms", t / 10, t % 10)
     } else {
         let h = (ns + 5_000_000) / 10_000_000;
-        format!("{}.{:02}s", h / 100, h % 100)
-    }
+        write!(out, "{}.{:02}s", h / 100, h % 100)
+    };
 }
 
 /// [`attr::DROPPED_REASON`] of a record's flags, `None` when every call was itemised.
@@ -176,19 +184,31 @@ pub fn dropped_reason(flags: u32) -> Option<&'static str> {
 
 /// The calls that took most time, by name: `"fsync:12.3ms(1), write:200.0us(4)"`.
 pub fn top_calls(entries: &[SyscallEntry], n: usize) -> String {
-    let mut by_nr: HashMap<u32, (u64, u64)> = HashMap::new();
-    for e in entries {
-        let t = by_nr.entry(e.nr).or_default();
-        t.0 = t.0.saturating_add(e.end_mono_ns.saturating_sub(e.start_mono_ns));
-        t.1 += 1;
+    use std::fmt::Write;
+    // (nr, ns) sorted by call, then summed per call: no hashing, one allocation.
+    let mut calls: Vec<(u32, u64, u64)> =
+        entries.iter().map(|e| (e.nr, e.end_mono_ns.saturating_sub(e.start_mono_ns), 1)).collect();
+    calls.sort_unstable_by_key(|c| c.0);
+    calls.dedup_by(|next, kept| {
+        let same = next.0 == kept.0;
+        if same {
+            kept.1 = kept.1.saturating_add(next.1);
+            kept.2 += 1;
+        }
+        same
+    });
+    calls.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+    let mut out = String::with_capacity(24 * n.min(calls.len()));
+    for (i, (nr, ns, c)) in calls.iter().take(n).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&syscall_name(*nr));
+        out.push(':');
+        push_ns(&mut out, *ns);
+        let _ = write!(out, "({c})");
     }
-    let mut v: Vec<(u32, u64, u64)> = by_nr.into_iter().map(|(nr, (ns, c))| (nr, ns, c)).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
-    v.iter()
-        .take(n)
-        .map(|(nr, ns, c)| format!("{}:{}({c})", syscall_name(*nr), format_ns(*ns)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    out
 }
 
 /// An exported int: values above `i64::MAX` (never in practice) are clamped.
@@ -245,6 +265,8 @@ pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Res
     if h.trace_id != sc.trace_id().to_bytes() || h.span_id != sc.span_id().to_bytes() {
         return Err(BadRecord::OtherSpan);
     }
+    // Room for every attribute below (and the scheduler part's) at once.
+    span.attributes.reserve(32);
     span.attributes.extend([
         KeyValue::new(attr::SYSCALLS_COUNT, int(h.total_calls)),
         KeyValue::new(attr::SYSCALLS_DURATION_NS, int(h.total_call_ns)),
@@ -606,5 +628,9 @@ pub(crate) mod tests {
         assert_eq!(top_calls(&[], 5), "");
         let many: Vec<_> = (0..8).map(|i| entry(i, 0, 0, u64::from(i) + 1)).collect();
         assert_eq!(top_calls(&many, 2), "poll:8.0us(1), lstat:7.0us(1)");
+        // Summed per call; ties by time go to the more frequent call, then the lower number.
+        let ties = [entry(0, 0, 0, 3), entry(3, 0, 0, 6), entry(1, 0, 0, 6), entry(0, 0, 10, 13), entry(0, 0, 20, 20)];
+        assert_eq!(top_calls(&ties, 5), "read:6.0us(3), write:6.0us(1), close:6.0us(1)");
+        assert_eq!(top_calls(&ties, 1), "read:6.0us(3)");
     }
 }

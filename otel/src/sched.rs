@@ -129,7 +129,8 @@ pub fn comm(raw: &[u8]) -> String {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let digits: Vec<u8> = b.iter().flat_map(|x| [x >> 4, x & 0xf]).map(|d| b"0123456789abcdef"[usize::from(d)]).collect();
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// The parts of the span's wall time, in [`PARTS`] order (exact: no part saturates).

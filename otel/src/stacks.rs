@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::{Array, StringValue, Value};
@@ -41,7 +41,43 @@ pub fn is_scheduler_frame(name: &str, module: bool) -> bool {
 
 /// `0x<hex>`: an address without a name.
 pub fn raw(addr: u64) -> String {
-    format!("{addr:#x}")
+    let mut s = String::with_capacity(hex_len(addr));
+    push_hex(&mut s, addr);
+    s
+}
+
+/// Appends `v` as `format!("{v:#x}")` spells it (`0x` and lower-case digits, no leading
+/// zeros): the worker names every frame with an offset, and `core::fmt` costs ~700
+/// instructions per number.
+pub fn push_hex(out: &mut String, v: u64) {
+    let mut buf = [0u8; 18];
+    let (mut i, mut x) = (buf.len(), v);
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(x & 0xf) as usize];
+        x >>= 4;
+        if x == 0 {
+            break;
+        }
+    }
+    buf[i - 2] = b'0';
+    buf[i - 1] = b'x';
+    out.push_str(std::str::from_utf8(&buf[i - 2..]).unwrap_or("0x?"));
+}
+
+/// The length of [`push_hex`]'s text: exact, so that the attribute value (a boxed `str`)
+/// takes the string without reallocating it.
+fn hex_len(v: u64) -> usize {
+    2 + ((64 - v.leading_zeros()).max(1)).div_ceil(4) as usize
+}
+
+/// `<name>+0x<off>`.
+fn name_plus(name: &str, off: u64) -> String {
+    let mut s = String::with_capacity(name.len() + 1 + hex_len(off));
+    s.push_str(name);
+    s.push('+');
+    push_hex(&mut s, off);
+    s
 }
 
 /// The text symbols of a `/proc/kallsyms` text (types `t`, `T`, `w`, `W`; the kernel's and
@@ -114,7 +150,7 @@ pub fn kernel_frames(syms: Option<&KernelSymbols>, addrs: &[u64]) -> Vec<String>
         }
         leading = false;
         out.push(match hit {
-            Some((name, off, _)) => format!("{name}+{off:#x}"),
+            Some((name, off, _)) => name_plus(name, off),
             None => raw(a),
         });
     }
@@ -170,7 +206,7 @@ impl ProcessMaps {
     /// anonymous one.
     pub fn lookup(&self, addr: u64) -> Option<String> {
         match self.mapping(addr)? {
-            (Some(name), off) => Some(format!("{name}+{off:#x}")),
+            (Some(name), off) => Some(name_plus(name, off)),
             (None, _) => None,
         }
     }
@@ -260,7 +296,7 @@ const DEBUG_CACHE: usize = 4096;
 /// executable's debug information when it starts ([`HostSymbolizer::warm_up`]).
 pub struct HostSymbolizer {
     kallsyms: OnceLock<Option<KernelSymbols>>,
-    maps: Mutex<(ProcessMaps, Option<Instant>)>,
+    maps: Mutex<(Option<Arc<ProcessMaps>>, Option<Instant>)>,
     debug: Mutex<BTreeMap<u64, Vec<String>>>,
     loader: Mutex<Loader>,
 }
@@ -296,7 +332,7 @@ impl HostSymbolizer {
     pub const fn new() -> HostSymbolizer {
         HostSymbolizer {
             kallsyms: OnceLock::new(),
-            maps: Mutex::new((ProcessMaps { maps: Vec::new() }, None)),
+            maps: Mutex::new((None, None)),
             debug: Mutex::new(BTreeMap::new()),
             loader: Mutex::new(Loader {
                 tx: None,
@@ -446,16 +482,17 @@ impl HostSymbolizer {
 
     /// The mappings, read again when one of `addrs` is in none of them (at most once per
     /// [`MAPS_REREAD`]).
-    fn maps_for(&self, addrs: &[u64]) -> ProcessMaps {
+    fn maps_for(&self, addrs: &[u64]) -> Arc<ProcessMaps> {
         let mut m = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let unknown = addrs.iter().any(|&a| m.0.mapping(a).is_none());
+        let unknown = addrs.iter().any(|&a| m.0.as_ref().is_none_or(|p| p.mapping(a).is_none()));
         if unknown && m.1.is_none_or(|t| t.elapsed() >= MAPS_REREAD) {
             if let Ok(t) = std::fs::read_to_string("/proc/self/maps") {
-                m.0 = ProcessMaps::parse(&t);
+                m.0 = Some(Arc::new(ProcessMaps::parse(&t)));
             }
             m.1 = Some(Instant::now());
         }
-        m.0.clone()
+        // Shared, not copied: a copy was a string per mapping for every wait.
+        Arc::clone(m.0.get_or_insert_with(|| Arc::new(ProcessMaps::default())))
     }
 }
 
@@ -515,6 +552,18 @@ ffffffffc0a10000 t st_probe_sched_switch\t[spantrack]
 ffffffffc0a20000 t st_probe_other\t[other]
 ffffffff81c64000 t st_probe_lookalike
 ";
+
+    #[test]
+    fn hex_is_core_fmts() {
+        let mut v = 1u64;
+        for x in [0, 1, 9, 10, 15, 16, 0xff, 0x100, 0xdead_beef, u64::MAX, 0xffff_ffff_8100_0000] {
+            assert_eq!(raw(x), format!("{x:#x}"));
+        }
+        for _ in 0..64 {
+            assert_eq!(name_plus("f", v), format!("f+{v:#x}"));
+            v = v.wrapping_mul(3) ^ (v << 1);
+        }
+    }
 
     #[test]
     fn kallsyms_are_sorted_text_symbols_first_listed_wins() {

@@ -88,6 +88,23 @@ pub fn bucket_mid(i: usize) -> u64 {
     lo + w / 2
 }
 
+/// Calls `f` with each non-empty bucket of a histogram, `(index, count)` in order, until it
+/// returns false. Skips empty runs 8 buckets at a time: an operation's samples fill a few
+/// dozen of the 320.
+#[inline]
+fn each_occupied(counts: &[u32], mut f: impl FnMut(usize, u32) -> bool) {
+    for (k, chunk) in counts.chunks(8).enumerate() {
+        if chunk.iter().fold(0, |a, &c| a | c) == 0 {
+            continue;
+        }
+        for (j, &c) in chunk.iter().enumerate() {
+            if c != 0 && !f(8 * k + j, c) {
+                return;
+            }
+        }
+    }
+}
+
 /// The `q_bp`-th percentile (basis points: 9500 = p95) of a histogram: the midpoint of the
 /// bucket holding the sample of rank `ceil(n q)` (at least 1); `None` when empty.
 pub fn percentile(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
@@ -95,14 +112,15 @@ pub fn percentile(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
         return None;
     }
     let rank = ((n * u64::from(q_bp)).div_ceil(10_000)).max(1);
-    let mut cum = 0u64;
-    for (i, &c) in counts.iter().enumerate() {
+    let (mut cum, mut at) = (0u64, None);
+    each_occupied(counts, |i, c| {
         cum += u64::from(c);
         if cum >= rank {
-            return Some(bucket_mid(i));
+            at = Some(i);
         }
-    }
-    counts.len().checked_sub(1).map(bucket_mid)
+        at.is_none()
+    });
+    at.or(counts.len().checked_sub(1)).map(bucket_mid)
 }
 
 /// The upper edge of the bucket holding the `q_bp`-th percentile (the first value above
@@ -114,15 +132,18 @@ pub fn percentile_upper(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
         return None;
     }
     let rank = ((n * u64::from(q_bp)).div_ceil(10_000)).max(1);
-    let mut cum = 0u64;
-    for (i, &c) in counts.iter().enumerate() {
+    let (mut cum, mut at) = (0u64, None);
+    each_occupied(counts, |i, c| {
         cum += u64::from(c);
         if cum >= rank {
-            let (lo, w) = bucket_bounds(i);
-            return Some(lo + w);
+            at = Some(i);
         }
-    }
-    counts.len().checked_sub(1).map(|i| bucket_bounds(i).0 + bucket_bounds(i).1)
+        at.is_none()
+    });
+    at.or(counts.len().checked_sub(1)).map(|i| {
+        let (lo, w) = bucket_bounds(i);
+        lo + w
+    })
 }
 
 /// Coefficient of variation (standard deviation / mean) of a histogram, each sample taken
@@ -130,13 +151,12 @@ pub fn percentile_upper(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
 /// Python compute the same `f64`.
 pub fn cv(counts: &[u32], n: u64) -> f64 {
     let (mut s1, mut s2) = (0u128, 0u128);
-    for (i, &c) in counts.iter().enumerate() {
-        if c != 0 {
-            let m = u128::from(bucket_mid(i));
-            s1 += u128::from(c) * m;
-            s2 += u128::from(c) * m * m;
-        }
-    }
+    each_occupied(counts, |i, c| {
+        let m = u128::from(bucket_mid(i));
+        s1 += u128::from(c) * m;
+        s2 += u128::from(c) * m * m;
+        true
+    });
     if s1 == 0 {
         return 0.0;
     }
@@ -342,22 +362,57 @@ impl Estimator {
 
     /// The threshold and the operation's statistics now.
     pub fn estimate(&self) -> Estimate {
-        let cur = &self.windows[self.cur];
-        let prev = &self.windows[self.cur ^ 1];
-        let threshold_ns = self.threshold_ns();
+        let (threshold, both, n) = self.both();
+        Estimate::of(threshold, &both, n)
+    }
+
+    /// The threshold, both windows' histogram together and its samples.
+    fn both(&self) -> (Option<u64>, [u32; N_BUCKETS], u64) {
+        let (cur, prev) = (&self.windows[self.cur], &self.windows[self.cur ^ 1]);
         let mut both = [0u32; N_BUCKETS];
-        for (i, b) in both.iter_mut().enumerate() {
-            *b = cur.counts[i] + prev.counts[i];
+        for (b, (c, p)) in both.iter_mut().zip(cur.counts.iter().zip(prev.counts.iter())) {
+            *b = c + p;
         }
-        let n = u64::from(cur.n) + u64::from(prev.n);
-        Estimate {
-            threshold_ns,
-            p50_ns: percentile(&both, n, 5000),
-            p95_ns: percentile(&both, n, 9500),
-            p99_ns: percentile(&both, n, 9900),
-            samples: n,
-            cv: cv(&both, n),
+        (self.threshold_ns(), both, u64::from(cur.n) + u64::from(prev.n))
+    }
+}
+
+impl Estimate {
+    /// The statistics of histogram `counts` of `n` samples with `threshold_ns`: in one pass
+    /// over the buckets, the same values as [`percentile`] (p50, p95, p99) and [`cv`] give.
+    pub fn of(threshold_ns: Option<u64>, counts: &[u32; N_BUCKETS], n: u64) -> Estimate {
+        const QS: [u32; 3] = [5000, 9500, 9900];
+        let ranks = QS.map(|q| (n * u64::from(q)).div_ceil(10_000).max(1));
+        let mut pct: [Option<u64>; 3] = [None; 3];
+        let mut next = 0;
+        let (mut cum, mut s1, mut s2) = (0u64, 0u128, 0u128);
+        each_occupied(counts, |i, c| {
+            let m = bucket_mid(i);
+            cum += u64::from(c);
+            while next < QS.len() && cum >= ranks[next] {
+                pct[next] = Some(m);
+                next += 1;
+            }
+            let cm = u128::from(c) * u128::from(m);
+            s1 += cm;
+            s2 += cm * u128::from(m);
+            true
+        });
+        if n == 0 {
+            pct = [None; 3];
+        } else {
+            // Never when `n` is the counts' sum (as `percentile`: the last bucket).
+            for p in &mut pct[next..] {
+                *p = Some(bucket_mid(N_BUCKETS - 1));
+            }
         }
+        let cv = if s1 == 0 {
+            0.0
+        } else {
+            let var = (u128::from(n) * s2).saturating_sub(s1 * s1);
+            (var as f64).sqrt() / (s1 as f64)
+        };
+        Estimate { threshold_ns, p50_ns: pct[0], p95_ns: pct[1], p99_ns: pct[2], samples: n, cv }
     }
 }
 
@@ -429,7 +484,10 @@ impl Op {
 
     /// The estimator's statistics now (the worker's view, for the attributes).
     pub fn estimate(&self) -> Estimate {
-        self.est.lock().unwrap_or_else(|e| e.into_inner()).estimate()
+        // Only the sums under the lock (a service thread that finds it held skips its
+        // sample); the statistics after.
+        let (threshold, both, n) = self.est.lock().unwrap_or_else(|e| e.into_inner()).both();
+        Estimate::of(threshold, &both, n)
     }
 
     /// May one more span of this operation be annotated now (the per-operation cap)?
@@ -751,6 +809,35 @@ mod tests {
     }
 
     /// The golden file that the Python suite checks too: both give the same estimates.
+    #[test]
+    fn one_pass_statistics_are_the_separate_functions() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..400 {
+            let mut counts = [0u32; N_BUCKETS];
+            let filled = (rnd() % 40) as usize;
+            for _ in 0..filled {
+                let i = (rnd() % N_BUCKETS as u64) as usize;
+                counts[i] += (rnd() % if case % 3 == 0 { 3 } else { 5000 }) as u32;
+            }
+            if case % 7 == 0 {
+                counts[N_BUCKETS - 1] += 1;
+            }
+            let n: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+            let e = Estimate::of(Some(42), &counts, n);
+            assert_eq!(e.p50_ns, percentile(&counts, n, 5000), "case {case}");
+            assert_eq!(e.p95_ns, percentile(&counts, n, 9500), "case {case}");
+            assert_eq!(e.p99_ns, percentile(&counts, n, 9900), "case {case}");
+            assert_eq!(e.cv.to_bits(), cv(&counts, n).to_bits(), "case {case}");
+            assert_eq!((e.samples, e.threshold_ns), (n, Some(42)));
+        }
+    }
+
     #[test]
     fn golden_file_agrees() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/thresholds.txt");

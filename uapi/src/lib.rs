@@ -515,15 +515,19 @@ impl RecordHeader {
 
 impl SchedPart {
     /// Reads a scheduler part from the first [`SCHED_PART_SIZE`] bytes of `b` (a short
-    /// buffer reads as zeros).
+    /// buffer reads as zeros). Only the first `n_waits` waits are read; the others are
+    /// zero, as the module writes them.
     pub fn from_bytes(b: &[u8]) -> SchedPart {
         use core::mem::offset_of;
         let mut blocked_ns = [0u64; N_CAUSES];
         for (i, v) in blocked_ns.iter_mut().enumerate() {
             *v = le_u64(b, offset_of!(SchedPart, blocked_ns) + 8 * i);
         }
+        // Only the kept waits (the module writes zeros after them): most records keep none.
+        let n_waits = le_u32(b, offset_of!(SchedPart, n_waits));
+        let kept = usize::try_from(n_waits).unwrap_or(MAX_WAITS).min(MAX_WAITS);
         let mut waits = [WaitEntry::default(); MAX_WAITS];
-        for (i, w) in waits.iter_mut().enumerate() {
+        for (i, w) in waits.iter_mut().enumerate().take(kept) {
             *w = WaitEntry::from_bytes(b.get(offset_of!(SchedPart, waits) + WAIT_ENTRY_SIZE * i..).unwrap_or(&[]));
         }
         SchedPart {
@@ -537,7 +541,7 @@ impl SchedPart {
             wakeups: le_u32(b, offset_of!(SchedPart, wakeups)),
             wakeup_total_ns: le_u64(b, offset_of!(SchedPart, wakeup_total_ns)),
             wakeup_max_ns: le_u64(b, offset_of!(SchedPart, wakeup_max_ns)),
-            n_waits: le_u32(b, offset_of!(SchedPart, n_waits)),
+            n_waits,
             lost_events: le_u32(b, offset_of!(SchedPart, lost_events)),
             waits,
         }
