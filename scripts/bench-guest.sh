@@ -375,8 +375,10 @@ if in_parts realistic; then
   # Again with glibc's malloc limited to one arena: how much of a thread's figure is the
   # allocator's handling of memory freed by other threads (the span data the worker and
   # the exporter free).
+  # BENCH_REAL_PHASE_MALLOCS: the allocator settings, `default` for glibc's own.
   pconfigs=${BENCH_REAL_PHASE_CONFIGS-otel otelko stdef st1allsum st1all}
-  for malloc in "" glibc.malloc.arena_max=1; do
+  for malloc in ${BENCH_REAL_PHASE_MALLOCS:-default glibc.malloc.arena_max=1}; do
+    [ "$malloc" = default ] && malloc=
     for cfg in $pconfigs; do
       RUN_MALLOC=$malloc BENCH_PHASES=1 RUN_DST=$out/realistic-phases.jsonl RUN_APP=realistic RUN_WARMUP=${BENCH_REAL_WARMUP:-200} run "$cfg" 0 "${BENCH_REAL_N:-5000}" 0
     done
