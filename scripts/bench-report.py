@@ -38,6 +38,16 @@ COLORS = {
 }
 
 
+
+def build_info(path):
+    """A build-info file's `key: value` lines and its indented (uncommitted) file lines, or
+    None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    info = open(path).read().splitlines()
+    kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
+    return kv, [l.strip() for l in info if l.startswith("  ")]
+
 def load(path):
     runs, probe = [], None
     if not os.path.exists(path):
@@ -663,11 +673,9 @@ def realistic_report(d):
       "run. Module default threshold_ns = "
       f"{(probe or {}).get('default_threshold_ns', '?')}.\n")
     for name in ("build-info-realistic.txt", "build-info.txt"):
-        bi = os.path.join(d, name)
-        if os.path.exists(bi):
-            info = open(bi).read().splitlines()
-            kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
-            dirty = [l.strip() for l in info if l.startswith("  ")]
+        got = build_info(os.path.join(d, name))
+        if got:
+            kv, dirty = got
             w(f"Measured {kv.get('date', '?')}, commit {kv.get('commit', '?')}"
               + (f" plus uncommitted changes in {len(dirty)} file(s) of the measured code" if dirty else "")
               + f" (`{name}`).\n")
@@ -850,11 +858,9 @@ def main():
       f"Module default threshold_ns = {(probe or {}).get('default_threshold_ns', '?')}. "
       f"Repetitions per point: {reps} for Fig. 4, {kreps} for the k > 0 points of Fig. 5 (runs are "
       "interleaved: the order of configurations rotates every repetition).\n")
-    bi = os.path.join(d, "build-info.txt")
-    if os.path.exists(bi):
-        info = open(bi).read().splitlines()
-        kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
-        dirty = [l.strip() for l in info if l.startswith("  ")]
+    got = build_info(os.path.join(d, "build-info.txt"))
+    if got:
+        kv, dirty = got
         w(f"Run {kv.get('date', '?')}, commit {kv.get('commit', '?')}"
           + (f" plus uncommitted changes in {len(dirty)} file(s) of the measured code (see build-info.txt)" if dirty else "")
           + ". Command: `make bench` (about 16 minutes on 2 idle cores, 2026-12-02, with the overload part).\n")
