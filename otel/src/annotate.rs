@@ -138,7 +138,11 @@ pub fn call_interval(
     lo: SystemTime,
     hi: SystemTime,
 ) -> (SystemTime, SystemTime) {
-    let (lo, hi) = (ns_since_epoch(lo), ns_since_epoch(hi));
+    call_interval_ns(h, e, ns_since_epoch(lo), ns_since_epoch(hi))
+}
+
+/// [`call_interval`] with the bounds in ns since the epoch (converted once per span).
+fn call_interval_ns(h: &RecordHeader, e: &SyscallEntry, lo: i128, hi: i128) -> (SystemTime, SystemTime) {
     let hi = hi.max(lo);
     let start = mono_to_real_ns(h, e.start_mono_ns).clamp(lo, hi);
     let end = mono_to_real_ns(h, e.end_mono_ns).clamp(start, hi);
@@ -308,13 +312,14 @@ fn children(
     min_child_ns: u64,
 ) -> Vec<SpanData> {
     let h = &record.header;
+    let (lo, hi) = (ns_since_epoch(span.start_time), ns_since_epoch(span.end_time));
     let long_enough = |e: &&SyscallEntry| e.end_mono_ns.saturating_sub(e.start_mono_ns) >= min_child_ns;
     record
         .entries
         .iter()
         .filter(long_enough)
         .map(|e| {
-            let (start_time, end_time) = call_interval(h, e, span.start_time, span.end_time);
+            let (start_time, end_time) = call_interval_ns(h, e, lo, hi);
             let tid = if e.tid != 0 { e.tid } else { h.tid };
             let mut attributes = vec![
                 KeyValue::new(attr::SYSCALL_NR, i64::from(e.nr)),
