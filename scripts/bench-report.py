@@ -38,7 +38,6 @@ COLORS = {
 }
 
 
-
 def build_info(path):
     """A build-info file's `key: value` lines and its indented (uncommitted) file lines, or
     None when there is no such file."""
@@ -47,6 +46,7 @@ def build_info(path):
     info = open(path).read().splitlines()
     kv = dict(l.split(": ", 1) for l in info if ": " in l and not l.startswith(" "))
     return kv, [l.strip() for l in info if l.startswith("  ")]
+
 
 def load(path):
     runs, probe = [], None

@@ -19,7 +19,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, Tr
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use spantrack_logic::record::{encode_entry, encode_header};
-use spantrack_otel::annotate::{annotate_with_symbols, summarise, Record};
+use spantrack_otel::annotate::{annotate_with_symbols, summarise, Record, SLOW_SPAN_ATTRS};
 use spantrack_otel::stacks::Symbols;
 use spantrack_otel::threshold::{OpTable, ThresholdConfig};
 use spantrack_uapi as uapi;
@@ -125,6 +125,8 @@ fn main() {
             "summarise" => {
                 let rec = Record::decode(&bytes).expect("record");
                 let mut s = base.clone();
+                // As the worker takes it: room for the slow span's attributes.
+                s.attributes.reserve(SLOW_SPAN_ATTRS);
                 summarise(&mut s, &rec, min_child_ns).expect("summary");
                 keep += s.attributes.len();
             }
@@ -134,6 +136,8 @@ fn main() {
                 }
                 let rec = Record::decode(&bytes).expect("record");
                 let mut s = base.clone();
+                // As the worker takes it: room for the slow span's attributes.
+                s.attributes.reserve(SLOW_SPAN_ATTRS);
                 let kids = annotate_with_symbols(&mut s, &rec, &mut ids, min_child_ns, &sym).expect("annotate");
                 keep += s.attributes.len() + s.events.len() + kids.len();
             }

@@ -215,6 +215,10 @@ pub fn top_calls(entries: &[SyscallEntry], n: usize) -> String {
     out
 }
 
+/// Attributes a slow span gains in the worker at most (why it was slow, the record's
+/// summary and scheduler part): reserved at once, so that its vector grows only once.
+pub const SLOW_SPAN_ATTRS: usize = 40;
+
 /// An exported int: values above `i64::MAX` (never in practice) are clamped.
 pub(crate) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -269,8 +273,6 @@ pub fn summarise(span: &mut SpanData, record: &Record, min_child_ns: u64) -> Res
     if h.trace_id != sc.trace_id().to_bytes() || h.span_id != sc.span_id().to_bytes() {
         return Err(BadRecord::OtherSpan);
     }
-    // Room for every attribute below (and the scheduler part's) at once.
-    span.attributes.reserve(32);
     span.attributes.extend([
         KeyValue::new(attr::SYSCALLS_COUNT, int(h.total_calls)),
         KeyValue::new(attr::SYSCALLS_DURATION_NS, int(h.total_call_ns)),

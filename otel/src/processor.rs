@@ -958,8 +958,7 @@ impl Ctx<'_> {
     /// handed on only if that copy is still there (else a barrier out of time passed it on).
     fn annotate<P: SpanProcessor>(&mut self, held: &Mutex<Held<P>>, w: Waiting<P>, bytes: &[u8]) {
         let Waiting { mut span, inner, why: reason, .. } = w;
-        // Room for the why and the record's attributes: one allocation instead of several.
-        span.attributes.reserve(40);
+        span.attributes.reserve(crate::annotate::SLOW_SPAN_ATTRS);
         explain(&mut span, &reason);
         let claim = |stats: &ProcessorStats| {
             let mine = lock_held(held).in_hand.take().is_some();

@@ -129,7 +129,7 @@ pub fn comm(raw: &[u8]) -> String {
 }
 
 fn hex(b: &[u8]) -> String {
-    let digits: Vec<u8> = b.iter().flat_map(|x| [x >> 4, x & 0xf]).map(|d| b"0123456789abcdef"[usize::from(d)]).collect();
+    let digits: Vec<u8> = b.iter().flat_map(|x| [x >> 4, x & 0xf]).map(|d| stacks::HEX_DIGITS[usize::from(d)]).collect();
     String::from_utf8(digits).unwrap_or_default()
 }
 

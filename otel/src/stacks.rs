@@ -46,6 +46,9 @@ pub fn raw(addr: u64) -> String {
     s
 }
 
+/// Lower-case hex digits.
+pub(crate) const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Appends `v` as `format!("{v:#x}")` spells it (`0x` and lower-case digits, no leading
 /// zeros): the worker names every frame with an offset, and `core::fmt` costs ~700
 /// instructions per number.
@@ -54,7 +57,7 @@ pub fn push_hex(out: &mut String, v: u64) {
     let (mut i, mut x) = (buf.len(), v);
     loop {
         i -= 1;
-        buf[i] = b"0123456789abcdef"[(x & 0xf) as usize];
+        buf[i] = HEX_DIGITS[(x & 0xf) as usize];
         x >>= 4;
         if x == 0 {
             break;

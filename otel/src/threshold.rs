@@ -105,13 +105,15 @@ fn each_occupied(counts: &[u32], mut f: impl FnMut(usize, u32) -> bool) {
     }
 }
 
-/// The `q_bp`-th percentile (basis points: 9500 = p95) of a histogram: the midpoint of the
-/// bucket holding the sample of rank `ceil(n q)` (at least 1); `None` when empty.
-pub fn percentile(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
-    if n == 0 {
-        return None;
-    }
-    let rank = ((n * u64::from(q_bp)).div_ceil(10_000)).max(1);
+/// The rank of the `q_bp`-th percentile of `n` samples: `ceil(n q)`, at least 1.
+fn rank(n: u64, q_bp: u32) -> u64 {
+    (n * u64::from(q_bp)).div_ceil(10_000).max(1)
+}
+
+/// The bucket holding the sample of rank [`rank`]`(n, q_bp)` (the last bucket if the counts
+/// hold fewer than `n`).
+fn rank_bucket(counts: &[u32], n: u64, q_bp: u32) -> Option<usize> {
+    let rank = rank(n, q_bp);
     let (mut cum, mut at) = (0u64, None);
     each_occupied(counts, |i, c| {
         cum += u64::from(c);
@@ -120,7 +122,16 @@ pub fn percentile(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
         }
         at.is_none()
     });
-    at.or(counts.len().checked_sub(1)).map(bucket_mid)
+    at.or(counts.len().checked_sub(1))
+}
+
+/// The `q_bp`-th percentile (basis points: 9500 = p95) of a histogram: the midpoint of the
+/// bucket holding the sample of rank `ceil(n q)` (at least 1); `None` when empty.
+pub fn percentile(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
+    if n == 0 {
+        return None;
+    }
+    rank_bucket(counts, n, q_bp).map(bucket_mid)
 }
 
 /// The upper edge of the bucket holding the `q_bp`-th percentile (the first value above
@@ -131,16 +142,7 @@ pub fn percentile_upper(counts: &[u32], n: u64, q_bp: u32) -> Option<u64> {
     if n == 0 {
         return None;
     }
-    let rank = ((n * u64::from(q_bp)).div_ceil(10_000)).max(1);
-    let (mut cum, mut at) = (0u64, None);
-    each_occupied(counts, |i, c| {
-        cum += u64::from(c);
-        if cum >= rank {
-            at = Some(i);
-        }
-        at.is_none()
-    });
-    at.or(counts.len().checked_sub(1)).map(|i| {
+    rank_bucket(counts, n, q_bp).map(|i| {
         let (lo, w) = bucket_bounds(i);
         lo + w
     })
@@ -157,6 +159,11 @@ pub fn cv(counts: &[u32], n: u64) -> f64 {
         s2 += u128::from(c) * m * m;
         true
     });
+    cv_of_sums(s1, s2, n)
+}
+
+/// `sqrt(n S2 - S1^2) / S1` (0 when `S1` is).
+fn cv_of_sums(s1: u128, s2: u128, n: u64) -> f64 {
     if s1 == 0 {
         return 0.0;
     }
@@ -382,7 +389,7 @@ impl Estimate {
     /// over the buckets, the same values as [`percentile`] (p50, p95, p99) and [`cv`] give.
     pub fn of(threshold_ns: Option<u64>, counts: &[u32; N_BUCKETS], n: u64) -> Estimate {
         const QS: [u32; 3] = [5000, 9500, 9900];
-        let ranks = QS.map(|q| (n * u64::from(q)).div_ceil(10_000).max(1));
+        let ranks = QS.map(|q| rank(n, q));
         let mut pct: [Option<u64>; 3] = [None; 3];
         let mut next = 0;
         let (mut cum, mut s1, mut s2) = (0u64, 0u128, 0u128);
@@ -406,13 +413,7 @@ impl Estimate {
                 *p = Some(bucket_mid(N_BUCKETS - 1));
             }
         }
-        let cv = if s1 == 0 {
-            0.0
-        } else {
-            let var = (u128::from(n) * s2).saturating_sub(s1 * s1);
-            (var as f64).sqrt() / (s1 as f64)
-        };
-        Estimate { threshold_ns, p50_ns: pct[0], p95_ns: pct[1], p99_ns: pct[2], samples: n, cv }
+        Estimate { threshold_ns, p50_ns: pct[0], p95_ns: pct[1], p99_ns: pct[2], samples: n, cv: cv_of_sums(s1, s2, n) }
     }
 }
 
@@ -808,7 +809,6 @@ mod tests {
         }
     }
 
-    /// The golden file that the Python suite checks too: both give the same estimates.
     #[test]
     fn one_pass_statistics_are_the_separate_functions() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -838,6 +838,7 @@ mod tests {
         }
     }
 
+    /// The golden file that the Python suite checks too: both give the same estimates.
     #[test]
     fn golden_file_agrees() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/thresholds.txt");
