@@ -164,11 +164,20 @@ def main():
         spin()
         cpu["body"] = time.thread_time() - t0
 
-    t_span0 = time.thread_time()
-    span, _ = run("spin", spin_timed)
-    cpu["span"] = time.thread_time() - t_span0  # an upper bound: force_flush included
-    a, dur = parts(span)
+    # A loaded host can stop the vCPU of whichever thread holds the GIL while the spinner
+    # waits for it (a 5 ms timed GIL wait was seen delivered 25 ms late): up to 3 attempts,
+    # the last one checked; a hook that holds the GIL would fail all three.
     tick = 4 * MS
+    for attempt in (1, 2, 3):
+        t_span0 = time.thread_time()
+        span, _ = run("spin", spin_timed)
+        cpu["span"] = time.thread_time() - t_span0  # an upper bound: force_flush included
+        a, dur = parts(span)
+        blocked = sum(ns for p, ns in sched_parts(a).items() if p.startswith("blocked.")) if a else 0
+        if blocked < 10 * MS or attempt == 3:
+            break
+        print(f"# spin (attempt {attempt}): blocked {ms(blocked)} (a noisy VM?), again: {summary(span)}",
+              flush=True)
     check("spin 100 ms: annotated with the scheduler part (spantrack.sched.*)",
           "spantrack.sched.on_cpu_ns" in a, dict(a))
     named = sched_parts(a)
