@@ -32,6 +32,8 @@ extern "C" {
     );
     /// Calls the `sys_enter` probe charged to no span on its own (sum over CPUs).
     pub(crate) fn st_fast_uncharged_sum() -> u64;
+    pub(crate) fn st_trace_need(tid: c_int);
+    pub(crate) fn st_trace_stats(lazy: *mut u64, foreign: *mut u64, dropped: *mut u64, restores: *mut u64);
     fn st_tracepoints_register() -> c_int;
     fn st_tracepoints_unregister();
     /// Scheduler accounting on (1) or off (0): (un)registers its probes. Sleeps.

@@ -25,6 +25,9 @@
 #include <linux/poll.h>
 #include <linux/proc_fs.h>
 #include <linux/relay.h>
+#include <linux/pid.h>
+#include <linux/pid_namespace.h>
+#include <linux/rcupdate_trace.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task_stack.h>
@@ -345,6 +348,72 @@ static noinline void st_sys_enter_slotted(pid_t pid, long id)
 		st_rs_sys_enter(pid, id, ktime_get_ns(), 0, 0);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * The traced system-call path only for the threads that need it (issue 16).
+ *
+ * Once any probe is attached to sys_enter/sys_exit, the kernel sets SYSCALL_TRACEPOINT in
+ * the syscall_work of every thread on the machine (syscall_regfunc()), and each of their
+ * system calls takes the traced slow path: ~110 instructions more, in every process, for
+ * probes that answer "not in a span" with one bit test. So while spantrack's probes are
+ * the only ones on those two tracepoints (st_lazy), a thread outside any span drops the
+ * flag from its probe (it only ever changes its own), and its next calls cost what they
+ * cost without the module. The flag comes back:
+ * - for a thread that enters the open-span set: st_trace_need(), told by the tracker of
+ *   every such thread (its own begin, a slot thread when its process's first span opens);
+ * - for every thread, as soon as the poll below sees another probe on either tracepoint
+ *   (perf trace, an ftrace syscall event, a BPF program), and before the module leaves one
+ *   behind it. The kernel never tells of such an attach: a tracer that attaches while
+ *   spantrack is loaded misses the calls of threads without the flag for up to one poll
+ *   period (ST_TRACE_PERIOD) plus the walk over all threads.
+ * Ordering: the dropper clears the flag, then (full barrier) reads its open-span bit and
+ * st_lazy, and sets the flag again if either says so; the setters write the bit or st_lazy
+ * first, then (full barrier) set the flag. Either the dropper sees the change or the set
+ * comes after its clear: a thread the probes must see always ends with the flag.
+ */
+static int st_lazy;
+static unsigned int st_foreign_probes;
+static u64 st_trace_restores;
+static DEFINE_PER_CPU(u64, st_trace_dropped);
+
+static noinline void st_lazy_drop(pid_t pid)
+{
+	clear_task_syscall_work(current, SYSCALL_TRACEPOINT);
+	smp_mb__after_atomic();
+	if (unlikely(st_active(pid) || !READ_ONCE(st_lazy)))
+		set_task_syscall_work(current, SYSCALL_TRACEPOINT);
+	else
+		this_cpu_inc(st_trace_dropped);
+}
+
+/* The tracker put tid in the open-span set (under its lock, interrupts off). */
+void st_trace_need(int tid)
+{
+	struct task_struct *t;
+
+	smp_mb();
+	if (tid == current->pid) {
+		set_task_syscall_work(current, SYSCALL_TRACEPOINT);
+		return;
+	}
+	rcu_read_lock();
+	t = pid_task(find_pid_ns(tid, &init_pid_ns), PIDTYPE_PID);
+	if (t)
+		set_task_syscall_work(t, SYSCALL_TRACEPOINT);
+	rcu_read_unlock();
+}
+
+void st_trace_stats(u64 *lazy, u64 *foreign, u64 *dropped, u64 *restores)
+{
+	int cpu;
+
+	*lazy = READ_ONCE(st_lazy);
+	*foreign = READ_ONCE(st_foreign_probes);
+	*dropped = 0;
+	for_each_possible_cpu(cpu)
+		*dropped += per_cpu(st_trace_dropped, cpu);
+	*restores = READ_ONCE(st_trace_restores);
+}
+
 /*
  * Untracked threads and threads outside any span: one bit test. A thread with spans on
  * its stack notes its call in its own slot, without the tracker's lock (logic/hot.rs); so
@@ -355,8 +424,11 @@ static void st_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
 	pid_t pid = current->pid;
 
-	if (likely(!st_active(pid)))
+	if (likely(!st_active(pid))) {
+		if (READ_ONCE(st_lazy))
+			st_lazy_drop(pid);
 		return;
+	}
 	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
 		st_sys_enter_slotted(pid, id);
 	else
@@ -378,8 +450,11 @@ static void st_probe_sys_exit(void *data, struct pt_regs *regs, long ret)
 {
 	pid_t pid = current->pid;
 
-	if (likely(!st_active(pid)))
+	if (likely(!st_active(pid))) {
+		if (READ_ONCE(st_lazy))
+			st_lazy_drop(pid);
 		return;
+	}
 	if (test_bit(pid, READ_ONCE(st_active_slot_bits)))
 		st_sys_exit_slotted(pid, ret);
 	else
@@ -789,6 +864,85 @@ out:
 	return ret;
 }
 
+/* How often the module looks for other probes on the system-call tracepoints. */
+#define ST_TRACE_PERIOD (HZ / 10)
+
+/* Probes on tp other than ours (the array is freed after an RCU-tasks-trace grace period
+ * for the faultable system-call tracepoints of 7.x, after an RCU one in 6.12). */
+static unsigned int st_foreign_on(struct tracepoint *tp, void *ours)
+{
+	struct tracepoint_func *f;
+	unsigned int n = 0;
+
+	if (!tp)
+		return 0;
+	rcu_read_lock_trace();
+	rcu_read_lock();
+	f = rcu_dereference_raw(tp->funcs);
+	for (; f && f->func; f++)
+		if (f->func != ours)
+			n++;
+	rcu_read_unlock();
+	rcu_read_unlock_trace();
+	return n;
+}
+
+static unsigned int st_foreign_count(void)
+{
+	return st_foreign_on(st_tps[0].tp, st_probe_sys_enter) +
+	       st_foreign_on(st_tps[1].tp, st_probe_sys_exit);
+}
+
+/* Every thread gets SYSCALL_TRACEPOINT back (st_lazy is already 0). A thread forked from a
+ * parent without the flag while the walk runs may be listed after it: callers walk twice,
+ * the second time after the parents have it. */
+static void st_restore_all(void)
+{
+	struct task_struct *p, *t;
+
+	smp_mb();
+	rcu_read_lock();
+	for_each_process_thread(p, t)
+		set_task_syscall_work(t, SYSCALL_TRACEPOINT);
+	rcu_read_unlock();
+	WRITE_ONCE(st_trace_restores, st_trace_restores + 1);
+}
+
+static bool st_trace_stopping;
+static bool st_restore_again;
+static void st_trace_fn(struct work_struct *w);
+static DECLARE_DELAYED_WORK(st_trace_work, st_trace_fn);
+
+static void st_trace_fn(struct work_struct *w)
+{
+	unsigned int n = st_foreign_count();
+
+	WRITE_ONCE(st_foreign_probes, n);
+	if (n) {
+		bool first = READ_ONCE(st_lazy);
+
+		if (first || st_restore_again) {
+			WRITE_ONCE(st_lazy, 0);
+			st_restore_all();
+			st_restore_again = first;
+		}
+	} else {
+		st_restore_again = false;
+		WRITE_ONCE(st_lazy, 1);
+	}
+	if (!READ_ONCE(st_trace_stopping))
+		schedule_delayed_work(&st_trace_work, ST_TRACE_PERIOD);
+}
+
+/* Lazy mode off for good; waits for the poll to stop. */
+static void st_trace_stop(void)
+{
+	WRITE_ONCE(st_trace_stopping, true);
+	cancel_delayed_work_sync(&st_trace_work);
+	WRITE_ONCE(st_lazy, 0);
+	smp_mb();
+}
+
 void st_tracepoints_unregister(void)
 {
 	int i;
@@ -797,6 +951,7 @@ void st_tracepoints_unregister(void)
 	mutex_lock(&st_sched_mutex);
 	st_sched_dead = true;
 	mutex_unlock(&st_sched_mutex);
+	st_trace_stop();
 
 	for (i = ARRAY_SIZE(st_tps) - 1; i >= 0; i--) {
 		if (st_tps[i].registered)
@@ -805,6 +960,18 @@ void st_tracepoints_unregister(void)
 	}
 	/* No probe runs any more once this returns. */
 	tracepoint_synchronize_unregister();
+	/*
+	 * Without another probe the kernel has cleared every thread's flag (the last
+	 * unregistration); with one, the threads whose flag our probes dropped get it back,
+	 * twice (see st_restore_all()). (A tracer that detaches between the look and the walk
+	 * leaves the flags set with no probe: the slow path, not a missed call, until the
+	 * next syscall tracer comes and goes.)
+	 */
+	if (st_foreign_count()) {
+		st_restore_all();
+		synchronize_rcu();
+		st_restore_all();
+	}
 }
 
 int st_tracepoints_register(void)
@@ -828,6 +995,9 @@ int st_tracepoints_register(void)
 	}
 	/* Scheduler accounting starts on; without its tracepoints the module works without. */
 	st_sched_set(1);
+	/* The first look at the other probes now: the traced path goes lazy if there are none. */
+	WRITE_ONCE(st_trace_stopping, false);
+	schedule_delayed_work(&st_trace_work, 0);
 	return 0;
 }
 

@@ -19,6 +19,8 @@ void st_set_bitmaps(unsigned long *tracked, unsigned long *active, unsigned long
 		    unsigned long *skip, unsigned long *registered, void *hints,
 		    unsigned long n_hints, unsigned long nbits);
 u64 st_fast_uncharged_sum(void);
+void st_trace_need(int tid);
+void st_trace_stats(u64 *lazy, u64 *foreign, u64 *dropped, u64 *restores);
 void st_tracepoints_unregister(void);
 int st_tracepoints_register(void);
 int st_sched_set(int on);

@@ -122,6 +122,13 @@ pub(crate) struct Installed {
     _record_buf: VSlice<u8>,
 }
 
+/// A thread entered the open-span set: the kernel gives it the traced system-call path
+/// back (glue.c). Called by the tracker under the lock.
+fn trace_need(tid: u32) {
+    // SAFETY: sets a flag in the task's syscall work, if the task exists; no lock, no sleep.
+    unsafe { fac::st_trace_need(tid as c_int) };
+}
+
 impl Installed {
     pub(crate) fn new() -> Result<Self> {
         // SAFETY: DefaultStorage is integers, atomics and (the hot rings) `UnsafeCell`s of
@@ -147,7 +154,8 @@ impl Installed {
         let skip = block.skip_exit.as_ptr() as *mut u64;
         let registered = block.registered.as_ptr() as *mut u64;
         let hints = block.slot_hints.as_ptr() as *mut c_void;
-        let tracker = Tracker::new(block.storage(), seed);
+        let mut tracker = Tracker::new(block.storage(), seed);
+        tracker.set_trace_hook(trace_need);
         let hot = tracker.hot_path();
         let global = KBox::new(
             Global {
@@ -806,9 +814,13 @@ unsafe extern "C" fn st_rs_stats_show(buf: *mut c_char, len: usize) -> c_long {
     let out = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, len) };
     // SAFETY: sums per-CPU counters.
     let fast = unsafe { fac::st_fast_uncharged_sum() };
+    let (mut lazy, mut foreign, mut dropped, mut restores) = (0, 0, 0, 0);
+    // SAFETY: four valid u64 destinations; reads gauges and sums per-CPU counters.
+    unsafe { fac::st_trace_stats(&mut lazy, &mut foreign, &mut dropped, &mut restores) };
     let mut l = g.lock();
     let t = l.tracker();
     t.set_fast_uncharged(fast);
+    t.set_syscall_trace(lazy, foreign, dropped, restores);
     t.format_stats(out) as c_long
 }
 

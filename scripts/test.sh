@@ -56,7 +56,7 @@ run_stage "host: spantrack command tests" env PYTHONDONTWRITEBYTECODE=1 \
 # and hrtimer entry/exit) and the wait stacks: t_sched; the preloaded library and the Rust
 # processor end to end: t_preload_rust; permissions and relay descriptors across users:
 # t_users; 20 load/unload cycles: t_load_unload.
-VM_TESTS_7_DEFAULT="t_load_unload t_vmtest t_process_exit t_sched t_preload_rust t_unload_busy t_unload_poll t_users t_stress t_fuzz"
+VM_TESTS_7_DEFAULT="t_load_unload t_trace_lazy t_vmtest t_process_exit t_sched t_preload_rust t_unload_busy t_unload_poll t_users t_stress t_fuzz"
 VM_STRESS_MODES_7=${VM_STRESS_MODES_7:-forkexec}
 
 for v in ${VARIANTS-release debug}; do

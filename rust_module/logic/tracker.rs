@@ -675,6 +675,19 @@ stats_struct! {
     calls_filtered,
     /// Call exits of tracked threads without a matching enter.
     calls_without_enter,
+    /// 1 while spantrack's probes are the only ones on the system-call tracepoints: a
+    /// thread outside any span then drops the kernel's traced system-call path (a gauge
+    /// the kernel fills in).
+    syscall_trace_lazy,
+    /// Other probes on the `sys_enter`/`sys_exit` tracepoints at the last look (perf
+    /// trace, ftrace syscall events, BPF): while there are any, every thread keeps the
+    /// traced path (a gauge the kernel fills in).
+    syscall_trace_foreign_probes,
+    /// Times a thread outside any span dropped the traced path (the kernel's count).
+    syscall_trace_dropped,
+    /// Walks that gave every thread the traced path back for another tracer (the
+    /// kernel's count).
+    syscall_trace_restores,
     /// Threads that registered an active-span slot (`IOCTL_SET_ACTIVE_SLOT`).
     slots_set,
     /// Calls of threads with a slot made while no span was active on the thread (slot 0):
@@ -806,6 +819,10 @@ pub struct Tracker<'a> {
     span_sched: &'a mut [SchedPart],
     /// The system-call hot path's per-thread part (see `hot.rs`).
     hot: HotPath<'a>,
+    /// Told the tid of every thread whose bit in `active` was just set: the kernel turns
+    /// the traced system-call path back on for it (glue.c, "The traced path only for the
+    /// threads that need it"). None in host builds.
+    trace_hook: Option<fn(u32)>,
 }
 
 
@@ -906,6 +923,23 @@ impl<'a> Tracker<'a> {
             thread_sched,
             span_sched,
             hot: HotPath::new(hot, hot_hints),
+            trace_hook: None,
+        }
+    }
+
+    /// Sets the function told of every thread that the system-call probes must see from
+    /// now on (its bit in the open-span set was just set), with the thread's tid. The
+    /// kernel's turns the traced system-call path back on for the thread: a thread outside
+    /// any span may have dropped it (glue.c).
+    pub fn set_trace_hook(&mut self, f: fn(u32)) {
+        self.trace_hook = Some(f);
+    }
+
+    /// Puts `tid` in the open-span set: the probes see its calls from now on.
+    fn activate(&self, tid: u32) {
+        self.active.set(tid, true);
+        if let Some(f) = self.trace_hook {
+            f(tid);
         }
     }
 
@@ -1324,7 +1358,11 @@ impl<'a> Tracker<'a> {
             };
             if t.slot_addr != 0 {
                 self.active_slot.set(t.tid, on);
-                self.active.set(t.tid, on);
+                if on {
+                    self.activate(t.tid);
+                } else {
+                    self.active.set(t.tid, false);
+                }
             }
             ti = t.next;
         }
@@ -1377,8 +1415,12 @@ impl<'a> Tracker<'a> {
                 .processes
                 .get(proc as usize)
                 .is_some_and(|p| p.open_spans != 0);
-        self.active.set(tid, on);
         self.active_slot.set(tid, on);
+        if on {
+            self.activate(tid);
+        } else {
+            self.active.set(tid, false);
+        }
         if addr != 0 {
             bump(&mut self.stats.slots_set);
         }
@@ -1446,6 +1488,15 @@ impl<'a> Tracker<'a> {
     /// The kernel's count of calls its probe charged to no span without the tracker.
     pub fn set_fast_uncharged(&mut self, n: u64) {
         self.stats.calls_no_active_span_fast = n;
+    }
+
+    /// The kernel's figures of the lazy traced path: lazy now (0/1), other probes seen,
+    /// threads that dropped the path, walks that restored it.
+    pub fn set_syscall_trace(&mut self, lazy: u64, foreign: u64, dropped: u64, restores: u64) {
+        self.stats.syscall_trace_lazy = lazy;
+        self.stats.syscall_trace_foreign_probes = foreign;
+        self.stats.syscall_trace_dropped = dropped;
+        self.stats.syscall_trace_restores = restores;
     }
 
     /// The call `tid` is in (a failed `IOCTL_SET_ACTIVE_SLOT`) is not recorded.
@@ -1743,7 +1794,7 @@ impl<'a> Tracker<'a> {
                 }
                 t.depth = depth.wrapping_add(1);
                 let tid = t.tid;
-                self.active.set(tid, true);
+                self.activate(tid);
             }
         }
         self.count_open(t.proc, true);

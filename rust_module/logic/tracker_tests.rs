@@ -2928,3 +2928,67 @@ proptest! {
         prop_assert_eq!(tr.stats().calls_without_enter, 0);
     }
 }
+
+std::thread_local! {
+    static TRACE_NEEDED: core::cell::RefCell<Vec<u32>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+fn note_trace_needed(tid: u32) {
+    TRACE_NEEDED.with(|v| v.borrow_mut().push(tid));
+}
+
+fn take_trace_needed() -> Vec<u32> {
+    let mut v = TRACE_NEEDED.with(|v| core::mem::take(&mut *v.borrow_mut()));
+    v.sort_unstable();
+    v
+}
+
+/// The kernel drops the traced system-call path of a thread outside any span (glue.c), so
+/// every thread that enters the open-span set must be named to the hook, at once: its own
+/// begin, a slot thread when its process's first span opens (whichever thread began it),
+/// and a thread that sets its slot while its process has a span open.
+#[test]
+fn every_thread_the_probes_must_see_is_named_to_the_trace_hook() {
+    let mut mem = Mem::new(CAPS);
+    let mut tr = mem.tracker();
+    let mut out = vec![0u8; BIG];
+    tr.set_trace_hook(note_trace_needed);
+    take_trace_needed();
+    // A thread-per-request process: the begin names its own thread, a nested one again.
+    tr.register_process(20, 0).unwrap();
+    tr.add_thread(20, 200).unwrap();
+    tr.add_thread(20, 201).unwrap();
+    assert_eq!(take_trace_needed(), Vec::<u32>::new(), "registration alone needs nothing");
+    tr.begin(200, key(0), 10, 10).unwrap();
+    assert_eq!(take_trace_needed(), vec![200]);
+    tr.begin(200, key(1), 11, 11).unwrap();
+    tr.end(200, key(1), 12, 12, 1, &mut out).unwrap();
+    tr.end(200, key(0), 13, 13, 1, &mut out).unwrap();
+    assert!(!tr.active_set().contains(200));
+    // An async process: the first span names every slot thread, the second none.
+    tr.register_process(10, 0).unwrap();
+    tr.add_thread(10, 100).unwrap();
+    tr.add_thread(10, 101).unwrap();
+    tr.add_thread(10, 102).unwrap();
+    tr.set_active_slot(100, 0x1000).unwrap();
+    tr.set_active_slot(101, 0x2000).unwrap();
+    take_trace_needed();
+    tr.begin(102, key(2), 20, 20).unwrap();
+    assert_eq!(take_trace_needed(), vec![100, 101, 102]);
+    tr.begin(100, key(3), 21, 21).unwrap();
+    // 102 sets its slot while spans are open: its spans become the process's, and it is
+    // named again (its probes stay on).
+    tr.set_active_slot(102, 0x3000).unwrap();
+    let named = take_trace_needed();
+    assert!(named.contains(&102), "{named:?}");
+    // Every thread in the open-span set was named since it last entered it.
+    for tid in [100, 101, 102] {
+        assert!(tr.active_set().contains(tid), "{tid}");
+    }
+    tr.end(100, key(2), 30, 30, 1, &mut out).unwrap();
+    tr.end(100, key(3), 31, 31, 1, &mut out).unwrap();
+    assert!(!tr.active_set().contains(100) && !tr.active_set().contains(101));
+    tr.begin(101, key(4), 40, 40).unwrap();
+    assert_eq!(take_trace_needed(), vec![100, 101, 102]);
+    check_invariants(&tr);
+}
