@@ -207,8 +207,14 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Counters that depend on what the test threads happen to do inside spans (their
-/// system calls, and how the scheduler runs them), excluded from whole-stats comparisons.
-pub const NOISY: [&str; 11] = [
+/// system calls, and how the scheduler runs them), or on the rest of the machine (the
+/// lazy traced path: any thread's calls, other tracers), excluded from whole-stats
+/// comparisons.
+pub const NOISY: [&str; 15] = [
+    "syscall_trace_lazy",
+    "syscall_trace_foreign_probes",
+    "syscall_trace_dropped",
+    "syscall_trace_restores",
     "sched_stretches",
     "sched_unattributed",
     "sched_wakeups",
