@@ -929,16 +929,17 @@ impl<'a> Tracker<'a> {
 
     /// Sets the function told of every thread that the system-call probes must see from
     /// now on (its bit in the open-span set was just set), with the thread's tid. The
-    /// kernel's turns the traced system-call path back on for the thread: a thread outside
+    /// kernel's hook turns the traced system-call path back on for the thread: a thread outside
     /// any span may have dropped it (glue.c).
     pub fn set_trace_hook(&mut self, f: fn(u32)) {
         self.trace_hook = Some(f);
     }
 
-    /// Puts `tid` in the open-span set: the probes see its calls from now on.
-    fn activate(&self, tid: u32) {
-        self.active.set(tid, true);
-        if let Some(f) = self.trace_hook {
+    /// Puts `tid` in the open-span set (`on`: the probes see its calls from now on, and the
+    /// trace hook is told) or takes it out.
+    fn set_active(&self, tid: u32, on: bool) {
+        self.active.set(tid, on);
+        if let (true, Some(f)) = (on, self.trace_hook) {
             f(tid);
         }
     }
@@ -1358,11 +1359,7 @@ impl<'a> Tracker<'a> {
             };
             if t.slot_addr != 0 {
                 self.active_slot.set(t.tid, on);
-                if on {
-                    self.activate(t.tid);
-                } else {
-                    self.active.set(t.tid, false);
-                }
+                self.set_active(t.tid, on);
             }
             ti = t.next;
         }
@@ -1416,11 +1413,7 @@ impl<'a> Tracker<'a> {
                 .get(proc as usize)
                 .is_some_and(|p| p.open_spans != 0);
         self.active_slot.set(tid, on);
-        if on {
-            self.activate(tid);
-        } else {
-            self.active.set(tid, false);
-        }
+        self.set_active(tid, on);
         if addr != 0 {
             bump(&mut self.stats.slots_set);
         }
@@ -1794,7 +1787,7 @@ impl<'a> Tracker<'a> {
                 }
                 t.depth = depth.wrapping_add(1);
                 let tid = t.tid;
-                self.activate(tid);
+                self.set_active(tid, true);
             }
         }
         self.count_open(t.proc, true);
