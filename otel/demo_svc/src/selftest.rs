@@ -569,12 +569,21 @@ pub fn run(expect: Expect) -> bool {
             // stall between the two (seen once on 7.3, quiet host) makes it slow to the kernel
             // alone. Such a record waits in the library's bounded store until evicted; it is
             // the only one that may be left here, and it is taken (and said) before the check.
-            if after.passed_fast > before.passed_fast {
+            // Likewise when user space judged it slow and its wait for the record timed out
+            // (`no_record`, the library's `timeouts`) before the record came: seen once on the
+            // debug kernel with the hpet clock and 4 vCPUs on a 2-core host (a vCPU stall of
+            // over a second); the span went out unchanged and counted, the record is stored.
+            let waited = after.no_record > before.no_record;
+            if after.passed_fast > before.passed_fast || waited {
                 if let Some((_, c)) = ctxs.iter().find(|(n, _)| *n == FAST) {
                     let mut buf = Vec::new();
                     let (tid, sid) = (c.trace_id().to_bytes(), c.span_id().to_bytes());
                     if h.take_record(&tid, &sid, &mut buf, Duration::ZERO) == Ok(true) {
-                        println!("# selftest.fast: the kernel judged it slow (a stall after the SDK's end time); its record taken here");
+                        if waited {
+                            println!("# selftest.fast: its record came after the processor's wait (timed out, counted); taken here");
+                        } else {
+                            println!("# selftest.fast: the kernel judged it slow (a stall after the SDK's end time); its record taken here");
+                        }
                     }
                 }
             }
