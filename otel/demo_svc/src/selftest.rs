@@ -571,8 +571,9 @@ pub fn run(expect: Expect) -> bool {
             // the only one that may be left here, and it is taken (and said) before the check.
             // Likewise when user space judged it slow and its wait for the record timed out
             // (`no_record`, the library's `timeouts`) before the record came: seen once on the
-            // debug kernel with the hpet clock and 4 vCPUs on a 2-core host (a vCPU stall of
-            // over a second); the span went out unchanged and counted, the record is stored.
+            // debug kernel with the hpet clock and 4 vCPUs on a 2-core host (why the record
+            // was over a second late is not known); the span went out unchanged and counted,
+            // the record is stored.
             let waited = after.no_record > before.no_record;
             if after.passed_fast > before.passed_fast || waited {
                 if let Some((_, c)) = ctxs.iter().find(|(n, _)| *n == FAST) {
